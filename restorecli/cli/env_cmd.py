@@ -1,0 +1,9 @@
+"""Commands of this module are registered by its owner."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the app."""
