@@ -1,0 +1,44 @@
+"""Shared test setup: one intra-op thread (stable timings next to other CPU work), seeded RNGs."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RESTORECLI_OFFLINE", "1")  # tests never touch the internet
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Benchmark data sets live beside the checkout; tests that need them skip when absent.
+SHARED_DATASETS = Path(os.environ.get("RESTORECLI_TEST_DATASETS", REPO_ROOT.parent / "shared" / "datasets"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything() -> None:
+    import numpy as np
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def shared_datasets() -> Path:
+    if not SHARED_DATASETS.is_dir():
+        pytest.skip(f"benchmark data sets not found at {SHARED_DATASETS}")
+    return SHARED_DATASETS
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
