@@ -1,0 +1,173 @@
+"""Networks and the explicit model table.
+
+    >>> from restorecli import models
+    >>> models.names()[:2]
+    ['mair-deblur', 'mair-dehaze-its']
+    >>> net = models.build("mair-light-t-x4")          # random init
+    >>> models.load_checkpoint(net, "MaIR_T_lightSR_x4.pth")   # official file, strict
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from dataclasses import MISSING, asdict, dataclass, fields
+from functools import lru_cache
+from typing import Any
+
+import torch
+from torch import nn
+
+from restorecli.errors import ConfigError, UnknownModelError
+from restorecli.models.blocks import MambaMixer2D, set_scan_backend
+from restorecli.models.checkpoint import Checkpoint, layout_mismatch, load_checkpoint, read_checkpoint, save_checkpoint
+from restorecli.models.mair import MaIR, MaIRConfig
+from restorecli.models.mairunet import MaIRUNet, MaIRUNetConfig
+from restorecli.models.zoo import OFFICIAL_MODELS, ModelSpec
+
+# Architecture id -> (module class, config dataclass). The whole table; nothing registers itself.
+ARCHS: dict[str, tuple[type[nn.Module], type]] = {
+    "mair": (MaIR, MaIRConfig),
+    "mairunet": (MaIRUNet, MaIRUNetConfig),
+}
+
+__all__ = [
+    "ARCHS",
+    "Checkpoint",
+    "MaIR",
+    "MaIRConfig",
+    "MaIRUNet",
+    "MaIRUNetConfig",
+    "ModelSpec",
+    "ModelStats",
+    "build",
+    "build_arch",
+    "config_from_mapping",
+    "identify",
+    "load_checkpoint",
+    "names",
+    "read_checkpoint",
+    "save_checkpoint",
+    "set_scan_backend",
+    "spec",
+    "stats",
+]
+
+
+def names() -> list[str]:
+    """Names of all official model variants, sorted."""
+    return sorted(OFFICIAL_MODELS)
+
+
+def _suggest(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def spec(name: str) -> ModelSpec:
+    """The table entry of an official model name.
+
+    Raises:
+        UnknownModelError: the name is not in the table (with the closest valid name).
+    """
+    try:
+        return OFFICIAL_MODELS[name]
+    except KeyError:
+        raise UnknownModelError(f"unknown model {name!r}{_suggest(name, names())} (see `restore models list`)") from None
+
+
+def config_from_mapping(arch: str, config: Mapping[str, Any]) -> MaIRConfig | MaIRUNetConfig:
+    """Turn a plain mapping (manifest, checkpoint metadata, YAML) into the arch's frozen config.
+
+    Raises:
+        ConfigError: unknown architecture, unknown or missing key (with the closest valid key).
+    """
+    if arch not in ARCHS:
+        raise ConfigError(f"unknown architecture {arch!r}; expected one of {sorted(ARCHS)}{_suggest(arch, sorted(ARCHS))}")
+    config_type = ARCHS[arch][1]
+    valid = {field.name: field for field in fields(config_type)}
+    for key in config:
+        if key not in valid:
+            raise ConfigError(f"unknown {arch} config key {key!r}{_suggest(key, sorted(valid))}")
+    required = [
+        f.name for f in valid.values() if f.default is MISSING and f.default_factory is MISSING and f.name not in config
+    ]
+    if required:
+        raise ConfigError(f"missing {arch} config key(s): {', '.join(required)}")
+    values = {key: tuple(value) if isinstance(value, list) else value for key, value in config.items()}
+    return config_type(**values)
+
+
+def build_arch(arch: str, config: Mapping[str, Any] | MaIRConfig | MaIRUNetConfig, device: str | torch.device = "cpu") -> nn.Module:
+    """Build a network of architecture ``arch`` from a config (random init).
+
+    Args:
+        arch: ``mair`` or ``mairunet``.
+        config: the arch's config dataclass or an equivalent mapping.
+        device: where parameters live; ``meta`` allocates nothing (for shape checks).
+    """
+    cfg = config_from_mapping(arch, config) if isinstance(config, Mapping) else config
+    if arch not in ARCHS or not isinstance(cfg, ARCHS[arch][1]):
+        raise ConfigError(f"a {type(cfg).__name__} does not configure architecture {arch!r}; expected one of {sorted(ARCHS)}")
+    module_type = ARCHS[arch][0]
+    with torch.device(device):
+        module = module_type(**asdict(cfg))
+    return module.eval()
+
+
+def build(name: str, device: str | torch.device = "cpu") -> nn.Module:
+    """Build an official model variant by name (random init, eval mode)."""
+    entry = spec(name)
+    return build_arch(entry.arch, entry.config, device=device)
+
+
+@lru_cache(maxsize=None)
+def _layout(name: str) -> dict[str, torch.Size]:
+    return {key: value.shape for key, value in build(name, device="meta").state_dict().items()}
+
+
+def identify(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """Official names whose keys and shapes equal those of ``state_dict`` (several may share a layout)."""
+    return [name for name in names() if layout_mismatch(_layout(name), state_dict) is None]
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """Size and cost of a network on one input.
+
+    Attributes:
+        params: number of parameters.
+        flops: total floating-point operations (dense + scan), one forward, batch 1.
+        dense_flops: convolutions, linear layers, einsums as counted by torch's flop counter.
+        scan_flops: the selective scan, 9·L·D·N + L·D per mixer (the upstream analysis convention).
+    """
+
+    params: int
+    flops: int
+    dense_flops: int
+    scan_flops: int
+
+
+def stats(name: str, height: int, width: int) -> ModelStats:
+    """Parameters and FLOPs of a named model on a (3, height, width) input, computed on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    module = build(name, device="meta")
+    scan_flops = 0
+
+    def count_scan(mixer: nn.Module, inputs: tuple[torch.Tensor, ...], _: torch.Tensor) -> None:
+        nonlocal scan_flops
+        batch, h, w, _c = inputs[0].shape
+        channels = 4 * mixer.inner
+        scan_flops += batch * h * w * channels * (9 * mixer.d_state + 1)
+
+    hooks = [m.register_forward_hook(count_scan) for m in module.modules() if isinstance(m, MambaMixer2D)]
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            module(torch.empty(1, module.in_chans, height, width, device="meta"))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    dense = int(counter.get_total_flops())
+    params = sum(p.numel() for p in module.parameters())
+    return ModelStats(params=params, flops=dense + scan_flops, dense_flops=dense, scan_flops=scan_flops)

@@ -1,0 +1,236 @@
+"""Building blocks shared by MaIR and MaIRUNet: the 4-direction Mamba mixer with Sequence Shuffle
+Attention, and the residual Mamba block around it.
+
+Attribute names and parameter layouts are those of the official checkpoints (spec sections 3.5
+and 7.1), so official files load with ``strict=True``; class names are ours.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from restorecli.ops.scan_order import mair_scan_order
+
+DIRECTIONS = 4
+
+
+def inner_width(channels: int, ssm_ratio: float) -> int:
+    """SSM inner width Di = int(ssm_ratio * C): float product then truncation, as the official code."""
+    return int(ssm_ratio * channels)
+
+
+def dt_rank(channels: int) -> int:
+    """Rank of the Δ projection: ceil(C / 16), computed from C (not Di)."""
+    return math.ceil(channels / 16)
+
+
+def mlp_width(channels: int, mlp_ratio: float) -> int:
+    """Hidden width of the channel MLP: int(C * mlp_ratio)."""
+    return int(channels * mlp_ratio)
+
+
+def run_selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    d: torch.Tensor,
+    delta_bias: torch.Tensor,
+    backend: str | None,
+) -> torch.Tensor:
+    """Selective scan with softplus Δ; on the meta device only the output shape is produced.
+
+    The meta shortcut lets parameter/FLOP accounting run without memory (the scan's own cost is
+    added analytically by ``restorecli.models.stats``).
+    """
+    if u.device.type == "meta":
+        return torch.empty(u.shape, dtype=torch.float32, device="meta")
+    from restorecli.ops import selective_scan
+
+    return selective_scan(u, delta, a, b, c, D=d, delta_bias=delta_bias, delta_softplus=True, backend=backend)
+
+
+class ShuffleGate(nn.Module):
+    """Holder of the SSA gate parameters under the official names ``gating.gating.1.*``.
+
+    The official module is Sequential(AvgPool, grouped Conv 1x1, Sigmoid) on channel-shuffled
+    features; the mixer evaluates the same maths directly on pooled sequences (see ``gate``).
+    """
+
+    def __init__(self, inner: int) -> None:
+        super().__init__()
+        self.gating = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(DIRECTIONS * inner, DIRECTIONS * inner, kernel_size=1, groups=inner),
+            nn.Sigmoid(),
+        )
+        self.inner = inner
+
+    def gate(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Direction weights from pooled direction outputs.
+
+        Args:
+            pooled: (B, 4, Di), mean over all positions of each direction's output.
+
+        Returns:
+            (B, 4, Di): g[b, j, d] = sigmoid(sum_k W[4d+j, k] * pooled[b, k, d] + bias[4d+j]).
+        """
+        conv = self.gating[1]
+        weight = conv.weight.view(self.inner, DIRECTIONS, DIRECTIONS).to(pooled.dtype)  # [d, j, k]
+        bias = conv.bias.view(self.inner, DIRECTIONS).to(pooled.dtype)  # [d, j]
+        logits = torch.einsum("djk,bkd->bjd", weight, pooled) + bias.t().unsqueeze(0)
+        return torch.sigmoid(logits)
+
+
+class MambaMixer2D(nn.Module):
+    """The VMM / "self_attention" module: 4-direction NSS selective scan fused by SSA.
+
+    Input and output are channels-last (B, H, W, C). ``shift`` selects the shifted NSS variant.
+    """
+
+    def __init__(self, *, channels: int, d_state: int, ssm_ratio: float, scan_len: int, shift: int) -> None:
+        super().__init__()
+        inner = inner_width(channels, ssm_ratio)
+        rank = dt_rank(channels)
+        self.channels, self.inner, self.rank, self.d_state = channels, inner, rank, d_state
+        self.scan_len, self.shift = scan_len, shift
+        self.scan_backend: str | None = None  # None: resolved per call (explicit > env > auto)
+
+        # Registered first so the state_dict order matches the official files.
+        self.x_proj_weight = nn.Parameter(torch.empty(DIRECTIONS, rank + 2 * d_state, inner))
+        self.dt_projs_weight = nn.Parameter(torch.empty(DIRECTIONS, inner, rank))
+        self.dt_projs_bias = nn.Parameter(torch.empty(DIRECTIONS, inner))
+        self.A_logs = nn.Parameter(torch.empty(DIRECTIONS * inner, d_state))
+        self.Ds = nn.Parameter(torch.empty(DIRECTIONS * inner))
+        self.in_proj = nn.Linear(channels, 2 * inner, bias=False)
+        self.conv2d = nn.Conv2d(inner, inner, kernel_size=3, padding=1, groups=inner, bias=True)
+        self.out_norm = nn.LayerNorm(inner, eps=1e-5)
+        self.out_proj = nn.Linear(inner, channels, bias=False)
+        self.gating = ShuffleGate(inner)
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self) -> None:
+        """Mamba initialisation of the SSM parameters (spec section 3.6)."""
+        if self.x_proj_weight.device.type == "meta":
+            return
+        bound = 1.0 / math.sqrt(self.inner)  # nn.Linear's default kaiming-uniform bound
+        self.x_proj_weight.uniform_(-bound, bound)
+        self.dt_projs_weight.uniform_(-(self.rank**-0.5), self.rank**-0.5)
+        dt = torch.exp(torch.rand(DIRECTIONS, self.inner) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+        dt = dt.clamp(min=1e-4)
+        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.A_logs.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).repeat(DIRECTIONS * self.inner, 1))
+        self.Ds.fill_(1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x (B, H, W, C). Returns: (B, H, W, C)."""
+        batch, height, width, _ = x.shape
+        length = height * width
+        inner, rank, n = self.inner, self.rank, self.d_state
+        xa, z = self.in_proj(x).chunk(2, dim=-1)
+        xa = F.silu(self.conv2d(xa.permute(0, 3, 1, 2)))  # (B, Di, H, W)
+
+        order = mair_scan_order(height, width, self.scan_len, self.shift, x.device)
+        # One gather builds the four sequences: (B, Di, 4L) -> (B, 4, Di, L), channel k*Di + d.
+        sequences = xa.reshape(batch, inner, length).index_select(2, order.scan_flat)
+        sequences = sequences.view(batch, inner, DIRECTIONS, length).transpose(1, 2).contiguous()
+
+        projected = torch.einsum("bkdl,kcd->bkcl", sequences, self.x_proj_weight)
+        dt_low, b_ssm, c_ssm = torch.split(projected, [rank, n, n], dim=2)
+        delta = torch.einsum("bkrl,kdr->bkdl", dt_low, self.dt_projs_weight)
+
+        y = run_selective_scan(
+            sequences.view(batch, DIRECTIONS * inner, length),
+            delta.reshape(batch, DIRECTIONS * inner, length),
+            -torch.exp(self.A_logs.float()),
+            b_ssm.contiguous(),
+            c_ssm.contiguous(),
+            self.Ds.float(),
+            self.dt_projs_bias.reshape(-1).float(),
+            self.scan_backend,
+        ).view(batch, DIRECTIONS, inner, length)
+
+        # SSA: the pooled mean is order-independent, so it is taken before un-scanning.
+        gates = self.gating.gate(y.mean(dim=-1))  # (B, 4, Di)
+        raster = y.transpose(1, 2).reshape(batch, inner, DIRECTIONS * length).index_select(2, order.inverse_flat)
+        raster = raster.view(batch, inner, DIRECTIONS, length)
+        fused = torch.einsum("bdkl,bkd->bld", raster, gates).view(batch, height, width, inner)
+
+        out = self.out_norm(fused.to(x.dtype)) * F.silu(z)
+        return self.out_proj(out)
+
+
+class ChannelMLP(nn.Module):
+    """Linear C -> M, exact GELU, Linear M -> C (``fc1``/``fc2``)."""
+
+    def __init__(self, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(channels, hidden)
+        self.fc2 = nn.Linear(hidden, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (training only)."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rate == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.rate
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+
+class ResidualMambaBlock(nn.Module):
+    """RMB (MaIR) / VSSBlock (MaIRUNet) on channels-last maps (B, H, W, C).
+
+    ``a = x * skip_scale + DropPath(mixer(ln_1(x)))``; ``out = a * skip_scale2 + mlp(ln_2(a))``.
+    ``mlp_name`` is ``conv_blk`` in MaIR and ``mlp`` in MaIRUNet (checkpoint names).
+    """
+
+    def __init__(
+        self,
+        *,
+        channels: int,
+        d_state: int,
+        ssm_ratio: float,
+        mlp_ratio: float,
+        scan_len: int,
+        shift: int,
+        drop_path: float,
+        mlp_name: str,
+    ) -> None:
+        super().__init__()
+        self.skip_scale = nn.Parameter(torch.ones(channels))
+        self.skip_scale2 = nn.Parameter(torch.ones(channels))
+        self.ln_1 = nn.LayerNorm(channels, eps=1e-5)
+        self.self_attention = MambaMixer2D(
+            channels=channels, d_state=d_state, ssm_ratio=ssm_ratio, scan_len=scan_len, shift=shift
+        )
+        self.drop_path = DropPath(drop_path)
+        self.mlp_name = mlp_name
+        self.add_module(mlp_name, ChannelMLP(channels, mlp_width(channels, mlp_ratio)))
+        self.ln_2 = nn.LayerNorm(channels, eps=1e-5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = x * self.skip_scale + self.drop_path(self.self_attention(self.ln_1(x)))
+        return a * self.skip_scale2 + getattr(self, self.mlp_name)(self.ln_2(a))
+
+
+def set_scan_backend(module: nn.Module, backend: str | None) -> None:
+    """Pin the selective-scan backend of every mixer in ``module`` (None: resolve per call)."""
+    for sub in module.modules():
+        if isinstance(sub, MambaMixer2D):
+            sub.scan_backend = backend

@@ -1,0 +1,199 @@
+"""MaIR (CVPR 2025): residual Mamba groups over NSS scans, with SR / lightweight-SR / denoising heads.
+
+Follows the specification sections 3.1-3.6; parameter names equal the official checkpoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from restorecli.models.blocks import ResidualMambaBlock
+
+RGB_MEAN = (0.4488, 0.4371, 0.4040)
+UPSAMPLERS = ("pixelshuffle", "pixelshuffledirect", "")
+
+
+@dataclass(frozen=True)
+class MaIRConfig:
+    """Everything that shapes a MaIR network or its numerics (the manifest's ``config``).
+
+    ``upsampler`` is ``"pixelshuffle"`` (classic SR), ``"pixelshuffledirect"`` (lightweight SR) or
+    ``""`` (same-size restoration head, official ``None``).
+    """
+
+    upscale: int
+    in_chans: int
+    img_range: float
+    embed_dim: int
+    depths: tuple[int, ...]
+    d_state: int
+    ssm_ratio: float
+    mlp_ratio: float
+    upsampler: str
+    resi_connection: str
+    scan_len: int
+    drop_path_rate: float = 0.1
+
+
+class ResidualMambaGroup(nn.Module):
+    """RMG: ``depth`` RMBs (odd ones on the shifted scan), a 3x3 conv, and a residual connection."""
+
+    def __init__(
+        self,
+        *,
+        channels: int,
+        depth: int,
+        d_state: int,
+        ssm_ratio: float,
+        mlp_ratio: float,
+        scan_len: int,
+        drop_paths: list[float],
+    ) -> None:
+        super().__init__()
+        self.residual_group = nn.Module()
+        self.residual_group.blocks = nn.ModuleList(
+            ResidualMambaBlock(
+                channels=channels,
+                d_state=d_state,
+                ssm_ratio=ssm_ratio,
+                mlp_ratio=mlp_ratio,
+                scan_len=scan_len,
+                shift=0 if j % 2 == 0 else scan_len // 2,
+                drop_path=drop_paths[j],
+                mlp_name="conv_blk",
+            )
+            for j in range(depth)
+        )
+        self.conv = nn.Conv2d(channels, channels, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x (B, H, W, C) channels-last. Returns the same shape."""
+        t = x
+        for block in self.residual_group.blocks:
+            t = block(t)
+        t = self.conv(t.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return t + x
+
+
+class MaIR(nn.Module):
+    """MaIR network. Input: float (B, in_chans, H, W) in [0, 1], any H, W >= 1.
+
+    Output: (B, in_chans, H * upscale, W * upscale), not clamped.
+    """
+
+    def __init__(
+        self,
+        *,
+        upscale: int,
+        in_chans: int,
+        img_range: float,
+        embed_dim: int,
+        depths: tuple[int, ...],
+        d_state: int,
+        ssm_ratio: float,
+        mlp_ratio: float,
+        upsampler: str,
+        resi_connection: str,
+        scan_len: int,
+        drop_path_rate: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if upsampler not in UPSAMPLERS:
+            raise ValueError(f"upsampler must be one of {UPSAMPLERS}, got {upsampler!r}")
+        if resi_connection != "1conv":
+            raise ValueError(f"only resi_connection='1conv' is used by MaIR, got {resi_connection!r}")
+        if upsampler == "" and upscale != 1:
+            raise ValueError(f"the same-size head needs upscale=1, got {upscale}")
+        if upsampler == "pixelshuffle" and upscale not in (2, 3, 4):
+            raise ValueError(f"pixelshuffle upsampling supports upscale 2, 3, 4, got {upscale}")
+        self.upscale = upscale if upsampler else 1
+        self.in_chans = in_chans
+        self.img_range = img_range
+        self.upsampler = upsampler
+        self.scan_len = scan_len
+        mean = RGB_MEAN if in_chans == 3 else (0.0,) * in_chans
+        self.register_buffer("mean", torch.tensor(mean).view(1, in_chans, 1, 1), persistent=False)
+
+        self.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
+        self.patch_embed = nn.Module()
+        self.patch_embed.norm = nn.LayerNorm(embed_dim, eps=1e-5)
+        total_blocks = sum(depths)
+        # Linearly spaced over all blocks, as torch.linspace(0, rate, n) (computed in Python: the
+        # module may be built under a meta-device context).
+        rates = [drop_path_rate * i / (total_blocks - 1) if total_blocks > 1 else 0.0 for i in range(total_blocks)]
+        layers = []
+        start = 0
+        for depth in depths:
+            layers.append(
+                ResidualMambaGroup(
+                    channels=embed_dim,
+                    depth=depth,
+                    d_state=d_state,
+                    ssm_ratio=ssm_ratio,
+                    mlp_ratio=mlp_ratio,
+                    scan_len=scan_len,
+                    drop_paths=rates[start : start + depth],
+                )
+            )
+            start += depth
+        self.layers = nn.ModuleList(layers)
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-5)
+        self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1)
+
+        if upsampler == "pixelshuffle":
+            features = 64
+            self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, features, 3, 1, 1), nn.LeakyReLU(inplace=True))
+            stages: list[nn.Module] = []
+            if upscale == 3:
+                stages += [nn.Conv2d(features, 9 * features, 3, 1, 1), nn.PixelShuffle(3)]
+            else:
+                for _ in range(upscale.bit_length() - 1):  # log2(upscale) stages of x2
+                    stages += [nn.Conv2d(features, 4 * features, 3, 1, 1), nn.PixelShuffle(2)]
+            self.upsample = nn.Sequential(*stages)
+            self.conv_last = nn.Conv2d(features, in_chans, 3, 1, 1)
+        elif upsampler == "pixelshuffledirect":
+            self.upsample = nn.Sequential(
+                nn.Conv2d(embed_dim, in_chans * upscale * upscale, 3, 1, 1), nn.PixelShuffle(upscale)
+            )
+        else:
+            self.conv_last = nn.Conv2d(embed_dim, in_chans, 3, 1, 1)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """trunc_normal(0.02) Linear weights, zero biases, LayerNorm (1, 0); convs keep defaults."""
+        if self.conv_first.weight.device.type == "meta":
+            return
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Deep features: (B, C, H, W) -> (B, C, H, W)."""
+        t = self.patch_embed.norm(x.permute(0, 2, 3, 1))
+        for layer in self.layers:
+            t = layer(t)
+        return self.norm(t).permute(0, 3, 1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = self.mean.to(x.dtype)
+        x = (x - mean) * self.img_range
+        if self.upsampler == "pixelshuffle":
+            f = self.conv_first(x)
+            y = self.conv_after_body(self.forward_features(f)) + f
+            y = self.conv_last(self.upsample(self.conv_before_upsample(y)))
+        elif self.upsampler == "pixelshuffledirect":
+            f = self.conv_first(x)
+            y = self.upsample(self.conv_after_body(self.forward_features(f)) + f)
+        else:
+            f = self.conv_first(x)
+            y = x + self.conv_last(self.conv_after_body(self.forward_features(f)) + f)
+        return y / self.img_range + mean
+
