@@ -264,3 +264,17 @@ def test_module_moves_with_to_and_keeps_no_state_between_calls() -> None:
         again = net.to(torch.float64).to(torch.float32)(x)
     assert torch.equal(first, again)
     assert math.isclose(float(net.mean.sum()), 0.4488 + 0.4371 + 0.4040, rel_tol=1e-6)
+
+
+@pytest.mark.gpu
+def test_model_built_on_cuda_moves_to_cpu_and_runs() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    net = models.build_arch("mair", TINY_MAIR, device="cuda")
+    x = torch.rand(1, 3, 9, 7)
+    with torch.no_grad():
+        on_gpu = net(x.cuda()).cpu()
+        net = net.cpu()
+        on_cpu = net(x)
+    assert on_cpu.device.type == "cpu"
+    assert torch.allclose(on_gpu, on_cpu, atol=1e-4)
