@@ -1,0 +1,324 @@
+"""Restore one image tensor: device and precision handling, self-ensemble, tiling.
+
+The tensor contract is the library's: float32 NCHW RGB in [0, 1] on the host in, float32 on the
+host out (unclamped; ``restorecli.io`` clamps and quantises when writing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from restorecli.errors import BackendUnavailableError, UsageError
+from restorecli.tiling import (
+    DEFAULT_OVERLAP,
+    HostPeakMeter,
+    ProgressFn,
+    available_host_memory,
+    run_with_backoff,
+    tile_from_budget,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+CPU_TILE_CAP = 512
+"""Largest automatic tile on the CPU: bigger tiles are no faster there and risk swapping."""
+CPU_FALLBACK_TILE = 256
+"""Automatic tile on a CPU whose memory cannot be measured."""
+PROBE_SIDE = 64
+
+
+def self_ensemble(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """MaIR+ self-ensemble: average ``fn`` over the 8 flips/transposes of ``x``.
+
+    The order is x, V, H, HV, xᵀ, Vᵀ, Hᵀ, HVᵀ (V flips rows, H flips columns, ᵀ swaps H and W
+    after the flips). Each output is mapped back by transposing (5-8), then flipping columns
+    (3, 4, 7, 8), then flipping rows (2, 4, 6, 8); the 8 are averaged with equal weights.
+
+    Args:
+        fn: Maps (N, C, H, W) to (N, C', sH, sW); must treat H and W alike.
+        x: (N, C, H, W) input.
+
+    Returns:
+        (N, C', sH, sW) arithmetic mean of the 8 mapped-back outputs.
+    """
+    total = None
+    for transpose in (False, True):
+        for hflip, vflip in ((False, False), (False, True), (True, False), (True, True)):
+            variant = x
+            if vflip:
+                variant = variant.flip(-2)
+            if hflip:
+                variant = variant.flip(-1)
+            if transpose:
+                variant = variant.transpose(-2, -1)
+            out = fn(variant)
+            if transpose:
+                out = out.transpose(-2, -1)
+            if hflip:
+                out = out.flip(-1)
+            if vflip:
+                out = out.flip(-2)
+            total = out.clone() if total is None else total.add_(out)
+    assert total is not None
+    return total.div_(8)
+
+
+def resolve_device(spec: str) -> torch.device:
+    """Turn ``auto|cpu|cuda|cuda:N`` into a usable device.
+
+    ``auto`` is CUDA when available (the rank's ``LOCAL_RANK`` device under torchrun), else CPU.
+
+    Raises:
+        UsageError: Not one of the accepted forms.
+        BackendUnavailableError: CUDA asked for but not usable here.
+    """
+    import os
+
+    import torch
+
+    spec = spec.strip().lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        return torch.device("cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or (spec.startswith("cuda:") and spec[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise BackendUnavailableError(
+                f"--device {spec} needs CUDA, but this torch ({torch.__version__}) sees no CUDA device; "
+                "use --device cpu"
+            )
+        index = int(spec[5:]) if ":" in spec else torch.cuda.current_device()
+        if index >= torch.cuda.device_count():
+            raise BackendUnavailableError(
+                f"--device {spec}: expected an index below {torch.cuda.device_count()} (CUDA devices here)"
+            )
+        return torch.device("cuda", index)
+    raise UsageError(f"--device: expected auto, cpu, cuda or cuda:N, got {spec!r}")
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for ``fp32|bf16|fp16`` on a device (None for fp32).
+
+    Raises:
+        UsageError: Unknown precision name.
+        BackendUnavailableError: The device cannot compute in that precision.
+    """
+    import torch
+
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "fp32":
+        return None
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise BackendUnavailableError(
+                f"--precision fp16 needs a CUDA device, got {device.type}; use --precision bf16 or fp32"
+            )
+        return torch.float16
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise BackendUnavailableError(
+            f"--precision bf16: {torch.cuda.get_device_name(device)} does not support bfloat16; "
+            "use --precision fp16 or fp32"
+        )
+    return torch.bfloat16
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    """One restored image and how it was computed."""
+
+    output: torch.Tensor
+    """(1, C, sH, sW) float32 on the host, unclamped."""
+    tile: int
+    """Tile side used in input pixels (0 = whole image)."""
+    overlap: int
+    num_tiles: int
+    """Tiles per pass (times 8 under the self-ensemble)."""
+    seconds: float
+
+
+class ImageRestorer:
+    """Runs a restoration network on host images, tile by tile on its device.
+
+    Args:
+        model: Network taking (N, 3, H, W) in [0, 1] and returning (N, 3, H*upscale, W*upscale);
+            moved to ``device`` and put in eval mode.
+        device: ``auto|cpu|cuda|cuda:N``.
+        precision: ``fp32|bf16|fp16`` (autocast; parameters stay float32).
+        tile: Tile side in input pixels; 0 for the whole image, None to size it from free memory.
+        overlap: Minimum overlap between tiles in input pixels.
+        ensemble: Average over the 8 flips/transposes (MaIR+).
+        tile_batch: Tiles per forward pass; default 4 on CUDA, 1 on the CPU.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        device: str = "auto",
+        precision: str = "fp32",
+        tile: int | None = None,
+        overlap: int = DEFAULT_OVERLAP,
+        ensemble: bool = False,
+        tile_batch: int | None = None,
+    ) -> None:
+        if tile is not None and tile < 0:
+            raise UsageError(f"--tile: expected 0 (whole image) or a positive size, got {tile}")
+        if overlap < 0:
+            raise UsageError(f"--tile-overlap: expected a size >= 0, got {overlap}")
+        self.device = resolve_device(device)
+        self.autocast_dtype = resolve_precision(precision, self.device)
+        self.precision = precision
+        self.model = model.to(self.device).eval()
+        self.scale = int(getattr(model, "upscale", 1))
+        self.overlap = overlap
+        self.ensemble = ensemble
+        self.tile_batch = tile_batch or (4 if self.device.type == "cuda" else 1)
+        self._tile = tile
+        size_rule = getattr(model, "size_rule", None)
+        self._multiple = int(getattr(size_rule, "multiple_of", 1) or 1)
+        self._min_size = int(getattr(size_rule, "min_size", 1) or 1)
+
+    @property
+    def tile(self) -> int | None:
+        """Tile side in use (None until the automatic size is measured)."""
+        return self._tile
+
+    def restore(self, image: torch.Tensor, *, on_progress: ProgressFn | None = None) -> RestoreResult:
+        """Restore one image.
+
+        Args:
+            image: (1, 3, H, W) float32 in [0, 1] on the host.
+            on_progress: Called with (tiles done, tiles total) as tiles finish.
+
+        Returns:
+            The output and the tiling used.
+        """
+        if image.dim() != 4 or image.shape[0] != 1:
+            raise ValueError(f"expected a (1, C, H, W) tensor, got shape {tuple(image.shape)}")
+        started = time.perf_counter()
+        if self._tile is None:
+            self._tile = self.auto_tile()
+        passes = 8 if self.ensemble else 1
+        state: dict[str, Any] = {"pass": 0, "result": None}
+
+        def one_pass(x: torch.Tensor) -> torch.Tensor:
+            def progress(done: int, total: int) -> None:
+                if on_progress:
+                    on_progress(state["pass"] * total + done, passes * total)
+
+            result = run_with_backoff(
+                self._forward,
+                x,
+                tile=self._tile or 0,
+                overlap=self.overlap,
+                scale=self.scale,
+                batch_size=self.tile_batch,
+                min_tile=max(32, self._min_size),
+                on_progress=progress,
+            )
+            # Later passes and images start from what fitted.
+            self._tile, self.tile_batch = result.tile, result.batch_size
+            state["pass"] += 1
+            state["result"] = result
+            return result.output
+
+        output = self_ensemble(one_pass, image) if self.ensemble else one_pass(image)
+        last = state["result"]
+        return RestoreResult(
+            output=output,
+            tile=last.tile,
+            overlap=last.overlap,
+            num_tiles=last.num_tiles * passes,
+            seconds=time.perf_counter() - started,
+        )
+
+    def _forward(self, tiles: torch.Tensor) -> torch.Tensor:
+        """Run the network on a batch of host tiles; pads to the model's size rule and crops back."""
+        import torch
+        import torch.nn.functional as F  # noqa: N812
+
+        height, width = tiles.shape[-2:]
+        x = tiles.to(self.device, non_blocking=True)
+        pad_h = _padded(height, self._multiple, self._min_size) - height
+        pad_w = _padded(width, self._multiple, self._min_size) - width
+        if pad_h or pad_w:
+            # reflect needs the pad to be smaller than the side; replicate covers the rest
+            reflect_h, reflect_w = min(pad_h, height - 1), min(pad_w, width - 1)
+            x = F.pad(x, (0, reflect_w, 0, reflect_h), mode="reflect")
+            x = F.pad(x, (0, pad_w - reflect_w, 0, pad_h - reflect_h), mode="replicate")
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            y = self.model(x)
+        y = y[..., : height * self.scale, : width * self.scale]
+        return y.float().cpu()
+
+    def auto_tile(self) -> int:
+        """Tile side from free device memory (CUDA) or available RAM (CPU), via a probe run."""
+        import torch
+
+        probe = torch.rand(1, 3, PROBE_SIDE, PROBE_SIDE)
+        pixels = PROBE_SIDE * PROBE_SIDE
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            before = torch.cuda.memory_allocated(self.device)
+            self._forward(probe)
+            peak = torch.cuda.max_memory_allocated(self.device) - before
+            free, _ = torch.cuda.mem_get_info(self.device)
+            per_tile_budget = 0.7 * free / self.tile_batch
+            return tile_from_budget(per_tile_budget, max(peak, 1) / pixels, cap=2048)
+        with HostPeakMeter() as meter:
+            self._forward(probe)
+        available = available_host_memory()
+        if meter.peak_increase is None or available is None:
+            return CPU_FALLBACK_TILE
+        # Floor: input, output and a few feature maps of the tile must exist at once.
+        floor = 4 * 3 * (1 + self.scale**2) * 4
+        per_pixel = max(meter.peak_increase / pixels, floor)
+        return tile_from_budget(0.4 * available, per_pixel, cap=CPU_TILE_CAP)
+
+
+def _padded(side: int, multiple: int, min_size: int) -> int:
+    side = max(side, min_size)
+    return -(-side // multiple) * multiple
+
+
+def restore_tensor(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    *,
+    tile: int | None = 0,
+    overlap: int = DEFAULT_OVERLAP,
+    device: str = "auto",
+    precision: str = "fp32",
+    ensemble: bool = False,
+) -> torch.Tensor:
+    """Restore one image tensor (library entry point; moves ``model`` to ``device``).
+
+    Args:
+        model: Restoration network (see ``ImageRestorer``).
+        x: (1, C, H, W) float32 in [0, 1] on the host.
+        tile: Tile side in input pixels; 0 (default) for the whole image, None for automatic.
+        overlap: Minimum overlap between tiles in input pixels.
+        device: ``auto|cpu|cuda|cuda:N``.
+        precision: ``fp32|bf16|fp16``.
+        ensemble: MaIR+ self-ensemble over the 8 flips/transposes.
+
+    Returns:
+        (1, C, sH, sW) float32 on the host, unclamped.
+    """
+    restorer = ImageRestorer(model, device=device, precision=precision, tile=tile, overlap=overlap, ensemble=ensemble)
+    return restorer.restore(x).output

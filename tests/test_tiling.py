@@ -1,0 +1,198 @@
+"""Tiled inference: plans, blending, exactness for a convolution-only model, OOM back-off, MaIR+ ensemble."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from restorecli.errors import BackendUnavailableError, OutOfMemoryError, UsageError
+from restorecli.inference import ImageRestorer, restore_tensor, self_ensemble
+from restorecli.tiling import TilePlan, run_tiles, run_with_backoff, tile_from_budget
+
+# Every pixel of the toy model sees 3 input pixels around it (three 3x3 convolutions), so tiled
+# inference is exact when the overlap is at least 4 * 3 = 12 input pixels (see restorecli.tiling).
+RECEPTIVE_RADIUS = 3
+EXACT_ATOL = 1e-6  # float32 rounding of the blend weights; the values themselves agree
+
+
+class ConvToy(torch.nn.Module):
+    """Convolution-only stand-in with the restoration-network contract (float NCHW in [0, 1])."""
+
+    def __init__(self, upscale: int = 1) -> None:
+        super().__init__()
+        self.upscale = upscale
+        self.body = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(8, 8, 3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(8, 3 * upscale * upscale, 3, padding=1),
+            torch.nn.PixelShuffle(upscale),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+@pytest.mark.parametrize("length", [1, 7, 32, 33, 64, 100, 257])
+@pytest.mark.parametrize(("tile", "overlap", "scale"), [(32, 8, 1), (24, 16, 2), (48, 16, 3), (16, 0, 1)])
+def test_plan_covers_image_with_unit_weight_sum(length: int, tile: int, overlap: int, scale: int) -> None:
+    plan = TilePlan.for_image(length, length, tile=tile, overlap=overlap, scale=scale)
+    starts = plan.row_starts
+    assert starts[0] == 0 and starts[-1] + plan.tile_height == length
+    for a, b in zip(starts, starts[1:], strict=False):
+        assert a + plan.tile_height - b >= plan.overlap  # neighbours overlap at least as asked
+    total = [0.0] * (length * scale)
+    for i, start in enumerate(starts):
+        for k, weight in enumerate(plan.row_weights(i)):
+            total[start * scale + k] += weight
+    assert min(total) == pytest.approx(1.0) and max(total) == pytest.approx(1.0)
+
+
+def test_plan_whole_image_and_equal_tiles() -> None:
+    assert TilePlan.for_image(50, 70, tile=0, overlap=16).num_tiles == 1
+    plan = TilePlan.for_image(50, 70, tile=32, overlap=8)
+    tiles = list(plan.tiles())
+    assert len(tiles) == plan.num_tiles == 2 * 3
+    assert {(t.bottom - t.top, t.right - t.left) for t in tiles} == {(32, 32)}
+
+
+@pytest.mark.parametrize("scale", [1, 2, 3])
+@pytest.mark.parametrize(("tile", "overlap"), [(24, 12), (32, 16), (24, 40)])
+def test_tiled_equals_whole_for_conv_model(scale: int, tile: int, overlap: int) -> None:
+    model = ConvToy(scale)
+    image = torch.rand(1, 3, 61, 45)
+    whole = restore_tensor(model, image, tile=0, device="cpu")
+    tiled = restore_tensor(model, image, tile=tile, overlap=overlap, device="cpu")
+    assert tiled.shape == (1, 3, 61 * scale, 45 * scale)
+    assert min(overlap, tile // 2) >= 4 * RECEPTIVE_RADIUS
+    torch.testing.assert_close(tiled, whole, rtol=0, atol=EXACT_ATOL)
+
+
+def test_too_small_overlap_is_not_exact() -> None:
+    """Guards the test above: with too little context the seams do show."""
+    model = ConvToy(1)
+    image = torch.rand(1, 3, 40, 40)
+    diff = restore_tensor(model, image, tile=16, overlap=4, device="cpu") - restore_tensor(model, image, device="cpu")
+    assert diff.abs().max() > 1e-4
+
+
+def test_batched_tiles_match_one_by_one() -> None:
+    model = ConvToy(2).eval()
+    image = torch.rand(1, 3, 50, 50)
+    plan = TilePlan.for_image(50, 50, tile=24, overlap=12, scale=2)
+    with torch.inference_mode():
+        one = run_tiles(model, image, plan, batch_size=1)
+        many = run_tiles(model, image, plan, batch_size=4)
+    torch.testing.assert_close(one, many, rtol=0, atol=EXACT_ATOL)
+
+
+def test_progress_reports_every_tile() -> None:
+    seen: list[tuple[int, int]] = []
+    plan = TilePlan.for_image(40, 40, tile=16, overlap=4)
+    run_tiles(lambda t: t.clone(), torch.rand(1, 3, 40, 40), plan, batch_size=2, on_progress=lambda d, n: seen.append((d, n)))
+    assert seen[-1] == (plan.num_tiles, plan.num_tiles) and len(seen) == -(-plan.num_tiles // 2)
+
+
+def test_oom_halves_the_tile_and_still_matches() -> None:
+    model = ConvToy(1).eval()
+    image = torch.rand(1, 3, 64, 64)
+    sides: list[int] = []
+
+    def fits_below_40(tiles: torch.Tensor) -> torch.Tensor:
+        sides.append(max(tiles.shape[-2:]))
+        if tiles.shape[0] > 1 or max(tiles.shape[-2:]) > 40:
+            raise torch.OutOfMemoryError("simulated")
+        with torch.inference_mode():
+            return model(tiles)
+
+    result = run_with_backoff(fits_below_40, image, tile=0, overlap=12, scale=1, batch_size=4)
+    assert result.tile == 32 and result.batch_size == 1 and sides[0] == 64
+    with torch.inference_mode():
+        torch.testing.assert_close(result.output, model(image), rtol=0, atol=EXACT_ATOL)
+
+
+def test_oom_at_the_floor_is_a_clear_error() -> None:
+    def never_fits(tiles: torch.Tensor) -> torch.Tensor:
+        raise torch.OutOfMemoryError("simulated")
+
+    with pytest.raises(OutOfMemoryError, match=r"one 32x32 tile"):
+        run_with_backoff(never_fits, torch.rand(1, 3, 100, 90), tile=128, overlap=8, scale=1)
+
+
+def test_tile_from_budget() -> None:
+    assert tile_from_budget(1024**3, 1024) == 1024  # 1 GiB at 1 KiB per pixel: 1024²
+    assert tile_from_budget(1024**3, 1024, cap=512) == 512
+    assert tile_from_budget(10, 1024) == 32  # never below the floor
+    assert tile_from_budget(100 * 100 * 8, 8, multiple=16) == 96
+
+
+def test_auto_tile_on_cpu_is_bounded() -> None:
+    restorer = ImageRestorer(ConvToy(2), device="cpu", tile=None)
+    result = restorer.restore(torch.rand(1, 3, 20, 30))
+    assert 32 <= result.tile <= 512 and result.output.shape == (1, 3, 40, 60)
+
+
+# --- MaIR+ self-ensemble (mair_spec §5.2) -------------------------------------------------------
+
+
+def test_self_ensemble_order_and_inverse() -> None:
+    x = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(1, 2, 3, 4)
+    seen: list[torch.Tensor] = []
+
+    def record(v: torch.Tensor) -> torch.Tensor:
+        seen.append(v.clone())
+        return v * 1.0
+
+    out = self_ensemble(record, x)
+    v, h, t = (lambda a: a.flip(-2)), (lambda a: a.flip(-1)), (lambda a: a.transpose(-2, -1))
+    expected = [x, v(x), h(x), h(v(x)), t(x), t(v(x)), t(h(x)), t(h(v(x)))]
+    assert len(seen) == 8
+    for got, want in zip(seen, expected, strict=True):
+        assert torch.equal(got, want)
+    assert torch.equal(out, x)  # identity maps back exactly: the inverse mapping is right
+
+
+def test_self_ensemble_averages_a_position_dependent_function() -> None:
+    x = torch.rand(1, 3, 5, 7)
+    ramp = lambda v: v + torch.arange(v.shape[-1], dtype=v.dtype)  # noqa: E731 - not flip-equivariant
+    out = self_ensemble(ramp, x)
+    # columns map back to columns for 4 variants (ramp ± reversed) and to rows for the other 4
+    cols, rows = torch.arange(7.0), torch.arange(5.0)[:, None]
+    expected = x + (2 * cols + 2 * cols.flip(0) + 2 * rows + 2 * rows.flip(0)) / 8
+    torch.testing.assert_close(out, expected)
+
+
+def test_ensemble_through_restorer_keeps_shape_and_counts_tiles() -> None:
+    restorer = ImageRestorer(ConvToy(2), device="cpu", tile=16, overlap=4, ensemble=True)
+    result = restorer.restore(torch.rand(1, 3, 20, 28))
+    assert result.output.shape == (1, 3, 40, 56)
+    assert result.num_tiles == 8 * TilePlan.for_image(20, 28, tile=16, overlap=4).num_tiles
+
+
+# --- devices and precisions ---------------------------------------------------------------------
+
+
+def test_bf16_runs_on_cpu_close_to_fp32() -> None:
+    model, image = ConvToy(1), torch.rand(1, 3, 16, 16)
+    full = restore_tensor(model, image, device="cpu")
+    half = restore_tensor(model, image, device="cpu", precision="bf16")
+    assert half.dtype == torch.float32
+    torch.testing.assert_close(half, full, rtol=0, atol=3e-2)
+
+
+def test_fp16_on_cpu_is_refused() -> None:
+    with pytest.raises(BackendUnavailableError, match="fp16 needs a CUDA device, got cpu"):
+        ImageRestorer(ConvToy(1), device="cpu", precision="fp16")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_cuda_without_cuda_is_refused() -> None:
+    with pytest.raises(BackendUnavailableError, match="sees no CUDA device"):
+        ImageRestorer(ConvToy(1), device="cuda:0")
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [({"device": "tpu"}, "--device"), ({"precision": "fp8"}, "--precision"), ({"tile": -1}, "--tile")])
+def test_bad_settings_are_usage_errors(kwargs: dict, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        ImageRestorer(ConvToy(1), **{"device": "cpu", **kwargs})
