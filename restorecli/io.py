@@ -1,0 +1,494 @@
+"""Image files in and out: the only place where dtype, range and layout conversions happen.
+
+Reading goes through ``cv2.imdecode`` on the file's bytes (safe for Unicode paths on every OS)
+with ``IMREAD_UNCHANGED`` so that 16-bit samples, grey and alpha survive. That flag makes OpenCV
+ignore the EXIF orientation of JPEG, PNG and WebP files, so the orientation is read here and
+applied explicitly (OpenCV's TIFF decoder applies it itself; that is detected, not assumed).
+
+Writing encodes in memory and then writes a temporary file in the destination folder that is
+renamed over the target, so a crash or Ctrl-C never leaves a partial output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import struct
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from restorecli.errors import ImageReadError, ImageWriteError
+
+if TYPE_CHECKING:
+    import torch
+
+FORMAT_BY_EXTENSION = {
+    ".png": "png",
+    ".jpg": "jpeg",
+    ".jpeg": "jpeg",
+    ".jpe": "jpeg",
+    ".webp": "webp",
+    ".bmp": "bmp",
+    ".dib": "bmp",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+}
+"""Extensions read as images, and the format each one names."""
+
+EXTENSION_BY_FORMAT = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "bmp": ".bmp", "tiff": ".tif"}
+FORMATS_16_BIT = frozenset({"png", "tiff"})
+FORMATS_WITH_ALPHA = frozenset({"png", "webp", "tiff", "bmp"})
+FORMAT_NAMES = "PNG, JPEG, WebP, BMP or TIFF"
+DEFAULT_QUALITY = 95
+"""JPEG and WebP quality of written files."""
+
+
+@dataclass(frozen=True)
+class Image:
+    """A decoded image in display orientation.
+
+    Attributes:
+        color: (H, W) grey or (H, W, 3) RGB samples, uint8 or uint16.
+        alpha: (H, W) alpha samples of the same dtype, or None.
+        source_format: ``png|jpeg|webp|bmp|tiff`` of the file it came from ("" if made in memory).
+        orientation: EXIF orientation (1-8) that was applied while reading; 1 = none.
+    """
+
+    color: np.ndarray
+    alpha: np.ndarray | None = None
+    source_format: str = ""
+    orientation: int = 1
+
+    def __post_init__(self) -> None:
+        if self.color.dtype not in (np.uint8, np.uint16):
+            raise TypeError(f"image samples must be uint8 or uint16, got {self.color.dtype}")
+        if self.color.ndim not in (2, 3) or (self.color.ndim == 3 and self.color.shape[2] != 3):
+            raise ValueError(f"color must be (H, W) or (H, W, 3), got {self.color.shape}")
+        if self.alpha is not None and (
+            self.alpha.shape != self.color.shape[:2] or self.alpha.dtype != self.color.dtype
+        ):
+            raise ValueError("alpha must be (H, W) with the dtype of color")
+
+    @property
+    def height(self) -> int:
+        """Rows."""
+        return int(self.color.shape[0])
+
+    @property
+    def width(self) -> int:
+        """Columns."""
+        return int(self.color.shape[1])
+
+    @property
+    def bit_depth(self) -> int:
+        """8 or 16."""
+        return 16 if self.color.dtype == np.uint16 else 8
+
+    @property
+    def is_grey(self) -> bool:
+        """True for single-channel colour (with or without alpha)."""
+        return self.color.ndim == 2
+
+    @property
+    def mode(self) -> str:
+        """``L``, ``LA``, ``RGB`` or ``RGBA``."""
+        return ("L" if self.is_grey else "RGB") + ("A" if self.alpha is not None else "")
+
+
+def sniff_format(head: bytes) -> str | None:
+    """Image format from a file's first bytes (16 are enough), or None if not one we read."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head.startswith(b"BM"):
+        return "bmp"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    return None
+
+
+def _silence_opencv() -> None:
+    """OpenCV logs decoder warnings on stderr by itself; our errors say what went wrong instead."""
+    import cv2
+
+    with contextlib.suppress(AttributeError):
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
+
+def read_image(path: str | os.PathLike[str]) -> Image:
+    """Read an image file.
+
+    Args:
+        path: PNG, JPEG, WebP, BMP or TIFF file; 8 or 16 bits; grey, RGB or RGBA.
+
+    Returns:
+        The image, EXIF orientation applied.
+
+    Raises:
+        ImageReadError: Missing, empty, not an image, truncated or corrupt, or an unsupported mode.
+    """
+    import cv2
+
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: no such file (expected an image file)") from None
+    except IsADirectoryError:
+        raise ImageReadError(f"{path}: is a folder, expected an image file") from None
+    except OSError as error:
+        raise ImageReadError(f"{path}: cannot read: {error.strerror or error}") from None
+    if not data:
+        raise ImageReadError(f"{path}: file is empty (0 bytes), expected a {FORMAT_NAMES} image")
+    fmt = sniff_format(data[:16])
+    if fmt is None:
+        named = FORMAT_BY_EXTENSION.get(path.suffix.lower())
+        what = f"named {path.suffix} but its content is" if named else "content is"
+        raise ImageReadError(f"{path}: not an image: {what} not {FORMAT_NAMES} (starts with {data[:8]!r})")
+
+    _silence_opencv()
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    try:
+        decoded = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        decoded = None
+    if decoded is None or decoded.size == 0:
+        raise ImageReadError(f"{path}: cannot decode this {fmt.upper()} file: it is truncated or corrupt")
+    if decoded.dtype not in (np.uint8, np.uint16):
+        raise ImageReadError(f"{path}: expected 8- or 16-bit integer samples, got {decoded.dtype} {fmt.upper()}")
+
+    orientation = exif_orientation(data, fmt)
+    if orientation != 1 and not (fmt == "tiff" and _tiff_decoder_orients()):
+        decoded = apply_orientation(decoded, orientation)
+    color, alpha = _split_channels(decoded, path)
+    return Image(color=color, alpha=alpha, source_format=fmt, orientation=orientation)
+
+
+@functools.lru_cache(maxsize=1)
+def _tiff_decoder_orients() -> bool:
+    """Whether this OpenCV's TIFF decoder applies the Orientation tag itself.
+
+    OpenCV 5 does, even under IMREAD_IGNORE_ORIENTATION, so it cannot be switched off; decoding a
+    hand-made mirrored 2x1 TIFF once tells which behaviour this build has.
+    """
+    import cv2
+
+    # 2x1 8-bit grey, samples (0, 255), Orientation 2 (mirrored): an orienting decoder gives (255, 0).
+    shorts = [(256, 2), (257, 1), (258, 8), (259, 1), (262, 1), (274, 2), (277, 1), (278, 1)]
+    longs = [(273, 8), (279, 2)]  # strip offset, strip byte count
+    entries = sorted([(tag, struct.pack("<HHIHH", tag, 3, 1, v, 0)) for tag, v in shorts]
+                     + [(tag, struct.pack("<HHII", tag, 4, 1, v)) for tag, v in longs])  # fmt: skip
+    data = b"II*\x00" + struct.pack("<I", 12) + bytes([0, 255, 0, 0]) + struct.pack("<H", len(entries))
+    data += b"".join(entry for _, entry in entries) + struct.pack("<I", 0)
+    _silence_opencv()
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    return decoded is not None and int(decoded.reshape(-1)[0]) == 255
+
+
+def _split_channels(decoded: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """OpenCV's BGR(A) / grey(+alpha) layout -> (RGB or grey colour, alpha)."""
+    import cv2
+
+    if decoded.ndim == 2:
+        return np.ascontiguousarray(decoded), None
+    channels = decoded.shape[2]
+    if channels == 1:
+        return np.ascontiguousarray(decoded[..., 0]), None
+    if channels == 2:
+        return np.ascontiguousarray(decoded[..., 0]), np.ascontiguousarray(decoded[..., 1])
+    if channels == 3:
+        return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB), None
+    if channels == 4:
+        return cv2.cvtColor(decoded, cv2.COLOR_BGRA2RGB), np.ascontiguousarray(decoded[..., 3])
+    raise ImageReadError(f"{path}: expected 1 to 4 channels (grey, grey+alpha, RGB, RGBA), got {channels}")
+
+
+# ---------------------------------------------------------------------------------------------
+# EXIF orientation
+
+
+def exif_orientation(data: bytes, fmt: str) -> int:
+    """EXIF orientation tag (1-8) of an encoded image; 1 when absent or unreadable."""
+    try:
+        if fmt == "tiff":
+            blob = data
+        elif fmt == "jpeg":
+            blob = _jpeg_exif(data)
+        elif fmt == "png":
+            blob = _png_exif(data)
+        elif fmt == "webp":
+            blob = _webp_exif(data)
+        else:
+            blob = None
+        return _tiff_orientation(blob) if blob else 1
+    except (struct.error, IndexError, ValueError):
+        return 1
+
+
+def _jpeg_exif(data: bytes) -> bytes | None:
+    pos = 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        if marker in (0xDA, 0xD9):  # start of scan / end of image: no more metadata
+            return None
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        segment = data[pos + 4 : pos + 2 + length]
+        if marker == 0xE1 and segment.startswith(b"Exif\x00\x00"):
+            return segment[6:]
+        pos += 2 + length
+    return None
+
+
+def _png_exif(data: bytes) -> bytes | None:
+    pos = 8
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        if kind == b"eXIf":
+            return data[pos + 8 : pos + 8 + length]
+        if kind == b"IEND":
+            return None
+        pos += 12 + length
+    return None
+
+
+def _webp_exif(data: bytes) -> bytes | None:
+    pos = 12
+    while pos + 8 <= len(data):
+        kind, length = struct.unpack("<4sI", data[pos : pos + 8])
+        if kind == b"EXIF":
+            blob = data[pos + 8 : pos + 8 + length]
+            return blob[6:] if blob.startswith(b"Exif\x00\x00") else blob
+        pos += 8 + length + (length & 1)
+    return None
+
+
+def _tiff_orientation(blob: bytes) -> int:
+    """Orientation (tag 0x0112) of IFD0 of a TIFF-structured blob."""
+    if blob[:2] == b"II":
+        order = "<"
+    elif blob[:2] == b"MM":
+        order = ">"
+    else:
+        return 1
+    (ifd,) = struct.unpack(order + "I", blob[4:8])
+    (count,) = struct.unpack(order + "H", blob[ifd : ifd + 2])
+    for i in range(count):
+        entry = blob[ifd + 2 + 12 * i : ifd + 14 + 12 * i]
+        tag, kind = struct.unpack(order + "HH", entry[:4])
+        if tag == 0x0112 and kind == 3:  # SHORT
+            (value,) = struct.unpack(order + "H", entry[8:10])
+            return value if 1 <= value <= 8 else 1
+    return 1
+
+
+def apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn stored pixels (H, W[, C]) into display orientation for an EXIF orientation 1-8."""
+    if orientation == 2:
+        pixels = pixels[:, ::-1]
+    elif orientation == 3:
+        pixels = pixels[::-1, ::-1]
+    elif orientation == 4:
+        pixels = pixels[::-1]
+    elif orientation == 5:
+        pixels = pixels.swapaxes(0, 1)
+    elif orientation == 6:
+        pixels = pixels[::-1].swapaxes(0, 1)  # 90° clockwise
+    elif orientation == 7:
+        pixels = pixels[::-1, ::-1].swapaxes(0, 1)
+    elif orientation == 8:
+        pixels = pixels[:, ::-1].swapaxes(0, 1)  # 90° counter-clockwise
+    return np.ascontiguousarray(pixels)
+
+
+# ---------------------------------------------------------------------------------------------
+# tensors
+
+
+def image_to_tensor(image: Image) -> torch.Tensor:
+    """Colour of an image as a (1, 3, H, W) float32 RGB tensor in [0, 1] (grey is replicated)."""
+    import torch
+
+    peak = 65535.0 if image.bit_depth == 16 else 255.0
+    color = image.color if not image.is_grey else np.repeat(image.color[..., None], 3, axis=2)
+    tensor = torch.from_numpy(np.ascontiguousarray(color.transpose(2, 0, 1))).unsqueeze(0)
+    return tensor.to(torch.float32).div_(peak)
+
+
+def tensor_to_image(tensor: torch.Tensor, like: Image) -> Image:
+    """A restored tensor as an image with the depth, colour mode and alpha of its input.
+
+    Args:
+        tensor: (1, 3, sH, sW) float RGB, any range (clamped to [0, 1]); consumed (modified in place).
+        like: The input image; its bit depth and grey/colour mode are kept, its alpha is resized
+            to the output size (bicubic) or passed through when the size is unchanged.
+
+    Returns:
+        The output image.
+    """
+    import cv2
+    import torch
+
+    if tensor.dim() != 4 or tensor.shape[:2] != (1, 3):
+        raise ValueError(f"expected a (1, 3, H, W) tensor, got shape {tuple(tensor.shape)}")
+    dtype = np.uint16 if like.bit_depth == 16 else np.uint8
+    peak = 65535.0 if like.bit_depth == 16 else 255.0
+    pixels = tensor[0].float()
+    if like.is_grey:
+        pixels = pixels.mean(dim=0, keepdim=True)  # the input was replicated to 3 equal channels
+    pixels = pixels.clamp_(0.0, 1.0).mul_(peak).round_()
+    pixels = pixels.to(torch.int32 if dtype == np.uint16 else torch.uint8)
+    color = pixels.permute(1, 2, 0).numpy().astype(dtype, copy=False)
+    color = np.ascontiguousarray(color[..., 0] if like.is_grey else color)
+    alpha = like.alpha
+    if alpha is not None and alpha.shape != color.shape[:2]:
+        alpha = cv2.resize(alpha, (color.shape[1], color.shape[0]), interpolation=cv2.INTER_CUBIC)
+    return Image(color=color, alpha=alpha, source_format=like.source_format)
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+
+def output_format(path: str | os.PathLike[str]) -> str:
+    """Format named by an output path's extension.
+
+    Raises:
+        ImageWriteError: The extension names no format we write.
+    """
+    suffix = Path(path).suffix.lower()
+    fmt = FORMAT_BY_EXTENSION.get(suffix)
+    if fmt is None:
+        raise ImageWriteError(f"{path}: expected an extension of {', '.join(sorted(FORMAT_BY_EXTENSION))}, got {suffix!r}")
+    return fmt
+
+
+def fit_to_format(image: Image, fmt: str) -> tuple[Image, list[str]]:
+    """Reduce an image to what a format can hold; returns the image and a note per loss.
+
+    16-bit becomes 8-bit outside PNG/TIFF. Alpha cannot be stored in JPEG; callers that must keep
+    it choose PNG instead (see ``restorecli.batch``); here it is dropped with a note.
+    """
+    notes: list[str] = []
+    if image.bit_depth == 16 and fmt not in FORMATS_16_BIT:
+        image = replace(
+            image,
+            color=_to_8_bit(image.color),
+            alpha=None if image.alpha is None else _to_8_bit(image.alpha),
+        )
+        notes.append(f"16-bit input written as 8-bit ({fmt.upper()} holds 8 bits)")
+    if image.alpha is not None and fmt not in FORMATS_WITH_ALPHA:
+        image = replace(image, alpha=None)
+        notes.append(f"alpha dropped ({fmt.upper()} has no alpha)")
+    return image, notes
+
+
+def _to_8_bit(samples: np.ndarray) -> np.ndarray:
+    return ((samples.astype(np.uint32) + 128) // 257).astype(np.uint8)
+
+
+def encode_image(image: Image, fmt: str, *, quality: int = DEFAULT_QUALITY) -> tuple[bytes, list[str]]:
+    """Encode an image as ``fmt`` in memory.
+
+    Returns:
+        The file's bytes and notes on anything the format could not hold.
+    """
+    import cv2
+
+    image, notes = fit_to_format(image, fmt)
+    if image.is_grey:
+        pixels = image.color if image.alpha is None else np.dstack([image.color] * 3 + [image.alpha])
+    elif image.alpha is None:
+        pixels = cv2.cvtColor(image.color, cv2.COLOR_RGB2BGR)
+    else:
+        pixels = np.dstack([cv2.cvtColor(image.color, cv2.COLOR_RGB2BGR), image.alpha])
+    params: list[int] = []
+    if fmt == "jpeg":
+        params = [cv2.IMWRITE_JPEG_QUALITY, quality]
+    elif fmt == "webp":
+        params = [cv2.IMWRITE_WEBP_QUALITY, quality]
+    _silence_opencv()
+    try:
+        ok, buffer = cv2.imencode(EXTENSION_BY_FORMAT[fmt], pixels, params)
+    except cv2.error as error:
+        raise ImageWriteError(f"cannot encode a {image.mode} {image.bit_depth}-bit image as {fmt.upper()}: {error}") from None
+    if not ok:
+        raise ImageWriteError(f"cannot encode a {image.mode} {image.bit_depth}-bit image as {fmt.upper()}")
+    return buffer.tobytes(), notes
+
+
+def write_image(
+    path: str | os.PathLike[str],
+    image: Image,
+    *,
+    overwrite: bool = False,
+    quality: int = DEFAULT_QUALITY,
+) -> list[str]:
+    """Write an image atomically, in the format named by the path's extension.
+
+    Args:
+        path: Output file; its folder is created if missing.
+        image: The image.
+        overwrite: Replace an existing file; otherwise an existing file is an error.
+        quality: JPEG/WebP quality.
+
+    Returns:
+        Notes on anything the format could not hold (bit depth, alpha).
+
+    Raises:
+        ImageWriteError: Unknown extension, existing file, unwritable folder, encoder failure.
+    """
+    path = Path(path)
+    data, notes = encode_image(image, output_format(path), quality=quality)
+    write_bytes_atomic(path, data, overwrite=overwrite)
+    return notes
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, overwrite: bool = False) -> None:
+    """Write bytes through a temporary file in the same folder, then rename it over ``path``.
+
+    The temporary file is removed on any failure, Ctrl-C included, so no partial file remains.
+
+    Raises:
+        ImageWriteError: Existing file without ``overwrite``, or the folder is not writable.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ImageWriteError(f"{path}: is a folder, expected an output file path")
+    if not overwrite and path.exists():
+        raise ImageWriteError(f"{path}: exists (pass --overwrite to replace it)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except OSError as error:
+        raise ImageWriteError(f"{path.parent}: cannot write into this folder: {error.strerror or error}") from None
+    try:
+        with os.fdopen(handle, "wb") as temp:
+            temp.write(data)
+        os.chmod(temp_name, 0o666 & ~_umask())
+        os.replace(temp_name, path)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            os.unlink(temp_name)
+        if isinstance(error, OSError):
+            raise ImageWriteError(f"{path}: cannot write: {error.strerror or error}") from None
+        raise
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
