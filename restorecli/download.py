@@ -189,9 +189,9 @@ def download(
             f"no sha256 is known for {url}, so it cannot be verified; allow unverified downloads "
             "(--allow-unverified) to fetch it anyway and pin the sha256 that is printed"
         )
-    if dest.is_file() and expected is not None and (size is None or dest.stat().st_size == size):
-        if sha256_file(dest) == expected:
-            return DownloadResult(dest, expected, dest.stat().st_size, verified=True)
+    already = dest.is_file() and expected is not None and (size is None or dest.stat().st_size == size)
+    if already and sha256_file(dest) == expected:
+        return DownloadResult(dest, expected, dest.stat().st_size, verified=True)
 
     scheme = urlsplit(url).scheme.lower()
     if scheme not in ("http", "https", "file"):
@@ -212,15 +212,11 @@ def download(
     got_size = part.stat().st_size
     if size is not None and got_size != size:
         part.unlink(missing_ok=True)
-        raise ChecksumError(
-            f"size mismatch for {url}: expected {size} bytes, got {got_size}; the file was deleted"
-        )
+        raise ChecksumError(f"size mismatch for {url}: expected {size} bytes, got {got_size}; the file was deleted")
     got = sha256_file(part)
     if expected is not None and got != expected:
         part.unlink(missing_ok=True)
-        raise ChecksumError(
-            f"sha256 mismatch for {url}: expected {expected}, got {got}; the file was deleted"
-        )
+        raise ChecksumError(f"sha256 mismatch for {url}: expected {expected}, got {got}; the file was deleted")
     os.replace(part, dest)
     if expected is None:
         logger.warning("unverified download %s: sha256 %s (%d bytes); pin it to verify later", url, got, got_size)
@@ -236,7 +232,7 @@ def _normalise_sha256(sha256: str | None) -> str | None:
     return value
 
 
-class _Retry(Exception):
+class _RetryableError(Exception):
     """A failure worth another attempt (connection, timeout, 5xx, early close)."""
 
 
@@ -274,7 +270,13 @@ def _fetch_with_retries(
                 try:
                     _fetch_once(session, url, part, size, timeout, report)
                     return
-                except (_Retry, requests.exceptions.RequestException, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as error:
+                except (
+                    _RetryableError,
+                    requests.exceptions.RequestException,
+                    urllib3.exceptions.HTTPError,
+                    ConnectionError,
+                    TimeoutError,
+                ) as error:
                     if attempt >= retries:
                         raise DownloadError(
                             f"download of {url} failed after {attempt + 1} attempt(s): {_describe(error)}"
@@ -322,16 +324,16 @@ def _fetch_once(
             if total == have:
                 return
             part.unlink()
-            raise _Retry(f"server refused to resume at byte {have}; restarting")
+            raise _RetryableError(f"server refused to resume at byte {have}; restarting")
         if status >= 500 or status == 429:
-            raise _Retry(f"HTTP {status} {response.reason}")
+            raise _RetryableError(f"HTTP {status} {response.reason}")
         if status >= 400:
             raise DownloadError(f"HTTP {status} {response.reason} for {url}")
         if status == 206:
             start = _content_range_start(response.headers.get("Content-Range", ""))
             if start != have:
                 part.unlink()
-                raise _Retry(f"server resumed at byte {start}, expected {have}; restarting")
+                raise _RetryableError(f"server resumed at byte {start}, expected {have}; restarting")
             mode = "ab"
         else:
             have, mode = 0, "wb"  # the server ignored Range and sends everything
@@ -347,7 +349,7 @@ def _fetch_once(
                 report(have + received, total)
             _sync(handle)
         if body is not None and received < body and not response.headers.get("Content-Encoding"):
-            raise _Retry(f"connection closed after {received} of {body} bytes")
+            raise _RetryableError(f"connection closed after {received} of {body} bytes")
 
 
 def _iter_body(response: requests.Response) -> Iterator[bytes]:
@@ -391,7 +393,13 @@ def _progress_bar(enabled: bool, label: str) -> Iterator[Callable[[int, int | No
         TransferSpeedColumn,
     )
 
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(label, total=None)
 

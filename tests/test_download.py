@@ -81,6 +81,15 @@ class FileServer:
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
 
+    def __enter__(self) -> FileServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
 
@@ -90,21 +99,23 @@ class FileServer:
         return self.url(path)
 
 
+def isolate(monkeypatch: pytest.MonkeyPatch, cache: Path | None = None) -> None:
+    """Clear the hub's environment (conftest sets offline mode; these tests only talk to 127.0.0.1)."""
+    for name in ("RESTORECLI_OFFLINE", "RESTORECLI_MIRROR", "RESTORECLI_MANIFEST", "RESTORECLI_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    if cache is not None:
+        monkeypatch.setenv("RESTORECLI_CACHE", str(cache))
+
+
 @pytest.fixture
 def server() -> Iterator[FileServer]:
-    srv = FileServer()
-    srv.thread.start()
-    yield srv
-    srv.release.set()
-    srv.httpd.shutdown()
-    srv.httpd.server_close()
+    with FileServer() as srv:
+        yield srv
 
 
 @pytest.fixture(autouse=True)
 def _online(monkeypatch: pytest.MonkeyPatch) -> None:
-    # conftest sets offline mode for safety; these tests only talk to 127.0.0.1.
-    monkeypatch.delenv("RESTORECLI_OFFLINE", raising=False)
-    monkeypatch.delenv("RESTORECLI_MIRROR", raising=False)
+    isolate(monkeypatch)
 
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB, not all one byte so offsets matter
