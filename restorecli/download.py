@@ -204,11 +204,29 @@ def download(
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    if scheme == "file":
-        _copy_local(url, part)
-    else:
-        _fetch_with_retries(url, part, size, progress, timeout, retries, backoff, session)
+    resumed = part.is_file() and part.stat().st_size > 0
+    while True:
+        if scheme == "file":
+            _copy_local(url, part)
+        else:
+            _fetch_with_retries(url, part, size, progress, timeout, retries, backoff, session)
+        try:
+            got, got_size = _verify(part, url, expected, size)
+            break
+        except ChecksumError:
+            if not resumed:
+                raise
+            # The bytes kept from an earlier run may belong to another version of the file.
+            logger.info("resumed download of %s failed verification; downloading it again from the start", url)
+            resumed = False
+    os.replace(part, dest)
+    if expected is None:
+        logger.warning("unverified download %s: sha256 %s (%d bytes); pin it to verify later", url, got, got_size)
+    return DownloadResult(dest, got, got_size, verified=expected is not None)
 
+
+def _verify(part: Path, url: str, expected: str | None, size: int | None) -> tuple[str, int]:
+    """Digest and size of ``part``; deletes it and raises ChecksumError when they differ from the pins."""
     got_size = part.stat().st_size
     if size is not None and got_size != size:
         part.unlink(missing_ok=True)
@@ -217,10 +235,7 @@ def download(
     if expected is not None and got != expected:
         part.unlink(missing_ok=True)
         raise ChecksumError(f"sha256 mismatch for {url}: expected {expected}, got {got}; the file was deleted")
-    os.replace(part, dest)
-    if expected is None:
-        logger.warning("unverified download %s: sha256 %s (%d bytes); pin it to verify later", url, got, got_size)
-    return DownloadResult(dest, got, got_size, verified=expected is not None)
+    return got, got_size
 
 
 def _normalise_sha256(sha256: str | None) -> str | None:
@@ -377,10 +392,14 @@ def _content_range_total(header: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
 @contextmanager
 def _progress_bar(enabled: bool, label: str) -> Iterator[Callable[[int, int | None], None]]:
     """Yield ``report(done, total)``; draws a rich bar on stderr when that is a terminal."""
-    if not enabled or not sys.stderr.isatty():
+    if not enabled or not _stderr_is_terminal():
         yield lambda done, total: None
         return
     from rich.console import Console

@@ -162,6 +162,15 @@ def test_server_ignoring_range_restarts_cleanly(server: FileServer, tmp_path: Pa
     assert dest.read_bytes() == PAYLOAD
 
 
+def test_stale_part_from_another_file_is_redownloaded(server: FileServer, tmp_path: Path) -> None:
+    url = server.add("/w.bin", PAYLOAD)
+    dest = tmp_path / "w.bin"
+    dest.with_name("w.bin.part").write_bytes(b"x" * 1000)  # same length prefix, wrong bytes
+    dl.download(url, dest, sha256=DIGEST, **FAST)
+    assert dest.read_bytes() == PAYLOAD
+    assert server.requests == [("/w.bin", "bytes=1000-"), ("/w.bin", None)]
+
+
 def test_complete_part_gets_416_and_is_accepted(server: FileServer, tmp_path: Path) -> None:
     url = server.add("/w.bin", PAYLOAD)
     dest = tmp_path / "w.bin"
@@ -258,3 +267,10 @@ def test_mirror_rewrites_url(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_bad_sha256_argument_is_a_programming_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="64 hex digits"):
         dl.download("http://127.0.0.1:9/x", tmp_path / "x", sha256="abc")
+
+
+def test_progress_bar_on_a_terminal(server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dl, "_stderr_is_terminal", lambda: True)
+    url = server.add("/w.bin", PAYLOAD, "cut")
+    dl.download(url, tmp_path / "w.bin", sha256=DIGEST, progress=True, backoff=0.0)
+    assert (tmp_path / "w.bin").read_bytes() == PAYLOAD
