@@ -1,9 +1,281 @@
-"""Commands of this module are registered by its owner."""
+"""`restore eval` (benchmark scores and reports) and `restore datasets list|download`."""
 
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
 import typer
+
+from restorecli.errors import UnknownModelError, UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+    from restorecli.evaluate import EvalReport, ModelInfo
+
+datasets_app = typer.Typer(help="Benchmark data sets: list them, download them into the cache.", no_args_is_help=True)
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+def load_model(
+    task: str, model: str | None, weights: str | None, scale: int | None, sigma: float | None
+) -> tuple[torch.nn.Module, ModelInfo]:
+    """Obtain the network to evaluate: resolve the weights through the hub, build, load.
+
+    Kept small and separate so that tests can replace it and the hub can change under it.
+    """
+    from restorecli import hub, models
+    from restorecli.errors import CheckpointError
+    from restorecli.evaluate import ModelInfo
+
+    resolved = hub.resolve_weights(
+        task, model=model, weights=weights, scale=scale,
+        sigma=int(sigma) if sigma is not None else None,
+    )
+    arch, config, name = resolved.arch, resolved.config, resolved.name
+    if arch is None or config is None:
+        checkpoint = models.read_checkpoint(resolved.path)  # files written by `restore train` say what they are
+        arch, config, name = checkpoint.arch, checkpoint.config, name or checkpoint.name
+        if arch is None or config is None:
+            raise CheckpointError(
+                f"{resolved.path} does not say which network it holds; add --model NAME to give its architecture"
+            )
+    module = models.build_arch(arch, config)
+    models.load_checkpoint(module, resolved.path)
+    return module, ModelInfo(name or resolved.path.name, resolved.sha256, arch)
+
+
+def _model_spec(name: str) -> Any:
+    """Task/scale/sigma of a named model, or None when the table does not know it."""
+    from restorecli import models
+
+    try:
+        return models.spec(name)
+    except UnknownModelError:  # reported by load_model, with suggestions
+        return None
+
+
+@contextmanager
+def _progress(enabled: bool, label: str) -> Iterator[ProgressFn | None]:
+    """A progress bar on stderr, as a ``(done, total, name)`` callback (None when disabled)."""
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=None)
+
+        def report(done: int, total: int, name: str) -> None:
+            bar.update(task, completed=done, total=total, description=f"{label} {name}")
+
+        yield report
+
+
+def _show_progress(quiet: bool, as_json: bool) -> bool:
+    return not (quiet or as_json) and sys.stderr.isatty()
+
+
+def _infer_task(dataset_tasks: tuple[str, ...] | None, sigma: float | None, spec: Any) -> str:
+    if sigma is not None:
+        return "denoise"
+    if spec is not None and getattr(spec, "task", None) in ("sr", "denoise"):
+        return str(spec.task)
+    if dataset_tasks and len(dataset_tasks) == 1:
+        return dataset_tasks[0]
+    return "sr"
+
+
+def _print_summary(report: EvalReport) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    summary = report.summary()
+    head = summary["headline"]
+    table = Table(title=f"{summary['model']} on {summary['dataset']} ({summary['protocol']})", title_justify="left")
+    for column in ("image", "PSNR Y", "SSIM Y", "PSNR RGB", "SSIM RGB", "s"):
+        table.add_column(column, justify="left" if column == "image" else "right")
+
+    def fmt(v: float | None, d: int) -> str:
+        return "inf" if v is None else f"{v:.{d}f}"
+
+    for r in summary["images"]:
+        table.add_row(r["name"], fmt(r["psnr_y"], 2), fmt(r["ssim_y"], 4), fmt(r["psnr_rgb"], 2),
+                      fmt(r["ssim_rgb"], 4), f"{r['seconds']:.3f}")
+    m = summary["mean"]
+    table.add_section()
+    table.add_row("mean", fmt(m["psnr_y"], 2), fmt(m["ssim_y"], 4), fmt(m["psnr_rgb"], 2), fmt(m["ssim_rgb"], 4),
+                  f"{m['seconds']:.3f}", style="bold")
+    console = Console()
+    console.print(table)
+    key = "y" if head == "y" else "rgb"
+    console.print(
+        f"{summary['dataset']}: PSNR {fmt(m['psnr_' + key], 2)} dB, SSIM {fmt(m['ssim_' + key], 4)} "
+        f"({key.upper()}, crop border {summary['crop_border']})",
+        highlight=False,
+    )
+    for note in summary.get("notes", []):
+        console.print(f"note: {note}", highlight=False, style="dim")
+
+
+def eval_command(
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Benchmark set (see `restore datasets list`).")] = None,
+    scale: Annotated[Optional[int], typer.Option("--scale", "-s", min=1, help="SR factor (default: the model's).")] = None,
+    sigma: Annotated[Optional[float], typer.Option("--sigma", min=0, help="Gaussian noise level on 0-255: evaluates denoising.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name from `restore models list`.")] = None,
+    weights: Annotated[Optional[str], typer.Option("--weights", metavar="PATH|URL", help="Checkpoint file or URL instead of a named model.")] = None,
+    baseline: Annotated[Optional[str], typer.Option("--baseline", help="Score 'bicubic' (SR) or 'noisy' (denoising) instead of a model.")] = None,
+    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Local copy holding <Set>/HR and <Set>/LR_bicubic/X<s>.")] = None,
+    lr_from_hr: Annotated[bool, typer.Option("--lr-from-hr", help="Make LR with MATLAB-bicubic imresize even when the set ships LR.")] = False,
+    protocol: Annotated[str, typer.Option("--protocol", help="blended (default, the tool's tiling), tiled-official (MaIR's test tiling) or whole.")] = "blended",
+    ensemble: Annotated[bool, typer.Option("--ensemble", help="8-fold self-ensemble (MaIR+).")] = False,
+    tile: Annotated[Optional[int], typer.Option("--tile", min=0, help="Tile side for the blended protocol (default: automatic; 0: whole image).")] = None,
+    overlap: Annotated[Optional[int], typer.Option("--overlap", min=0, help="Tile overlap for the blended protocol.")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    crop_border: Annotated[Optional[int], typer.Option("--crop-border", min=0, help="Pixels ignored at each side (default: scale for SR, 0 otherwise).")] = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Only the first N images.")] = None,
+    pred_dir: Annotated[Optional[Path], typer.Option("--pred-dir", help="Score existing outputs in this folder (with --gt-dir).")] = None,
+    gt_dir: Annotated[Optional[Path], typer.Option("--gt-dir", help="Ground truth for --pred-dir.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write report.json/.csv/.md and comparison.png here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Score a model (or a baseline) on a benchmark with the papers' conventions, or score existing outputs.
+
+    Examples: `restore eval -d Set5 -s 4 --baseline bicubic`, `restore eval -d Set5 -m mair-sr-x4
+    --protocol tiled-official --out report/`, `restore eval --pred-dir out/ --gt-dir Set5/HR -s 4`.
+    """
+    from restorecli import evaluate as ev
+
+    show = _show_progress(quiet, as_json)
+    if pred_dir is not None or gt_dir is not None:
+        if pred_dir is None or gt_dir is None:
+            raise UsageError("--pred-dir and --gt-dir go together: give both")
+        if dataset or model or weights or baseline:
+            raise UsageError("--pred-dir/--gt-dir score existing files; drop --dataset/--model/--weights/--baseline")
+        with _progress(show, "scoring") as progress:
+            report = ev.score_dirs(pred_dir, gt_dir, scale=scale, crop_border=crop_border, progress=progress)
+        _finish(report, out, as_json)
+        return
+
+    if dataset is None:
+        raise UsageError("--dataset is required (or --pred-dir with --gt-dir); see `restore datasets list`")
+    from restorecli import datasets
+
+    spec_ds = datasets.get_dataset(dataset)
+    if baseline is None and model is None and weights is None:
+        raise UsageError("say what to evaluate: --model NAME, --weights FILE or --baseline bicubic|noisy")
+    if baseline is not None and (model or weights):
+        raise UsageError("--baseline replaces the model: drop --model/--weights")
+    if baseline is not None and baseline not in ev.BASELINES:
+        raise UsageError(f"--baseline: expected one of {', '.join(ev.BASELINES)}, got {baseline!r}")
+    model_spec = _model_spec(model) if model else None
+    task = _infer_task(spec_ds.tasks, sigma, model_spec)
+    if baseline == "noisy":
+        task = "denoise"
+    if task == "sr":
+        scale = scale or getattr(model_spec, "scale", None)
+        if not scale and baseline is None and weights is None:
+            raise UsageError("--scale is required for super-resolution")
+    else:
+        sigma = sigma if sigma is not None else getattr(model_spec, "sigma", None)
+        if sigma is None:
+            raise UsageError(f"{spec_ds.name} is a denoising set: give the noise level with --sigma (15, 25 or 50)")
+
+    module = info = None
+    if baseline is None:
+        module, info = load_model(task, model, weights, scale if task == "sr" else None, None if task == "sr" else sigma)
+        if task == "sr":
+            scale = scale or int(getattr(module, "upscale", 0)) or None
+    if task == "sr" and not scale:
+        raise UsageError("--scale is required for super-resolution")
+    config = ev.EvalConfig(
+        task=task, scale=scale or 1, sigma=sigma, protocol=protocol, ensemble=ensemble, crop_border=crop_border,
+        lr_from_hr=lr_from_hr, baseline=baseline, tile=tile, overlap=overlap, device=device, limit=limit,
+    )
+    with _progress(show, f"downloading {spec_ds.name}") as progress:
+        folder = datasets.locate_dataset(spec_ds.name, data_dir, progress=progress)
+    with _progress(show, f"{spec_ds.name}") as progress:
+        report = ev.evaluate_dataset(spec_ds, folder, config, model=module, model_info=info, progress=progress)
+    _finish(report, out, as_json)
+
+
+def _finish(report: EvalReport, out: Path | None, as_json: bool) -> None:
+    from restorecli.evaluate import write_report
+
+    if out is not None:
+        paths = write_report(report, out)
+        typer.echo(f"report written: {', '.join(str(p) for p in paths)}", err=True)
+    if as_json:
+        typer.echo(json.dumps(report.summary(), indent=2))
+    else:
+        _print_summary(report)
+
+
+@datasets_app.command("list")
+def datasets_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """List the benchmark sets, their source and whether they are in the cache."""
+    from restorecli import datasets
+
+    pins = datasets.load_pins()
+    rows = []
+    for spec in datasets.DATASETS.values():
+        pin = pins.get(spec.name)
+        rows.append({
+            "name": spec.name,
+            "tasks": list(spec.tasks),
+            "grey": spec.grey,
+            "images": spec.images,
+            "lr_scales": list(spec.lr_scales),
+            "source": f"{pin['repo']}@{pin['commit'][:12]}" if pin else None,
+            "files": len(pin["files"]) if pin else 0,
+            "bytes": sum(f["size"] for f in pin["files"]) if pin else 0,
+            "cached": (datasets.cache_root() / spec.name / ".complete").is_file(),
+            "description": spec.description,
+        })
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for column in ("name", "task", "images", "LR", "source", "size", "cached"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(
+            r["name"], "/".join(r["tasks"]) + (" (grey)" if r["grey"] else ""), str(r["images"]),
+            ",".join(f"x{s}" for s in r["lr_scales"]) or "-", r["source"] or "none: use --data-dir",
+            f"{r['bytes'] / 1e6:.1f} MB" if r["bytes"] else "-", "yes" if r["cached"] else "no",
+        )
+    Console().print(table)
+
+
+@datasets_app.command("download")
+def datasets_download(
+    name: Annotated[str, typer.Argument(help="Set name, e.g. Set5.")],
+    dest: Annotated[Optional[Path], typer.Option("--dest", help="Parent folder (default: the cache).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Download a set from its pinned public source, verifying every file; prints the set folder."""
+    from restorecli import datasets
+
+    with _progress(_show_progress(quiet, False), f"downloading {name}") as progress:
+        folder = datasets.download_dataset(name, dest, progress=progress)
+    typer.echo(str(folder))
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the app."""
+    """Add `eval` and the `datasets` group to the app."""
+    app.command("eval")(eval_command)
+    app.add_typer(datasets_app, name="datasets")

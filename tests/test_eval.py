@@ -1,0 +1,336 @@
+"""`restore eval`: data-set registry and download, protocols, baselines, reports, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+from typer.testing import CliRunner
+
+from restorecli import datasets
+from restorecli import evaluate as ev
+from restorecli.cli import app
+from restorecli.cli import eval_cmd
+from restorecli.errors import ChecksumError, ConfigError, DownloadError, ImageReadError, UsageError
+
+runner = CliRunner()
+
+
+class Nearest(torch.nn.Module):
+    """Pointwise toy SR model: tiling cannot change its output."""
+
+    def __init__(self, scale: int = 4) -> None:
+        super().__init__()
+        self.upscale = scale
+        self.in_chans = 3
+        self.shapes: list[tuple[int, int]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.shapes.append(tuple(x.shape[2:]))
+        return F.interpolate(x, scale_factor=self.upscale, mode="nearest")
+
+
+class PlusTileMean(torch.nn.Module):
+    """Same-size toy model whose output depends on the whole tile (like MaIR's pooled gate)."""
+
+    upscale = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + x.mean()
+
+
+# ----------------------------------------------------------------------------- protocols
+
+
+def test_noise_follows_the_official_protocol() -> None:
+    clean = np.random.default_rng(0).integers(0, 256, (7, 9, 3), dtype=np.uint8)
+    bgr = clean[..., ::-1].astype(np.float32) / 255.0
+    np.random.seed(0)  # what the official dataset does before every test image
+    expected_bgr = bgr + np.random.normal(0, 25 / 255.0, bgr.shape)
+    noisy = ev.add_noise(clean, 25)
+    assert noisy.dtype == np.float32
+    np.testing.assert_allclose(noisy, expected_bgr[..., ::-1], atol=1e-7)
+    np.testing.assert_array_equal(ev.add_noise(clean, 25), noisy)  # seeded per image
+    extreme = np.zeros((16, 16, 3), np.uint8)
+    assert ev.add_noise(extreme, 50).min() < 0  # not clipped
+
+
+@pytest.mark.parametrize(
+    ("size", "tiles"),
+    [(500, {183, 199}), (256, {140}), (199, {199})],  # spec §5.1 examples: 3×3 of 167 + 16, 2×2 of 128 + 12, one
+)
+def test_tiled_official_geometry_and_exactness(size: int, tiles: set[int]) -> None:
+    model = Nearest(2)
+    x = torch.rand(1, 3, size, size)
+    out = ev.tiled_official(model, x, 2, "cpu")
+    assert {h for h, _ in model.shapes} == tiles and {w for _, w in model.shapes} == tiles
+    assert len(model.shapes) == (size // 200 + 1) ** 2
+    torch.testing.assert_close(out, F.interpolate(x, scale_factor=2, mode="nearest"), rtol=0, atol=0)
+
+
+def test_tiled_official_pastes_each_tile_without_blending() -> None:
+    x = torch.rand(1, 3, 256, 256)
+    out = ev.tiled_official(PlusTileMean(), x, 1, "cpu")
+    # 2×2 tiles of 128 with shave 12: tile (0, 0) is rows/cols [0, 140), tile (1, 1) is [116, 256).
+    torch.testing.assert_close(out[..., :128, :128], x[..., :128, :128] + x[..., :140, :140].mean())
+    torch.testing.assert_close(out[..., 128:, 128:], x[..., 128:, 128:] + x[..., 116:, 116:].mean())
+    torch.testing.assert_close(out[..., :128, 128:], x[..., :128, 128:] + x[..., :140, 116:].mean())
+
+
+@pytest.mark.parametrize("protocol", ["tiled-official", "whole", "blended"])
+def test_protocols_and_ensemble_agree_on_an_equivariant_model(protocol: str) -> None:
+    x = torch.rand(1, 3, 37, 52)
+    config = ev.EvalConfig(task="sr", scale=2, protocol=protocol, ensemble=True, tile=16, device="cpu")
+    out = ev.make_runner(Nearest(2), config, "cpu")(x)
+    torch.testing.assert_close(out, F.interpolate(x, scale_factor=2, mode="nearest"))
+
+
+def test_config_rejects_nonsense() -> None:
+    with pytest.raises(UsageError, match="protocol"):
+        ev.EvalConfig(scale=4, protocol="fast")
+    with pytest.raises(UsageError, match="--sigma"):
+        ev.EvalConfig(task="denoise")
+    with pytest.raises(UsageError, match="--baseline bicubic"):
+        ev.EvalConfig(scale=4, baseline="noisy")
+    assert ev.EvalConfig(scale=3).border == 3 and ev.EvalConfig(task="denoise", sigma=15).border == 0
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_set5_x4_bicubic_baseline_and_report_files(shared_datasets: Path, tmp_path: Path) -> None:
+    args = ["eval", "--dataset", "Set5", "--scale", "4", "--baseline", "bicubic", "--data-dir", str(shared_datasets)]
+    result = runner.invoke(app, [*args, "--json", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    # BasicSR convention on the MATLAB LR files; the papers' 28.42/0.8104 used Y-only float resizing.
+    assert summary["mean"]["psnr_y"] == pytest.approx(28.429, abs=0.001)
+    assert summary["mean"]["ssim_y"] == pytest.approx(0.8111, abs=0.0001)
+    assert {"psnr_rgb", "ssim_rgb"} <= set(summary["mean"])
+    assert [r["name"] for r in summary["images"]] == ["baby", "bird", "butterfly", "head", "woman"]
+    assert summary["protocol"] == "baseline" and summary["crop_border"] == 4 and summary["lr_source"] == "LR_bicubic"
+
+    assert json.loads((tmp_path / "report.json").read_text())["mean"] == summary["mean"]
+    rows = list(csv.DictReader((tmp_path / "report.csv").open()))
+    assert [r["name"] for r in rows][-1] == "mean" and len(rows) == 6
+    assert float(rows[-1]["psnr_y"]) == pytest.approx(summary["mean"]["psnr_y"])
+    assert "28.43" in (tmp_path / "report.md").read_text()
+    picture = cv2.imread(str(tmp_path / "comparison.png"))
+    assert picture is not None and picture.shape[0] > 3 * 96 * 2  # three rows of zoomed crops
+
+
+def test_generated_lr_equals_shipped_lr_on_set5(shared_datasets: Path) -> None:
+    spec = datasets.get_dataset("Set5")
+    folder = datasets.locate_dataset("Set5", shared_datasets)
+    shipped = ev.evaluate_dataset(spec, folder, ev.EvalConfig(scale=3, baseline="bicubic"))
+    generated = ev.evaluate_dataset(spec, folder, ev.EvalConfig(scale=3, baseline="bicubic", lr_from_hr=True))
+    assert generated.meta["lr_source"] == "imresize"
+    assert [r.psnr_y for r in shipped.images] == [r.psnr_y for r in generated.images]
+    assert [r.ssim_rgb for r in shipped.images] == [r.ssim_rgb for r in generated.images]
+
+
+def test_grey_bridge_of_set14_is_scored_as_rgb(shared_datasets: Path) -> None:
+    spec = datasets.get_dataset("Set14")
+    report = ev.evaluate_dataset(spec, shared_datasets / "Set14", ev.EvalConfig(scale=4, baseline="bicubic", limit=3))
+    bridge = next(r for r in report.images if r.name == "bridge")
+    assert math.isfinite(bridge.psnr_y) and bridge.psnr_rgb < bridge.psnr_y  # Y scales differences by 219/255
+
+
+def test_model_through_cli_names_protocol_model_and_weights(
+    shared_datasets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+
+    def fake_load(task: str, model: str | None, weights: str | None, scale: int | None, sigma: float | None):
+        calls.append((task, weights, scale))
+        return Nearest(4), ev.ModelInfo("toy-x4", "ab" * 32, "toy")
+
+    monkeypatch.setattr(eval_cmd, "load_model", fake_load)
+    args = ["eval", "-d", "Set5", "-s", "4", "--weights", "toy.pth", "--data-dir", str(shared_datasets)]
+    result = runner.invoke(app, [*args, "--protocol", "tiled-official", "--limit", "2", "--json", "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert calls == [("sr", "toy.pth", 4)]
+    assert summary["model"] == "toy-x4" and summary["weights_sha256"] == "ab" * 32
+    assert summary["protocol"] == "tiled-official" and summary["device"] == "cpu"
+    assert len(summary["images"]) == 2 and summary["images"][0]["seconds"] > 0
+    # Nearest upscaling loses to bicubic, but it is a real score.
+    assert 20 < summary["mean"]["psnr_y"] < 28.5
+    picture = cv2.imread(str(tmp_path / "comparison.png"))
+    assert picture.shape[1] > 3 * 96 * 2  # input, output and ground truth side by side
+    assert "tiled-official" in (tmp_path / "report.md").read_text()
+
+
+def test_tiny_mair_end_to_end(shared_datasets: Path) -> None:
+    import restorecli.ops
+    from restorecli import models
+
+    if not hasattr(restorecli.ops, "selective_scan"):
+        pytest.skip("the selective-scan op has not landed in this checkout yet")
+
+    model = models.build_arch(
+        "mair",
+        {"upscale": 4, "in_chans": 3, "img_range": 1.0, "embed_dim": 12, "depths": [1], "d_state": 1,
+         "ssm_ratio": 1.0, "mlp_ratio": 1.0, "upsampler": "pixelshuffledirect", "resi_connection": "1conv",
+         "scan_len": 4},
+    )
+    spec = datasets.get_dataset("Set5")
+    folder = shared_datasets / "Set5"
+    samples = [s for s in datasets.list_samples(folder, 4) if s.name == "bird"]  # 72x72 LR: quick
+    for protocol in ("whole", "tiled-official"):
+        report = ev.evaluate(samples, ev.EvalConfig(scale=4, protocol=protocol, device="cpu"), model=model, dataset=spec)
+        (result,) = report.images
+        assert math.isfinite(result.psnr_y) and 0 < result.ssim_y <= 1
+        assert report.meta["backend"] is not None
+
+
+def test_denoising_noisy_baseline(shared_datasets: Path) -> None:
+    spec = datasets.get_dataset("McMaster")
+    config = ev.EvalConfig(task="denoise", sigma=25, baseline="noisy", limit=2)
+    report = ev.evaluate_dataset(spec, shared_datasets / "McMaster", config)
+    summary = report.summary()
+    assert summary["headline"] == "rgb" and summary["crop_border"] == 0
+    # σ = 25 gives 20.17 dB before clipping and rounding, which only remove error.
+    assert 20.1 < summary["mean"]["psnr_rgb"] < 21.5
+    assert any("MaIR" in n and "Y" in n for n in summary["notes"])
+
+
+# ----------------------------------------------------------------------------- scoring existing outputs
+
+
+def _write(path: Path, img: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), img[..., ::-1])
+
+
+def test_pred_dir_scoring(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (42, 40, 3), dtype=np.uint8)
+    b = rng.integers(0, 256, (42, 40, 3), dtype=np.uint8)
+    _write(tmp_path / "gt" / "a.png", a)
+    _write(tmp_path / "gt" / "b.png", b)
+    _write(tmp_path / "pred" / "a_SwinIR.png", a[:40])  # GT 2 rows taller: cropped as for x4
+    _write(tmp_path / "pred" / "bx4.png", np.clip(b.astype(int) + 3, 0, 255).astype(np.uint8)[:40])
+    args = ["eval", "--pred-dir", str(tmp_path / "pred"), "--gt-dir", str(tmp_path / "gt"), "--scale", "4", "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    images = {r["name"]: r for r in json.loads(result.stdout)["images"]}
+    assert images["a"]["psnr_y"] is None and images["a"]["ssim_rgb"] == 1.0  # identical: infinite PSNR
+    assert 35 < images["b"]["psnr_rgb"] < 39
+
+    _write(tmp_path / "gt" / "c.png", a)
+    _write(tmp_path / "pred" / "c.png", a[:20])
+    result = runner.invoke(app, args)
+    assert isinstance(result.exception, ImageReadError) and "c.png" in str(result.exception)
+
+
+# ----------------------------------------------------------------------------- data sets
+
+
+def test_registry_and_names() -> None:
+    assert datasets.get_dataset("set14").name == "Set14"
+    with pytest.raises(ConfigError, match="Set5"):
+        datasets.get_dataset("Set6")
+    assert datasets.image_key("img_001_SRF_4_LR") == "img_001"
+    assert datasets.image_key("img_001_SRF_3_HR") == "img_001"
+    assert datasets.image_key("babyx4", 4) == "baby" and datasets.image_key("babyx4", 2) == "babyx4"
+    for name in ("Set5", "Set14", "B100", "Urban100", "Manga109", "CBSD68", "Kodak24", "McMaster", "BSD68", "Set12"):
+        assert name in datasets.DATASETS
+
+
+def test_b100_pairs_selfexsr_names(shared_datasets: Path) -> None:
+    samples = datasets.list_samples(shared_datasets / "B100", 2)
+    assert len(samples) == 100
+    assert samples[0].name == "img_001" and samples[0].lr is not None and samples[0].lr.name == "img_001_SRF_2_LR.png"
+    assert all(s.lr is None for s in datasets.list_samples(shared_datasets / "CBSD68"))
+
+
+def test_pins_agree_with_the_shared_sha256sums(shared_datasets: Path) -> None:
+    assert datasets.build_pins(shared_datasets)["sets"] == datasets.load_pins()
+    assert datasets.load_pins()["Set5"]["files"][0]["source"] == "testsets/Set5/HR/baby.png"
+
+
+def test_download_uses_pinned_raw_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import restorecli.download
+
+    calls = []
+
+    def fake(url: str, dest: Path, *, sha256: str, size: int | None = None, **kwargs: object) -> Path:
+        calls.append((url, Path(dest), sha256, size))
+        return Path(dest)
+
+    monkeypatch.setattr(restorecli.download, "download_file", fake)
+    monkeypatch.delenv("RESTORECLI_MIRROR", raising=False)
+    folder = datasets.download_dataset("Set5", tmp_path)
+    assert folder == tmp_path / "Set5" and (folder / ".complete").is_file()
+    assert len(calls) == 20
+    url, dest, sha, size = calls[0]
+    assert url == (
+        "https://raw.githubusercontent.com/JingyunLiang/SwinIR/6545850fbf8df298df73d81f3e8cba638787c8bd/"
+        "testsets/Set5/HR/baby.png"
+    )
+    assert dest == tmp_path / "Set5" / "HR" / "baby.png" and len(sha) == 64 and size and size > 0
+
+
+def test_download_from_a_mirror_verifies_and_caches(
+    shared_datasets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RESTORECLI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("RESTORECLI_MIRROR", shared_datasets.parent.resolve().as_uri())
+    folder = datasets.locate_dataset("Set5")
+    assert folder == tmp_path / "cache" / "datasets" / "Set5"
+    assert len(datasets.list_samples(folder, 4)) == 5
+    monkeypatch.delenv("RESTORECLI_MIRROR")
+    assert datasets.locate_dataset("Set5") == folder  # cached: no network needed
+
+    # A mirror with a corrupted file: the pin catches it.
+    bad = tmp_path / "bad" / "datasets" / "Set5" / "HR"
+    bad.mkdir(parents=True)
+    (bad / "baby.png").write_bytes(b"not the pinned bytes")
+    monkeypatch.setenv("RESTORECLI_MIRROR", (tmp_path / "bad").as_uri())
+    with pytest.raises(ChecksumError):
+        datasets.download_dataset("Set5", tmp_path / "other")
+
+
+def test_unpinned_and_offline_sets_say_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESTORECLI_CACHE", str(tmp_path))
+    monkeypatch.setenv("RESTORECLI_OFFLINE", "1")
+    monkeypatch.delenv("RESTORECLI_MIRROR", raising=False)
+    with pytest.raises(DownloadError, match="--data-dir"):
+        datasets.locate_dataset("Urban100")
+    with pytest.raises(DownloadError, match="offline"):
+        datasets.locate_dataset("Set12")
+    with pytest.raises(ImageReadError, match="Urban100"):
+        datasets.locate_dataset("Urban100", tmp_path)
+
+
+def test_datasets_cli(shared_datasets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESTORECLI_CACHE", str(tmp_path / "cache"))
+    result = runner.invoke(app, ["datasets", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    assert rows["Set5"]["source"].startswith("JingyunLiang/SwinIR@") and rows["Urban100"]["source"] is None
+    monkeypatch.setenv("RESTORECLI_MIRROR", shared_datasets.parent.resolve().as_uri())
+    result = runner.invoke(app, ["datasets", "download", "Set12", "--dest", str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    assert Path(result.stdout.strip()) == tmp_path / "d" / "Set12"
+
+
+def test_cli_usage_errors(shared_datasets: Path) -> None:
+    base = ["eval", "--data-dir", str(shared_datasets)]
+    for args, match in [
+        (["-d", "CBSD68", "--baseline", "noisy"], "--sigma"),
+        (["-d", "Set5", "--baseline", "bicubic"], "--scale"),
+        (["-d", "Set5", "-s", "4"], "--model"),
+        (["--pred-dir", "x"], "together"),
+    ]:
+        result = runner.invoke(app, [*base, *args])
+        assert isinstance(result.exception, UsageError), (args, result.output)
+        assert match in str(result.exception)
