@@ -95,7 +95,8 @@ def resolve_device(spec: str) -> torch.device:
                 f"--device {spec} needs CUDA, but this torch ({torch.__version__}) sees no CUDA device; "
                 "use --device cpu"
             )
-        index = int(spec[5:]) if ":" in spec else torch.cuda.current_device()
+        # a bare "cuda" under torchrun is this rank's device
+        index = int(spec[5:]) if ":" in spec else int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
         if index >= torch.cuda.device_count():
             raise BackendUnavailableError(
                 f"--device {spec}: expected an index below {torch.cuda.device_count()} (CUDA devices here)"
@@ -182,6 +183,7 @@ class ImageRestorer:
         self.overlap = overlap
         self.ensemble = ensemble
         self.tile_batch = tile_batch or (4 if self.device.type == "cuda" else 1)
+        self.requested_tile = tile
         self._tile = tile
         size_rule = getattr(model, "size_rule", None)
         self._multiple = int(getattr(size_rule, "multiple_of", 1) or 1)
@@ -260,7 +262,8 @@ class ImageRestorer:
             if self.autocast_dtype is not None
             else contextlib.nullcontext()
         )
-        with torch.inference_mode(), autocast:
+        # no_grad, not inference_mode: the output is edited in place later (canvas, clamping)
+        with torch.no_grad(), autocast:
             y = self.model(x)
         y = y[..., : height * self.scale, : width * self.scale]
         return y.float().cpu()
@@ -322,3 +325,143 @@ def restore_tensor(
     """
     restorer = ImageRestorer(model, device=device, precision=precision, tile=tile, overlap=overlap, ensemble=ensemble)
     return restorer.restore(x).output
+
+
+# ---------------------------------------------------------------------------------------------
+# the network for a command
+
+
+@dataclass(frozen=True)
+class LoadedNetwork:
+    """A network with its weights loaded, and where they came from."""
+
+    module: torch.nn.Module
+    name: str | None
+    """Official or manifest name when known (``mair-sr-x4``), else None."""
+    arch: str
+    scale: int
+    weights_path: str
+    weights_sha256: str
+    weights_source: str
+    """``bundled``, ``cache``, ``download``, ``file`` or ``url``."""
+
+
+def load_network(
+    task: str,
+    *,
+    model: str | None = None,
+    weights: str | None = None,
+    scale: int | None = None,
+    sigma: int | None = None,
+    variant: str | None = None,
+    real: bool = False,
+    allow_unverified: bool = False,
+    manifest: str | None = None,
+    cache_dir: str | None = None,
+    progress: bool = False,
+) -> LoadedNetwork:
+    """Resolve, read and load the weights for a restoration task.
+
+    The architecture comes from the file itself (restorecli checkpoints carry it), else from the
+    manifest entry or ``model``, else from the keys and shapes of an official checkpoint.
+
+    Args:
+        task: ``sr``, ``denoise``, ``deblur`` or ``dehaze``.
+        model: Model name (``--model``).
+        weights: Checkpoint path or URL (``--weights``).
+        scale: Requested upscaling (sr), checked against the network.
+        sigma: Requested noise level (denoise).
+        variant: Requested variant (dehaze ``indoor|outdoor|mix``).
+        real: Real-noise denoising.
+        allow_unverified: Accept downloads without a pinned sha256.
+        manifest: Extra weights manifest.
+        cache_dir: Weights cache folder.
+        progress: Show download progress on stderr.
+
+    Raises:
+        UnknownModelError, DownloadError, ChecksumError: From weight resolution.
+        CheckpointError: The file is unreadable or does not fit the architecture.
+        UsageError: The network does another task or scale than asked.
+    """
+    from pathlib import Path
+
+    from restorecli import hub, models
+    from restorecli.errors import CheckpointError
+
+    resolved = hub.resolve_weights(
+        task,
+        model=model,
+        weights=weights,
+        scale=scale,
+        sigma=sigma,
+        variant=variant,
+        real=real,
+        allow_unverified=allow_unverified,
+        manifest=Path(manifest) if manifest else None,
+        cache_dir=Path(cache_dir) if cache_dir else None,
+        progress=progress,
+    )
+    checkpoint = models.read_checkpoint(resolved.path)
+    name = resolved.name or model or checkpoint.name
+    if checkpoint.arch and checkpoint.config is not None:
+        arch, config = checkpoint.arch, checkpoint.config
+    elif resolved.arch and resolved.config is not None:
+        arch, config = resolved.arch, resolved.config
+    elif name:
+        spec = models.spec(name)
+        _check_spec_task(spec, task)
+        arch, config = spec.arch, spec.config
+    else:
+        spec = _identify_for_task(checkpoint.state_dict, task, scale=scale, sigma=sigma, variant=variant, path=resolved.path)
+        name, arch, config = spec.name, spec.arch, spec.config
+    module = models.build_arch(arch, config)
+    try:
+        models.load_checkpoint(module, checkpoint.state_dict)
+    except CheckpointError as error:
+        what = name or arch
+        raise CheckpointError(f"weights {resolved.path} do not fit {what}: {str(error).split(': ', 1)[-1]}") from None
+    upscale = int(getattr(module, "upscale", 1))
+    expected = scale if task == "sr" else 1
+    if task == "sr" and upscale == 1:
+        raise UsageError(f"{resolved.path} holds a same-size (x1) network; `restore sr` needs an upscaling model")
+    if expected is not None and upscale != expected:
+        raise UsageError(f"{resolved.path} holds a x{upscale} network; expected x{expected} for `restore {task}`")
+    return LoadedNetwork(
+        module=module,
+        name=name,
+        arch=arch,
+        scale=upscale,
+        weights_path=str(resolved.path),
+        weights_sha256=resolved.sha256,
+        weights_source=resolved.source,
+    )
+
+
+def _check_spec_task(spec: Any, task: str) -> None:
+    if spec.task != task:
+        raise UsageError(f"model {spec.name} does {spec.task}, not {task}; pick a {task} model (`restore models list`)")
+
+
+def _identify_for_task(
+    state_dict: Any, task: str, *, scale: int | None, sigma: int | None, variant: str | None, path: Any
+) -> Any:
+    """The official model an anonymous checkpoint is, among those doing ``task``."""
+    from restorecli import models
+    from restorecli.errors import CheckpointError
+
+    matches = [models.spec(name) for name in models.identify(state_dict)]
+    if not matches:
+        raise CheckpointError(
+            f"{path}: its keys and shapes match no known MaIR model; expected an official MaIR checkpoint "
+            "or a restorecli checkpoint (pass --model NAME to name the architecture)"
+        )
+    for_task = [spec for spec in matches if spec.task == task]
+    if not for_task:
+        found = ", ".join(f"{spec.name} ({spec.task})" for spec in matches)
+        raise UsageError(f"{path} holds weights of {found}; expected a {task} model")
+    preferred = [
+        spec
+        for spec in for_task
+        if (scale is None or spec.scale == scale) and (sigma is None or spec.sigma == sigma) and (variant is None or spec.variant == variant)
+    ]
+    return (preferred or for_task)[0]

@@ -1,9 +1,335 @@
-"""Commands of this module are registered by its owner."""
+"""The restoration commands: ``restore sr|denoise|deblur|dehaze INPUT...``.
+
+Thin commands over ``restorecli.batch`` and ``restorecli.inference``; torch, numpy and OpenCV are
+imported inside the command bodies so that ``--help`` stays instant. Data (the summary table or
+``--json``) goes to stdout; progress, notes and per-file errors go to stderr.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+import time
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
+
+from restorecli.cli.options import RestoreOptions, with_restore_options
+from restorecli.errors import UsageError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from rich.console import Console
+
+    from restorecli.batch import BatchEvents, BatchReport, FileResult, InputFile
+
+SCALES = (2, 3, 4)
+SIGMAS = (15, 25, 50)
+DEHAZE_VARIANTS = ("indoor", "outdoor", "mix")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the app."""
+    """Add ``sr``, ``denoise``, ``deblur`` and ``dehaze`` to the app."""
+    app.command("sr")(sr)
+    app.command("denoise")(denoise)
+    app.command("deblur")(deblur)
+    app.command("dehaze")(dehaze)
+
+
+@with_restore_options
+def sr(
+    scale: Annotated[
+        int | None,
+        typer.Option("--scale", "-s", metavar="2|3|4", help="Upscaling factor. Default: the model's, else 4.", show_default=False),
+    ] = None,
+    *,
+    options: RestoreOptions,
+) -> None:
+    """Super-resolution: upscale images 2x, 3x or 4x."""
+    if scale is not None and scale not in SCALES:
+        raise UsageError(f"--scale: expected 2, 3 or 4, got {scale}")
+    _restore("sr", options, scale=scale)
+
+
+@with_restore_options
+def denoise(
+    sigma: Annotated[
+        int | None,
+        typer.Option(metavar="15|25|50", help="Gaussian noise level (0-255 scale) of the synthetic-noise models.", show_default=False),
+    ] = None,
+    real: Annotated[bool, typer.Option("--real", help="Real camera noise model (SIDD), instead of --sigma.")] = False,
+    *,
+    options: RestoreOptions,
+) -> None:
+    """Denoising: Gaussian noise (--sigma) or real camera noise (--real)."""
+    if sigma is not None and sigma not in SIGMAS:
+        raise UsageError(f"--sigma: expected 15, 25 or 50, got {sigma}")
+    if sigma is not None and real:
+        raise UsageError(f"--sigma {sigma} and --real exclude each other: expected one of them")
+    _restore("denoise", options, sigma=sigma, real=real)
+
+
+@with_restore_options
+def deblur(*, options: RestoreOptions) -> None:
+    """Motion deblurring."""
+    _restore("deblur", options)
+
+
+@with_restore_options
+def dehaze(
+    variant: Annotated[
+        str | None,
+        typer.Option(metavar="indoor|outdoor|mix", help="Model trained on indoor (ITS), outdoor (OTS) or mixed (RESIDE-6K) haze.", show_default=False),
+    ] = None,
+    *,
+    options: RestoreOptions,
+) -> None:
+    """Dehazing."""
+    if variant is not None and variant not in DEHAZE_VARIANTS:
+        raise UsageError(f"--variant: expected indoor, outdoor or mix, got {variant!r}")
+    _restore("dehaze", options, variant=variant)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _restore(
+    task: str,
+    options: RestoreOptions,
+    *,
+    scale: int | None = None,
+    sigma: int | None = None,
+    variant: str | None = None,
+    real: bool = False,
+) -> None:
+    """Discover inputs, load the network, run the batch, report; exits with the batch's code."""
+    from restorecli import batch
+    from restorecli.inference import ImageRestorer, load_network, resolve_device, resolve_precision
+
+    started = time.perf_counter()
+    rank, world = batch.rank_and_world()
+    display = _Display(quiet=options.quiet or rank != 0, json_output=options.json_output)
+    if options.tile is not None and options.tile < 0:
+        raise UsageError(f"--tile: expected 0 (whole image) or a positive size, got {options.tile}")
+    if options.tile_overlap < 0:
+        raise UsageError(f"--tile-overlap: expected a size >= 0, got {options.tile_overlap}")
+    batch.OutputRule(options.output, options.suffix or "", options.ext)  # validates --ext/--suffix early
+    resolve_precision(options.precision, resolve_device(options.device))
+
+    images, skips = batch.discover_inputs(options.inputs, recursive=options.recursive)
+    _require_images(images, skips, options.inputs)
+    network = load_network(
+        task,
+        model=options.model,
+        weights=options.weights,
+        scale=scale,
+        sigma=sigma,
+        variant=variant,
+        real=real,
+        allow_unverified=options.allow_unverified,
+        manifest=str(options.manifest) if options.manifest else None,
+        cache_dir=str(options.cache_dir) if options.cache_dir else None,
+        progress=display.enabled,
+    )
+    suffix = batch.default_suffix(task, network.scale) if options.suffix is None else options.suffix
+    images, earlier_outputs = batch.drop_earlier_outputs(images, suffix)
+    skips = sorted(skips + earlier_outputs, key=lambda skip: str(skip.path))
+    for skip in skips:
+        display.note(f"Skipped {skip.path}: {skip.reason}")
+    _require_images(images, skips, options.inputs)
+
+    restorer = ImageRestorer(
+        network.module,
+        device=options.device,
+        precision=options.precision,
+        tile=options.tile,
+        overlap=options.tile_overlap,
+        ensemble=options.ensemble,
+    )
+    rule = batch.OutputRule(options.output, suffix, options.ext)
+    mine = batch.share_of_rank(images, rank, world)
+    with display.progress(len(mine)) as events:
+        run = batch.run_batch(
+            mine,
+            restorer,
+            rule,
+            protected={item.path.resolve() for item in images},
+            overwrite=options.overwrite,
+            events=events,
+            rank=rank,
+        )
+    results = batch.gather_results(run.results, world)
+    settings: dict[str, Any] = {
+        "task": task,
+        "scale": network.scale,
+        "sigma": sigma,
+        "variant": "real" if real else variant,
+        "model": network.name,
+        "arch": network.arch,
+        "weights": network.weights_path,
+        "weights_sha256": network.weights_sha256,
+        "weights_source": network.weights_source,
+        "device": str(restorer.device),
+        "backend": _scan_backend(network.module),
+        "precision": options.precision,
+        "ensemble": options.ensemble,
+        "tile": "auto" if options.tile is None else options.tile,
+        "tile_overlap": options.tile_overlap,
+        "world_size": world,
+    }
+    report = batch.BatchReport(
+        command=task,
+        settings=settings,
+        files=batch.skipped_results(skips) + results,
+        seconds=time.perf_counter() - started,
+        interrupted=run.interrupted,
+        not_started=run.not_started,
+    )
+    if rank == 0:
+        _publish(report, options)
+    raise typer.Exit(report.exit_code)
+
+
+def _require_images(images: list[InputFile], skips: list[Any], inputs: list[str]) -> None:
+    if not images:
+        detail = f" ({len(skips)} other paths skipped)" if skips else ""
+        raise UsageError(f"no images found in {', '.join(inputs)}{detail}; expected PNG, JPEG, WebP, BMP or TIFF files")
+
+
+def _scan_backend(module: Any) -> str | None:
+    """The selective-scan backend pinned on the network's mixers, ``auto`` when resolved per call."""
+    for sub in module.modules():
+        if hasattr(sub, "scan_backend"):
+            return sub.scan_backend or "auto"
+    return None
+
+
+def _publish(report: BatchReport, options: RestoreOptions) -> None:
+    """Summary table or JSON on stdout, and the ``--report`` file."""
+    document = report.to_dict()
+    if options.report is not None:
+        from restorecli.io import write_bytes_atomic
+
+        write_bytes_atomic(options.report, (json.dumps(document, indent=2) + "\n").encode(), overwrite=True)
+    if options.json_output:
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        sys.stdout.flush()
+        return
+    _stdout_console().print(_summary_table(report))
+
+
+def _stdout_console() -> Console:
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # a pipe or file: no wrapping of long paths at 80 columns
+    return console
+
+
+def _summary_table(report: BatchReport) -> Any:
+    from rich.table import Table
+
+    counts = report.to_dict()["summary"]
+    caption = (
+        f"{counts['ok']} restored, {counts['failed']} failed, {counts['skipped']} skipped"
+        + (f", interrupted ({counts['not_started']} not started)" if report.interrupted else "")
+        + f" in {counts['seconds']:.1f} s"
+    )
+    table = Table(title=f"restore {report.command}", caption=caption, title_justify="left", caption_justify="left")
+    for column in ("input", "output", "status", "seconds", "details"):
+        table.add_column(column, overflow="fold", justify="right" if column == "seconds" else "left")
+    styles = {"ok": "green", "failed": "bold red", "skipped": "yellow", "interrupted": "magenta"}
+    for result in report.files:
+        details = result.error or "; ".join(result.notes)
+        table.add_row(
+            result.input,
+            result.output or "",
+            f"[{styles.get(result.status, '')}]{result.status}[/]",
+            f"{result.seconds:.2f}" if result.status != "skipped" else "",
+            details,
+        )
+    return table
+
+
+class _Display:
+    """Progress, notes and per-file errors on stderr (nothing under --quiet).
+
+    The progress bars are drawn only when stdout is a terminal and --json is off (house style):
+    a pipe or a log file gets the one-line notes and errors alone.
+    """
+
+    def __init__(self, *, quiet: bool, json_output: bool) -> None:
+        from rich.console import Console
+
+        self.quiet = quiet
+        self.console = Console(stderr=True, highlight=False)
+        self.enabled = not quiet and not json_output and sys.stdout.isatty() and self.console.is_terminal
+
+    def note(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(message, markup=False, soft_wrap=True)
+
+    @contextmanager
+    def progress(self, total_files: int) -> Iterator[BatchEvents]:
+        if not self.enabled:
+            yield _LineEvents(self)
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        progress = Progress(
+            TextColumn("{task.description}", markup=False),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+        with progress:
+            files = progress.add_task("files", total=total_files)
+            tiles = progress.add_task("tiles", total=None)
+            yield _ProgressEvents(self, progress, files, tiles)
+
+
+class _LineEvents:
+    """Per-file notes and errors as plain lines."""
+
+    def __init__(self, display: _Display) -> None:
+        self.display = display
+
+    def file_started(self, position: int, total: int, item: InputFile) -> None:
+        pass
+
+    def tiles_done(self, done: int, total: int) -> None:
+        pass
+
+    def file_finished(self, result: FileResult) -> None:
+        if result.status == "failed":
+            error = result.error or "failed"
+            # most messages already start with the file they are about
+            self.display.note(f"Error: {error}" if result.input in error else f"Error: {result.input}: {error}")
+        elif result.status == "skipped":
+            self.display.note(f"Skipped {result.input}: {'; '.join(result.notes)}")
+        elif result.status == "interrupted":
+            self.display.note(f"Interrupted at {result.input}; finished outputs are kept")
+
+
+class _ProgressEvents(_LineEvents):
+    """Rich bars for files and for the tiles of the current file, with ETA."""
+
+    def __init__(self, display: _Display, progress: Any, files: Any, tiles: Any) -> None:
+        super().__init__(display)
+        self.bars, self.files, self.tiles = progress, files, tiles
+
+    def file_started(self, position: int, total: int, item: InputFile) -> None:
+        self.bars.update(self.files, description=item.path.name)
+        self.bars.reset(self.tiles, total=None, description="tiles")
+
+    def tiles_done(self, done: int, total: int) -> None:
+        self.bars.update(self.tiles, completed=done, total=total)
+
+    def file_finished(self, result: FileResult) -> None:
+        super().file_finished(result)
+        self.bars.advance(self.files)

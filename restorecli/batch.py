@@ -1,0 +1,492 @@
+"""Batches of image files: input discovery, output paths, per-file processing, the report.
+
+Inputs are processed in sorted order; a failing file is recorded and the batch goes on; existing
+outputs are skipped unless overwriting is asked for; an input is never overwritten. Under
+``torchrun`` (``WORLD_SIZE`` > 1) each rank takes every WORLD_SIZE-th input and the results are
+gathered so that rank 0 can report the whole batch.
+"""
+
+from __future__ import annotations
+
+import datetime
+import glob
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from restorecli import io
+from restorecli.errors import ImageWriteError, RestoreError, UsageError
+
+if TYPE_CHECKING:
+    from restorecli.inference import ImageRestorer
+
+OUTPUT_EXTENSIONS = ("same", "png", "jpg", "webp", "tif")
+STATUS_OK, STATUS_FAILED, STATUS_SKIPPED, STATUS_INTERRUPTED = "ok", "failed", "skipped", "interrupted"
+
+
+def default_suffix(task: str, scale: int) -> str:
+    """Suffix added to output names: ``_x4`` for sr, ``_denoised``, ``_deblurred``, ``_dehazed``."""
+    return {"sr": f"_x{scale}", "denoise": "_denoised", "deblur": "_deblurred", "dehaze": "_dehazed"}[task]
+
+
+# ---------------------------------------------------------------------------------------------
+# discovery
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One image to process.
+
+    Attributes:
+        path: The file, as found.
+        base: Folder whose tree is mirrored under the output folder (the folder or glob base it
+            was found in; its own folder for a file named directly).
+        sniffed_format: Format read from the content when the extension names none, else None.
+        named: Named on the command line (not found in a folder or by a pattern).
+    """
+
+    path: Path
+    base: Path
+    sniffed_format: str | None = None
+    named: bool = False
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A path that was looked at and left out, and why."""
+
+    path: Path
+    reason: str
+
+
+def discover_inputs(specs: Sequence[str], *, recursive: bool = False) -> tuple[list[InputFile], list[Skip]]:
+    """Expand files, folders and glob patterns into a sorted list of image files.
+
+    A file counts as an image by its extension, or, without a known image extension, by its first
+    bytes. Hidden files are ignored; other files and (without ``recursive``) subfolders are
+    reported as skipped.
+
+    Args:
+        specs: Command-line inputs.
+        recursive: Descend into subfolders (and let ``**`` in patterns match folders).
+
+    Returns:
+        The images (sorted by path, each once) and the skipped paths.
+
+    Raises:
+        UsageError: An input that does not exist or a pattern that matches nothing.
+    """
+    found: dict[Path, InputFile] = {}
+    skipped: list[Skip] = []
+
+    def consider(path: Path, base: Path, *, named: bool) -> None:
+        if path.name.startswith(".") and not named:
+            return
+        fmt = None
+        if path.suffix.lower() not in io.FORMAT_BY_EXTENSION:
+            fmt = _sniff(path)
+            if fmt is None:
+                skipped.append(Skip(path, "not an image (expected " + io.FORMAT_NAMES + ")"))
+                return
+        found.setdefault(path.resolve(), InputFile(path, base, fmt, named))
+
+    for spec in specs:
+        path = Path(spec).expanduser()
+        if path.is_file():
+            consider(path, path.parent, named=True)
+        elif path.is_dir():
+            for child, kind in _walk(path, recursive):
+                if kind == "file":
+                    consider(child, path, named=False)
+                elif not child.name.startswith("."):
+                    skipped.append(Skip(child, "folder (pass --recursive to include subfolders)"))
+        elif glob.has_magic(spec):
+            matches = sorted(glob.glob(os.path.expanduser(spec), recursive=recursive))
+            files = [Path(m) for m in matches if Path(m).is_file()]
+            if not files:
+                raise UsageError(f"pattern {spec!r} matches no files; expected image files, folders or a glob")
+            base = _glob_base(spec)
+            for file in files:
+                consider(file, base, named=False)
+        elif path.exists():
+            raise UsageError(f"input {spec!r} is neither a file nor a folder")
+        else:
+            raise UsageError(f"input {spec!r} does not exist; expected an image file, a folder or a glob")
+    images = sorted(found.values(), key=lambda item: str(item.path))
+    return images, sorted(skipped, key=lambda skip: str(skip.path))
+
+
+def drop_earlier_outputs(items: Sequence[InputFile], suffix: str) -> tuple[list[InputFile], list[Skip]]:
+    """Leave out files found in folders or by patterns whose name ends with the output suffix.
+
+    Running a command twice on a folder would otherwise restore its own outputs again
+    (``a_x4.png`` -> ``a_x4_x4.png``). Files named on the command line are always kept.
+    """
+    if not suffix:
+        return list(items), []
+    kept = [item for item in items if item.named or not item.path.stem.endswith(suffix)]
+    dropped = [
+        Skip(item.path, f"looks like an output of this command (name ends with {suffix})")
+        for item in items
+        if not item.named and item.path.stem.endswith(suffix)
+    ]
+    return kept, dropped
+
+
+def _walk(folder: Path, recursive: bool) -> Iterable[tuple[Path, str]]:
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as error:
+        raise UsageError(f"cannot list folder {folder}: {error.strerror or error}") from None
+    for entry in entries:
+        if entry.is_dir():
+            if recursive:
+                if not entry.name.startswith("."):
+                    yield from _walk(entry, recursive)
+            else:
+                yield entry, "folder"
+        elif entry.is_file():
+            yield entry, "file"
+
+
+def _sniff(path: Path) -> str | None:
+    try:
+        with path.open("rb") as handle:
+            return io.sniff_format(handle.read(16))
+    except OSError:
+        return None
+
+
+def _glob_base(pattern: str) -> Path:
+    """The folder part of a glob pattern before its first wildcard."""
+    parts = Path(os.path.expanduser(pattern)).parts
+    base: list[str] = []
+    for part in parts:
+        if glob.has_magic(part):
+            break
+        base.append(part)
+    return Path(*base) if base else Path(".")
+
+
+# ---------------------------------------------------------------------------------------------
+# output paths
+
+
+@dataclass(frozen=True)
+class OutputRule:
+    """Where an input's output goes.
+
+    Attributes:
+        folder: Output folder (the input's folder tree is mirrored below it), or None for the
+            input's own folder.
+        suffix: Added to the file stem.
+        ext: ``same`` or one of ``png|jpg|webp|tif``.
+    """
+
+    folder: Path | None
+    suffix: str
+    ext: str = "same"
+
+    def __post_init__(self) -> None:
+        if self.ext not in OUTPUT_EXTENSIONS:
+            raise UsageError(f"--ext: expected one of {', '.join(OUTPUT_EXTENSIONS)}, got {self.ext!r}")
+        if os.sep in self.suffix or (os.altsep and os.altsep in self.suffix):
+            raise UsageError(f"--suffix: expected a name part without path separators, got {self.suffix!r}")
+
+    def path_for(self, item: InputFile) -> Path:
+        """Output path of an input."""
+        if self.ext != "same":
+            extension = "." + self.ext
+        elif item.sniffed_format is None:
+            extension = item.path.suffix
+        else:
+            extension = io.EXTENSION_BY_FORMAT[item.sniffed_format]
+        name = item.path.stem + self.suffix + extension
+        if self.folder is None:
+            return item.path.parent / name
+        relative = item.path.parent.resolve().relative_to(item.base.resolve())
+        return self.folder / relative / name
+
+
+# ---------------------------------------------------------------------------------------------
+# processing
+
+
+@dataclass
+class FileResult:
+    """What happened to one input (one entry of the report)."""
+
+    index: int
+    input: str
+    output: str | None
+    status: str
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    width: int | None = None
+    height: int | None = None
+    out_width: int | None = None
+    out_height: int | None = None
+    tile: dict[str, Any] | None = None
+    rank: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (JSON-ready)."""
+        return asdict(self)
+
+
+class BatchEvents(Protocol):
+    """Progress callbacks of ``run_batch`` (the CLI draws them; a library caller may ignore them)."""
+
+    def file_started(self, position: int, total: int, item: InputFile) -> None:
+        """A file is about to be processed (position counts from 0)."""
+
+    def tiles_done(self, done: int, total: int) -> None:
+        """Tiles of the current file finished so far."""
+
+    def file_finished(self, result: FileResult) -> None:
+        """A file was restored, skipped or failed."""
+
+
+class _NoEvents:
+    def file_started(self, position: int, total: int, item: InputFile) -> None:
+        pass
+
+    def tiles_done(self, done: int, total: int) -> None:
+        pass
+
+    def file_finished(self, result: FileResult) -> None:
+        pass
+
+
+@dataclass
+class BatchRun:
+    """Results of ``run_batch``."""
+
+    results: list[FileResult]
+    interrupted: bool = False
+    not_started: int = 0
+
+
+def run_batch(
+    items: Sequence[tuple[int, InputFile]],
+    restorer: ImageRestorer,
+    rule: OutputRule,
+    *,
+    protected: set[Path],
+    overwrite: bool = False,
+    events: BatchEvents | None = None,
+    rank: int = 0,
+) -> BatchRun:
+    """Restore files one by one.
+
+    A file that fails (unreadable, unwritable, out of memory) is recorded and the batch goes on.
+    Ctrl-C stops after cleaning up the file in progress; finished outputs stay.
+
+    Args:
+        items: (position in the whole batch, input) pairs, in processing order.
+        restorer: The network on its device.
+        rule: Output path rule.
+        protected: Resolved paths of every input of the batch; never written to.
+        overwrite: Replace existing outputs instead of skipping them.
+        events: Progress callbacks.
+        rank: This process's rank (recorded in the results).
+
+    Returns:
+        A result per attempted file, and whether the run was interrupted.
+    """
+    events = events or _NoEvents()
+    claimed: dict[Path, Path] = {}
+    run = BatchRun(results=[])
+    for position, (index, item) in enumerate(items):
+        events.file_started(position, len(items), item)
+        started = time.perf_counter()
+        result = FileResult(index=index, input=str(item.path), output=None, status=STATUS_FAILED, rank=rank)
+        try:
+            _process(item, restorer, rule, result, protected=protected, overwrite=overwrite, claimed=claimed, events=events)
+        except RestoreError as error:
+            result.status, result.error = STATUS_FAILED, str(error)
+        except MemoryError:
+            result.status, result.error = STATUS_FAILED, "out of host memory; use a smaller --tile or free memory"
+        except KeyboardInterrupt:
+            result.status, result.error = STATUS_INTERRUPTED, "interrupted (Ctrl-C); no output written"
+            run.interrupted, run.not_started = True, len(items) - position - 1
+        result.seconds = round(time.perf_counter() - started, 4)
+        run.results.append(result)
+        events.file_finished(result)
+        if run.interrupted:
+            break
+    return run
+
+
+def _process(
+    item: InputFile,
+    restorer: ImageRestorer,
+    rule: OutputRule,
+    result: FileResult,
+    *,
+    protected: set[Path],
+    overwrite: bool,
+    claimed: dict[Path, Path],
+    events: BatchEvents,
+) -> None:
+    planned = rule.path_for(item)
+    if not _take_target(planned, item, result, protected=protected, overwrite=overwrite):
+        return
+    image = io.read_image(item.path)
+    result.width, result.height = image.width, image.height
+    if image.orientation != 1:
+        result.notes.append(f"EXIF orientation {image.orientation} applied")
+    target = planned
+    if image.alpha is not None and io.output_format(planned) not in io.FORMATS_WITH_ALPHA:
+        target = planned.with_suffix(".png")
+        result.notes.append(f"written as PNG to keep the alpha channel ({planned.suffix} has none)")
+        if not _take_target(target, item, result, protected=protected, overwrite=overwrite):
+            return
+    key = target.resolve()
+    if key in claimed:
+        raise ImageWriteError(f"{target} is also the output of {claimed[key]}; use distinct names or --suffix")
+    claimed[key] = item.path
+
+    restored = restorer.restore(io.image_to_tensor(image), on_progress=events.tiles_done)
+    result.tile = {
+        "requested": "auto" if restorer.requested_tile is None else restorer.requested_tile,
+        "size": restored.tile,
+        "overlap": restored.overlap,
+        "tiles": restored.num_tiles,
+    }
+    output = io.tensor_to_image(restored.output, like=image)
+    del restored
+    result.out_width, result.out_height = output.width, output.height
+    result.notes += io.write_image(target, output, overwrite=overwrite)
+    result.status = STATUS_OK
+
+
+def _take_target(path: Path, item: InputFile, result: FileResult, *, protected: set[Path], overwrite: bool) -> bool:
+    """Make ``path`` the file's output; False (file skipped) when it exists and may not be replaced."""
+    result.output = str(path)
+    _refuse_input_as_output(path, item, protected)
+    if path.exists() and not overwrite:
+        result.status = STATUS_SKIPPED
+        result.notes.append("output exists (pass --overwrite to replace it)")
+        return False
+    return True
+
+
+def _refuse_input_as_output(output: Path, item: InputFile, protected: set[Path]) -> None:
+    resolved = output.resolve()
+    same_file = output.exists() and os.path.samefile(output, item.path)
+    if resolved in protected or same_file:
+        raise ImageWriteError(
+            f"output {output} would overwrite an input; choose another --output folder or a --suffix"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+
+@dataclass
+class BatchReport:
+    """The whole batch: settings, one entry per input, and the totals."""
+
+    command: str
+    settings: dict[str, Any]
+    files: list[FileResult]
+    seconds: float
+    interrupted: bool = False
+    not_started: int = 0
+
+    def count(self, status: str) -> int:
+        """Number of files with a status."""
+        return sum(1 for result in self.files if result.status == status)
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every file succeeded or was skipped, 130 after Ctrl-C, 1 when any failed."""
+        if self.interrupted:
+            return 130
+        return 1 if self.count(STATUS_FAILED) else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document of ``--json`` and ``--report``."""
+        summary = {
+            "total": len(self.files) + self.not_started,
+            "ok": self.count(STATUS_OK),
+            "failed": self.count(STATUS_FAILED),
+            "skipped": self.count(STATUS_SKIPPED),
+            "interrupted": self.count(STATUS_INTERRUPTED),
+            "not_started": self.not_started,
+            "seconds": round(self.seconds, 3),
+        }
+        files = []
+        for result in self.files:
+            entry = result.to_dict()
+            entry.update({key: self.settings.get(key) for key in ("model", "weights_sha256", "device", "backend")})
+            files.append(entry)
+        return {"command": self.command, **self.settings, "summary": summary, "files": files}
+
+
+def skipped_results(skips: Iterable[Skip]) -> list[FileResult]:
+    """Report entries for paths left out during discovery (index -1: not part of the batch)."""
+    return [FileResult(index=-1, input=str(s.path), output=None, status=STATUS_SKIPPED, notes=[s.reason]) for s in skips]
+
+
+# ---------------------------------------------------------------------------------------------
+# torchrun
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(RANK, WORLD_SIZE) from the torchrun environment; (0, 1) outside it."""
+    try:
+        return int(os.environ.get("RANK", "0")), max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 0, 1
+
+
+def share_of_rank(items: Sequence[InputFile], rank: int, world: int) -> list[tuple[int, InputFile]]:
+    """Every ``world``-th input starting at ``rank``, with its position in the whole batch."""
+    return [(index, item) for index, item in enumerate(items) if index % world == rank]
+
+
+def gather_results(results: list[FileResult], world: int) -> list[FileResult]:
+    """All ranks' results, ordered as the inputs were (every rank receives everything).
+
+    Uses a gloo process group from torchrun's environment (works on CPU and across machines).
+    """
+    if world == 1:
+        return sorted(results, key=lambda result: result.index)
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        # ranks finish at different times; the default 30-minute wait is too short for big batches
+        dist.init_process_group("gloo", timeout=datetime.timedelta(days=1))
+    parts: list[list[dict[str, Any]] | None] = [None] * world
+    dist.all_gather_object(parts, [result.to_dict() for result in results])
+    dist.destroy_process_group()
+    merged = [FileResult(**entry) for part in parts for entry in part or []]
+    return sorted(merged, key=lambda result: result.index)
+
+
+__all__ = [
+    "OUTPUT_EXTENSIONS",
+    "BatchEvents",
+    "BatchReport",
+    "BatchRun",
+    "FileResult",
+    "InputFile",
+    "OutputRule",
+    "Skip",
+    "default_suffix",
+    "discover_inputs",
+    "drop_earlier_outputs",
+    "gather_results",
+    "rank_and_world",
+    "run_batch",
+    "share_of_rank",
+    "skipped_results",
+]
+

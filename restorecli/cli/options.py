@@ -1,0 +1,173 @@
+"""Options shared by the restoration commands, defined once as ``Annotated`` aliases.
+
+``with_restore_options`` appends them to a command's own parameters, so each command declares
+only what is particular to it and receives the shared values as one ``RestoreOptions``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
+from typing import Annotated, Any, get_type_hints
+
+import typer
+
+FILES_PANEL = "Inputs and outputs"
+MODEL_PANEL = "Model and weights"
+RUN_PANEL = "Inference"
+
+InputsArg = Annotated[
+    list[str],
+    typer.Argument(metavar="INPUT", help="Image files, folders or glob patterns (quote globs).", show_default=False),
+]
+RecursiveOpt = Annotated[
+    bool, typer.Option("--recursive", "-r", help="Include subfolders of input folders.", rich_help_panel=FILES_PANEL)
+]
+OutputOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--output",
+        "-o",
+        help="Output folder; input folder trees are mirrored below it. Default: next to each input.",
+        show_default=False,
+        rich_help_panel=FILES_PANEL,
+    ),
+]
+SuffixOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Added to output names. Default: _x2/_x3/_x4, _denoised, _deblurred, _dehazed.",
+        show_default=False,
+        rich_help_panel=FILES_PANEL,
+    ),
+]
+ExtOpt = Annotated[
+    str,
+    typer.Option(
+        metavar="same|png|jpg|webp|tif",
+        help="Output format; 'same' keeps the input's. 16-bit stays 16-bit in PNG/TIFF.",
+        rich_help_panel=FILES_PANEL,
+    ),
+]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option("--overwrite", help="Replace existing outputs (otherwise they are skipped and reported).", rich_help_panel=FILES_PANEL),
+]
+JsonOpt = Annotated[
+    bool,
+    typer.Option("--json", help="Print one JSON document on stdout instead of the summary table.", rich_help_panel=FILES_PANEL),
+]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="Nothing on stderr (no progress, notes or errors).", rich_help_panel=FILES_PANEL)
+]
+ReportOpt = Annotated[
+    Path | None,
+    typer.Option(metavar="FILE", help="Also write the JSON report to FILE.", show_default=False, rich_help_panel=FILES_PANEL),
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(metavar="NAME", help="Model name (see `restore models list`). Default: the task's.", show_default=False, rich_help_panel=MODEL_PANEL),
+]
+WeightsOpt = Annotated[
+    str | None,
+    typer.Option(
+        metavar="PATH|URL",
+        help="Checkpoint file or URL: official MaIR .pth/.ckpt (architecture from --model or its keys) or a restorecli checkpoint.",
+        show_default=False,
+        rich_help_panel=MODEL_PANEL,
+    ),
+]
+ManifestOpt = Annotated[
+    Path | None,
+    typer.Option(metavar="FILE", help="Extra weights manifest.", show_default=False, rich_help_panel=MODEL_PANEL),
+]
+CacheDirOpt = Annotated[
+    Path | None,
+    typer.Option(metavar="DIR", help="Weights cache folder.", show_default=False, rich_help_panel=MODEL_PANEL),
+]
+AllowUnverifiedOpt = Annotated[
+    bool, typer.Option("--allow-unverified", help="Download weights that have no pinned sha256.", rich_help_panel=MODEL_PANEL)
+]
+TileOpt = Annotated[
+    int | None,
+    typer.Option(
+        metavar="N",
+        help="Tile side in input pixels; 0 = whole image. Default: from free GPU memory or available RAM.",
+        show_default=False,
+        rich_help_panel=RUN_PANEL,
+    ),
+]
+TileOverlapOpt = Annotated[
+    int, typer.Option(metavar="N", help="Minimum overlap between tiles, input pixels.", rich_help_panel=RUN_PANEL)
+]
+DeviceOpt = Annotated[str, typer.Option(metavar="auto|cpu|cuda|cuda:N", help="Compute device.", rich_help_panel=RUN_PANEL)]
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(metavar="fp32|bf16|fp16", help="Compute precision (fp16 needs CUDA).", rich_help_panel=RUN_PANEL),
+]
+EnsembleOpt = Annotated[
+    bool,
+    typer.Option("--ensemble", help="MaIR+ self-ensemble: average the 8 flips/transposes (8x slower).", rich_help_panel=RUN_PANEL),
+]
+
+
+@dataclass(frozen=True)
+class RestoreOptions:
+    """Values of the shared options (see the aliases above for their meaning)."""
+
+    inputs: InputsArg
+    recursive: RecursiveOpt = False
+    output: OutputOpt = None
+    suffix: SuffixOpt = None
+    ext: ExtOpt = "same"
+    overwrite: OverwriteOpt = False
+    json_output: JsonOpt = False
+    quiet: QuietOpt = False
+    report: ReportOpt = None
+    model: ModelOpt = None
+    weights: WeightsOpt = None
+    manifest: ManifestOpt = None
+    cache_dir: CacheDirOpt = None
+    allow_unverified: AllowUnverifiedOpt = False
+    tile: TileOpt = None
+    tile_overlap: TileOverlapOpt = 32
+    device: DeviceOpt = "auto"
+    precision: PrecisionOpt = "fp32"
+    ensemble: EnsembleOpt = False
+
+
+def with_restore_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Append the shared options to a command; it receives them as its ``options`` parameter.
+
+    Typer reads the returned function's signature: the command's own parameters first, then
+    every field of ``RestoreOptions`` with its ``Annotated`` alias and default.
+    """
+    own_hints = get_type_hints(command, include_extras=True)
+    option_hints = get_type_hints(RestoreOptions, include_extras=True)
+    own = [
+        parameter.replace(annotation=own_hints[parameter.name], kind=inspect.Parameter.KEYWORD_ONLY)
+        for parameter in inspect.signature(command).parameters.values()
+        if parameter.name != "options"
+    ]
+    shared = [
+        inspect.Parameter(
+            option.name,
+            inspect.Parameter.KEYWORD_ONLY,
+            annotation=option_hints[option.name],
+            default=inspect.Parameter.empty if option.default is MISSING else option.default,
+        )
+        for option in fields(RestoreOptions)
+    ]
+
+    @functools.wraps(command)
+    def wrapper(**values: Any) -> Any:
+        shared_values = {option.name: values.pop(option.name) for option in fields(RestoreOptions)}
+        return command(**values, options=RestoreOptions(**shared_values))
+
+    parameters = own + shared
+    wrapper.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+    return wrapper

@@ -1,0 +1,338 @@
+"""`restore sr|denoise|deblur|dehaze` end to end with tiny random-weight checkpoints made here."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from restorecli import models
+from restorecli.cli import app, main
+from restorecli.inference import ImageRestorer
+
+TINY_MAIR = {
+    "in_chans": 3, "img_range": 1.0, "embed_dim": 12, "depths": [1, 1], "d_state": 1, "ssm_ratio": 1.0,
+    "mlp_ratio": 1.0, "resi_connection": "1conv", "scan_len": 4,
+}  # fmt: skip
+TINY_UNET = {
+    "inp_channels": 3, "out_channels": 3, "dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1,
+    "ssm_ratio": 1.0, "mlp_ratio": 1.0, "flp_ratio": 1.0, "bias": False, "scan_len": 4,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """restorecli checkpoints of tiny networks (they carry arch + config), and one official-style file."""
+    folder = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    configs = {
+        "sr2": ("mair", {**TINY_MAIR, "upscale": 2, "upsampler": "pixelshuffledirect"}),
+        "sr3": ("mair", {**TINY_MAIR, "upscale": 3, "upsampler": "pixelshuffledirect"}),
+        "same": ("mair", {**TINY_MAIR, "upscale": 1, "upsampler": ""}),
+        "unet": ("mairunet", TINY_UNET),
+    }
+    paths = {}
+    for key, (arch, config) in configs.items():
+        paths[key] = folder / f"{key}.safetensors"
+        models.save_checkpoint(paths[key], models.build_arch(arch, config), arch, config)
+    # An official BasicSR-style file: {"params": state_dict}, architecture known only from its keys.
+    official = models.build_arch("mair", {**TINY_MAIR, "upscale": 2, "upsampler": "pixelshuffledirect"})
+    paths["anonymous"] = folder / "anonymous.pth"
+    torch.save({"params": official.state_dict()}, paths["anonymous"])
+    return paths
+
+
+def write_png(path: Path, height: int = 12, width: int = 16, channels: int = 3, dtype: type = np.uint8) -> Path:
+    peak = np.iinfo(dtype).max
+    shape = (height, width) if channels == 1 else (height, width, channels)
+    pixels = (np.random.default_rng(1).random(shape) * peak).astype(dtype)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), pixels)
+    return path
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+    """Run the console entry point in-process: (exit code, stdout, stderr), errors formatted as users see them."""
+    monkeypatch.setattr(sys, "argv", ["restore", *map(str, args)])
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def leftovers(folder: Path) -> list[Path]:
+    """Temporary or partial files anywhere below a folder."""
+    return [p for p in folder.rglob("*") if p.name.startswith(".") or p.suffix == ".part"]
+
+
+# --- every subcommand end to end ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "key", "scale", "suffix"),
+    [
+        (["sr", "--scale", "2"], "sr2", 2, "_x2"),
+        (["sr"], "sr3", 3, "_x3"),  # scale taken from the checkpoint
+        (["denoise", "--sigma", "25"], "same", 1, "_denoised"),
+        (["denoise", "--real"], "unet", 1, "_denoised"),
+        (["deblur"], "unet", 1, "_deblurred"),
+        (["dehaze", "--variant", "indoor"], "unet", 1, "_dehazed"),
+    ],
+)
+def test_subcommands_end_to_end(tmp_path: Path, weights: dict[str, Path], args: list[str], key: str, scale: int, suffix: str) -> None:
+    source = write_png(tmp_path / "in" / "photo.png", 12, 16)
+    result = CliRunner().invoke(app, [*args, str(source), "--weights", str(weights[key]), "--json", "--tile", "0"])
+    assert result.exit_code == 0, result.stderr
+    document = json.loads(result.stdout)
+    [entry] = document["files"]
+    output = source.with_name(f"photo{suffix}.png")
+    assert entry["status"] == "ok" and entry["output"] == str(output)
+    assert entry["weights_sha256"] == document["weights_sha256"] and len(entry["weights_sha256"]) == 64
+    assert entry["device"] == "cpu" and entry["tile"]["size"] == 0 and entry["model"] is None
+    assert cv2.imread(str(output), cv2.IMREAD_UNCHANGED).shape == (12 * scale, 16 * scale, 3)
+    assert document["summary"] == {**document["summary"], "ok": 1, "failed": 0}
+
+
+def test_help_lists_shared_options_and_imports_no_torch() -> None:
+    result = CliRunner().invoke(app, ["denoise", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for option in ("--sigma", "--real", "--recursive", "--output", "--suffix", "--ext", "--model", "--weights",
+                   "--tile", "--tile-overlap", "--device", "--precision", "--ensemble", "--overwrite", "--json",
+                   "--quiet", "--report", "--manifest", "--cache-dir", "--allow-unverified"):  # fmt: skip
+        assert option in result.stdout
+    probe = "import sys, restorecli.cli; print(sorted(m for m in ('torch', 'numpy', 'cv2') if m in sys.modules))"
+    clean_env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}  # no site hooks
+    repo_root = Path(__file__).resolve().parents[1]
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=clean_env, cwd=repo_root).stdout
+    assert loaded.strip() == "[]"
+
+
+# --- image kinds round-trip ---------------------------------------------------------------------
+
+
+def test_depth_grey_alpha_and_exif_orientation_survive(tmp_path: Path, weights: dict[str, Path], capsys, monkeypatch) -> None:
+    folder = tmp_path / "in"
+    write_png(folder / "deep.png", 10, 14, 3, np.uint16)
+    write_png(folder / "grey.png", 10, 14, 1)
+    write_png(folder / "rgba.png", 10, 14, 4)
+    write_png(folder / "deep.tif", 10, 14, 1, np.uint16)
+    jpeg = cv2.imencode(".jpg", np.zeros((10, 14, 3), np.uint8))[1].tobytes()
+    exif = b"Exif\x00\x00II*\x00" + struct.pack("<IHHHIHHI", 8, 1, 0x0112, 3, 1, 6, 0, 0)  # orientation 6
+    (folder / "portrait.jpg").write_bytes(jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(exif) + 2) + exif + jpeg[2:])
+
+    code, out, err = run_cli(["sr", folder, "-o", tmp_path / "out", "--weights", weights["sr2"], "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    read = lambda name: cv2.imread(str(tmp_path / "out" / name), cv2.IMREAD_UNCHANGED)  # noqa: E731
+    assert read("deep_x2.png").dtype == np.uint16 and read("deep_x2.png").shape == (20, 28, 3)
+    assert read("deep_x2.tif").dtype == np.uint16 and read("deep_x2.tif").shape == (20, 28)
+    assert read("grey_x2.png").shape == (20, 28)
+    rgba_in, rgba_out = read("../in/rgba.png"), read("rgba_x2.png")
+    assert rgba_out.shape == (20, 28, 4)
+    np.testing.assert_allclose(rgba_out[..., 3].mean(), rgba_in[..., 3].mean(), atol=8)  # alpha kept, resized
+    assert read("portrait_x2.jpg").shape == (28, 20, 3)  # rotated to display orientation, then upscaled
+    notes = {Path(entry["input"]).name: entry["notes"] for entry in json.loads(out)["files"]}
+    assert notes["portrait.jpg"] == ["EXIF orientation 6 applied"]
+
+
+def test_rgba_to_jpg_is_written_as_png(tmp_path: Path, weights: dict[str, Path], capsys, monkeypatch) -> None:
+    source = write_png(tmp_path / "logo.png", 8, 8, 4)
+    code, out, _ = run_cli(["sr", source, "--weights", weights["sr2"], "--ext", "jpg", "--json", "-q"], capsys, monkeypatch)
+    [entry] = json.loads(out)["files"]
+    assert code == 0 and entry["output"].endswith("logo_x2.png") and "keep the alpha" in entry["notes"][0]
+
+
+# --- batches ------------------------------------------------------------------------------------
+
+
+def test_batch_goes_on_past_a_bad_file(tmp_path: Path, weights: dict[str, Path], capsys, monkeypatch) -> None:
+    folder = tmp_path / "in"
+    write_png(folder / "a.png")
+    (folder / "b.png").write_text("not really a png")
+    write_png(folder / "c.png")
+    (folder / "readme.txt").write_text("notes")
+    (folder / ".DS_Store").write_bytes(b"\x00")
+    code, out, err = run_cli(["sr", folder, "--weights", weights["sr2"], "--json"], capsys, monkeypatch)
+    assert code == 1
+    statuses = {Path(e["input"]).name: e["status"] for e in json.loads(out)["files"]}
+    assert statuses == {"readme.txt": "skipped", "a.png": "ok", "b.png": "failed", "c.png": "ok"}
+    assert (folder / "a_x2.png").is_file() and (folder / "c_x2.png").is_file() and not (folder / "b_x2.png").exists()
+    assert err.count("Error: ") == 1 and "b.png: not an image" in err and "Skipped" in err and "readme.txt" in err
+
+
+def test_existing_outputs_are_skipped_then_overwritten(tmp_path: Path, weights: dict[str, Path], capsys, monkeypatch) -> None:
+    source = write_png(tmp_path / "a.png")
+    target = tmp_path / "a_x2.png"
+    target.write_bytes(b"old")
+    code, out, err = run_cli(["sr", source, "--weights", weights["sr2"], "--json"], capsys, monkeypatch)
+    assert code == 0 and json.loads(out)["files"][0]["status"] == "skipped" and target.read_bytes() == b"old"
+    assert "output exists" in err
+    code, out, _ = run_cli(["sr", source, "--weights", weights["sr2"], "--json", "--overwrite"], capsys, monkeypatch)
+    assert code == 0 and cv2.imread(str(target)).shape == (24, 32, 3)
+
+
+def test_output_tree_is_mirrored_and_reruns_skip_own_outputs(tmp_path: Path, weights: dict[str, Path], capsys, monkeypatch) -> None:
+    write_png(tmp_path / "in" / "top.png")
+    write_png(tmp_path / "in" / "sub" / "deep" / "low.png")
+    out_dir = tmp_path / "out"
+    code, _, err = run_cli(["sr", tmp_path / "in", "-r", "-o", out_dir, "--weights", weights["sr2"], "--ext", "webp"], capsys, monkeypatch)
+    assert code == 0, err
+    assert sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*.webp")) == ["sub/deep/low_x2.webp", "top_x2.webp"]
+    # next to the inputs, twice: the second run must not restore top_x2.png again
+    for _ in range(2):
+        code, out, err = run_cli(["sr", tmp_path / "in", "--weights", weights["sr2"], "--json"], capsys, monkeypatch)
+        assert code == 0, err
+    assert not (tmp_path / "in" / "top_x2_x2.png").exists()
+    assert "looks like an output of this command" in err
+
+
+def test_quiet_means_nothing_on_stderr(tmp_path: Path, weights: dict[str, Path], capsys, monkeypatch) -> None:
+    write_png(tmp_path / "a.png")
+    (tmp_path / "b.png").write_bytes(b"")
+    (tmp_path / "c.txt").write_text("x")
+    code, out, err = run_cli(["sr", tmp_path, "--weights", weights["sr2"], "--quiet"], capsys, monkeypatch)
+    assert code == 1 and err == ""
+    assert "1 restored, 1 failed, 1 skipped" in out  # the summary table is data: stdout
+
+
+def test_report_file_and_ensemble(tmp_path: Path, weights: dict[str, Path], capsys, monkeypatch) -> None:
+    source = write_png(tmp_path / "a.png", 10, 10)
+    report = tmp_path / "reports" / "run.json"
+    args = ["denoise", source, "--weights", weights["same"], "--ensemble", "--tile", "8", "--tile-overlap", "2", "--report", report]
+    code, out, _ = run_cli(args, capsys, monkeypatch)
+    entry = json.loads(report.read_text())["files"][0]
+    assert code == 0 and "restore denoise" in out
+    assert entry["tile"] == {"requested": 8, "size": 8, "overlap": 2, "tiles": 8 * 4}
+
+
+def test_ctrl_c_keeps_finished_outputs_and_prints_the_summary(tmp_path: Path, weights: dict[str, Path], capsys, monkeypatch) -> None:
+    for name in ("a", "b", "c"):
+        write_png(tmp_path / f"{name}.png")
+    calls = []
+    original = ImageRestorer.restore
+
+    def interrupted_on_second(self, image, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, image, **kwargs)
+
+    monkeypatch.setattr(ImageRestorer, "restore", interrupted_on_second)
+    code, out, err = run_cli(["sr", tmp_path, "--weights", weights["sr2"]], capsys, monkeypatch)
+    assert code == 130
+    assert (tmp_path / "a_x2.png").is_file() and not (tmp_path / "b_x2.png").exists() and not (tmp_path / "c_x2.png").exists()
+    assert "interrupted (1 not started)" in out and "Interrupted at" in err
+    assert leftovers(tmp_path) == []
+
+
+# --- bad inputs: one line, right exit code, no partial files ------------------------------------
+
+
+def _bad_cases(tmp: Path, weights: dict[str, Path]) -> dict[str, tuple[list, int, str]]:
+    good = write_png(tmp / "good" / "a.png")
+    (tmp / "empty_dir").mkdir()
+    (tmp / "zero.png").write_bytes(b"")
+    data = cv2.imencode(".png", np.zeros((16, 16, 3), np.uint8))[1].tobytes()
+    (tmp / "cut.png").write_bytes(data[: len(data) // 2])
+    (tmp / "text.png").write_text("hello")
+    (tmp / "blocker").write_text("a file where a folder should be")
+    sr = ["--weights", weights["sr2"]]
+    return {
+        "missing file": (["sr", tmp / "nope.png", *sr], 2, "does not exist; expected an image file, a folder or a glob"),
+        "empty folder": (["sr", tmp / "empty_dir", *sr], 2, "no images found in"),
+        "0-byte file": (["sr", tmp / "zero.png", *sr], 1, "file is empty (0 bytes)"),
+        "truncated png": (["sr", tmp / "cut.png", *sr], 1, "truncated or corrupt"),
+        "text named .png": (["sr", tmp / "text.png", *sr], 1, "named .png but its content is not"),
+        "unsupported scale": (["sr", good, "--scale", "5", *sr], 2, "--scale: expected 2, 3 or 4, got 5"),
+        "scale differs from weights": (["sr", good, "--scale", "4", *sr], 2, "x2 network; expected x4"),
+        "unknown model": (["sr", good, "--model", "mair-sr-x5"], 1, "unknown model 'mair-sr-x5'"),
+        "weights of another arch": (["sr", good, "--model", "mair-light-t-x2", "--weights", weights["anonymous"]], 1, "do not fit mair-light-t-x2"),
+        "sr weights for denoise": (["denoise", good, "--weights", weights["sr2"]], 2, "x2 network; expected x1"),
+        "anonymous unknown layout": (["deblur", good, "--weights", weights["anonymous"]], 1, "match no known MaIR model"),
+        "unwritable output folder": (["sr", good, *sr, "-o", tmp / "blocker" / "out"], 1, "cannot write into this folder"),
+        "output equals input": (["sr", good, *sr, "-o", good.parent, "--suffix", ""], 1, "would overwrite an input"),
+        "fp16 on cpu": (["sr", good, *sr, "--device", "cpu", "--precision", "fp16"], 1, "fp16 needs a CUDA device"),
+        "bad --ext": (["sr", good, *sr, "--ext", "gif"], 2, "--ext: expected one of same, png, jpg, webp, tif, got 'gif'"),
+        "sigma and real": (["denoise", good, "--sigma", "15", "--real"], 2, "exclude each other"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["missing file", "empty folder", "0-byte file", "truncated png", "text named .png", "unsupported scale",
+     "scale differs from weights", "unknown model", "weights of another arch", "sr weights for denoise",
+     "anonymous unknown layout", "unwritable output folder", "output equals input", "fp16 on cpu", "bad --ext",
+     "sigma and real"],  # fmt: skip
+)
+def test_bad_input_gives_one_line_error(tmp_path: Path, weights: dict[str, Path], capsys, monkeypatch, case: str) -> None:
+    args, expected_code, message = _bad_cases(tmp_path, weights)[case]
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    error_lines = [line for line in err.splitlines() if line.startswith("Error: ")]
+    assert code == expected_code, err
+    assert len(error_lines) == 1 and message in error_lines[0], err
+    assert "Traceback" not in err
+    after = {p for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == set(before), "no output (partial or not) may appear"
+    assert all(p.read_bytes() == data for p, data in before.items()), "inputs are never modified"
+
+
+def test_error_through_the_console_script(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "restorecli", "sr", str(tmp_path / "missing.png")], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [
+        f"Error: input '{tmp_path / 'missing.png'}' does not exist; expected an image file, a folder or a glob"
+    ]
+
+
+# --- official checkpoints -----------------------------------------------------------------------
+
+
+def test_official_checkpoint_recognised_from_its_keys(tmp_path: Path, capsys, monkeypatch) -> None:
+    official = tmp_path / "MaIR_T_lightSR_x2.pth"
+    torch.save({"params": models.build("mair-light-t-x2").state_dict()}, official)
+    source = write_png(tmp_path / "a.png", 8, 8)
+    code, out, err = run_cli(["sr", source, "--weights", official, "--json", "--tile", "0"], capsys, monkeypatch)
+    document = json.loads(out)
+    assert code == 0, err
+    assert document["model"] == "mair-light-t-x2" and document["scale"] == 2
+
+
+# --- several processes (torchrun) ---------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_torchrun_ranks_split_the_inputs_and_rank_0_reports_all(tmp_path: Path, weights: dict[str, Path]) -> None:
+    for name in ("a", "b", "c"):
+        write_png(tmp_path / "in" / f"{name}.png", 8, 8)
+    port = str(_free_port())
+    processes = []
+    for rank in (0, 1):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}  # fmt: skip
+        command = [sys.executable, "-m", "restorecli", "sr", str(tmp_path / "in"), "--weights", str(weights["sr2"]), "--json", "--device", "cpu", "--tile", "0"]
+        processes.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [process.communicate(timeout=120) for process in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    assert outputs[1][0] == ""  # only rank 0 writes the summary
+    files = json.loads(outputs[0][0])["files"]
+    assert [(Path(f["input"]).name, f["rank"], f["status"]) for f in files] == [("a.png", 0, "ok"), ("b.png", 1, "ok"), ("c.png", 0, "ok")]
