@@ -163,6 +163,11 @@ def cache_root() -> Path:
     return cache_dir() / "datasets"
 
 
+def is_cached(name: str) -> bool:
+    """Whether a complete, verified copy of the set is in the cache."""
+    return (cache_root() / get_dataset(name).name / _COMPLETE_MARKER).is_file()
+
+
 def file_url(repo: str, commit: str, source: str) -> str:
     """Raw-content URL of a file of a public GitHub repository at a commit."""
     return f"https://raw.githubusercontent.com/{repo}/{commit}/{source}"
@@ -251,7 +256,7 @@ def locate_dataset(
             f"expected the ground truth of {spec.name} in {data_dir / spec.name / 'HR'}, found no such folder"
         )
     folder = cache_root() / spec.name
-    if (folder / _COMPLETE_MARKER).is_file():
+    if is_cached(spec.name):
         return folder
     if spec.name not in load_pins():
         raise DownloadError(unpinned_message(spec.name))

@@ -168,27 +168,51 @@ def test_model_through_cli_names_protocol_model_and_weights(
     assert "tiled-official" in (tmp_path / "report.md").read_text()
 
 
-def test_tiny_mair_end_to_end(shared_datasets: Path) -> None:
+TINY_MAIR = {
+    "upscale": 4, "in_chans": 3, "img_range": 1.0, "embed_dim": 12, "depths": [1], "d_state": 1, "ssm_ratio": 1.0,
+    "mlp_ratio": 1.0, "upsampler": "pixelshuffledirect", "resi_connection": "1conv", "scan_len": 4,
+}
+
+
+def _skip_without_scan() -> None:
     import restorecli.ops
-    from restorecli import models
 
     if not hasattr(restorecli.ops, "selective_scan"):
         pytest.skip("the selective-scan op has not landed in this checkout yet")
 
-    model = models.build_arch(
-        "mair",
-        {"upscale": 4, "in_chans": 3, "img_range": 1.0, "embed_dim": 12, "depths": [1], "d_state": 1,
-         "ssm_ratio": 1.0, "mlp_ratio": 1.0, "upsampler": "pixelshuffledirect", "resi_connection": "1conv",
-         "scan_len": 4},
-    )
-    spec = datasets.get_dataset("Set5")
-    folder = shared_datasets / "Set5"
-    samples = [s for s in datasets.list_samples(folder, 4) if s.name == "bird"]  # 72x72 LR: quick
-    for protocol in ("whole", "tiled-official"):
-        report = ev.evaluate(samples, ev.EvalConfig(scale=4, protocol=protocol, device="cpu"), model=model, dataset=spec)
-        (result,) = report.images
-        assert math.isfinite(result.psnr_y) and 0 < result.ssim_y <= 1
-        assert report.meta["backend"] is not None
+
+def test_load_model_reads_a_restorecli_checkpoint(tmp_path: Path) -> None:
+    from restorecli import models
+    from restorecli.download import sha256_file
+    from restorecli.models.checkpoint import save_checkpoint
+
+    save_checkpoint(tmp_path / "tiny.safetensors", models.build_arch("mair", TINY_MAIR), "mair", TINY_MAIR, name="tiny-x4")
+    module, info = eval_cmd.load_model("sr", None, str(tmp_path / "tiny.safetensors"), 4, None)
+    assert module.upscale == 4
+    assert info == ev.ModelInfo("tiny-x4", sha256_file(tmp_path / "tiny.safetensors"), "mair")
+
+
+def test_tiny_mair_end_to_end(shared_datasets: Path, tmp_path: Path) -> None:
+    _skip_without_scan()
+    from restorecli import models
+    from restorecli.models.checkpoint import save_checkpoint
+
+    # A one-image copy of Set5 (bird: 72x72 LR) keeps the CPU forward passes short.
+    for part in ("HR/bird.png", "LR_bicubic/X4/birdx4.png"):
+        (tmp_path / "data" / "Set5" / part).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / "Set5" / part).write_bytes((shared_datasets / "Set5" / part).read_bytes())
+    save_checkpoint(tmp_path / "tiny.safetensors", models.build_arch("mair", TINY_MAIR), "mair", TINY_MAIR, name="tiny-x4")
+    base = ["eval", "-d", "Set5", "-s", "4", "--weights", str(tmp_path / "tiny.safetensors"), "--device", "cpu"]
+    for protocol in ("whole", "tiled-official", "blended"):
+        out = tmp_path / protocol
+        args = [*base, "--data-dir", str(tmp_path / "data"), "--protocol", protocol, "--json", "-o", str(out)]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.stdout)
+        (image,) = summary["images"]
+        assert image["name"] == "bird" and 0 < image["ssim_y"] <= 1 and image["psnr_y"] > 5
+        assert summary["model"] == "tiny-x4" and summary["protocol"] == protocol and summary["backend"]
+        assert {p.name for p in out.iterdir()} == {"report.json", "report.csv", "report.md", "comparison.png"}
 
 
 def test_denoising_noisy_baseline(shared_datasets: Path) -> None:

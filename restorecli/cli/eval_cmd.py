@@ -201,7 +201,8 @@ def eval_command(
         task=task, scale=scale or 1, sigma=sigma, protocol=protocol, ensemble=ensemble, crop_border=crop_border,
         lr_from_hr=lr_from_hr, baseline=baseline, tile=tile, overlap=overlap, device=device, limit=limit,
     )
-    with _progress(show, f"downloading {spec_ds.name}") as progress:
+    downloading = show and data_dir is None and not datasets.is_cached(spec_ds.name)
+    with _progress(downloading, f"downloading {spec_ds.name}") as progress:
         folder = datasets.locate_dataset(spec_ds.name, data_dir, progress=progress)
     with _progress(show, f"{spec_ds.name}") as progress:
         report = ev.evaluate_dataset(spec_ds, folder, config, model=module, model_info=info, progress=progress)
@@ -240,7 +241,7 @@ def datasets_list(
             "source": f"{pin['repo']}@{pin['commit'][:12]}" if pin else None,
             "files": len(pin["files"]) if pin else 0,
             "bytes": sum(f["size"] for f in pin["files"]) if pin else 0,
-            "cached": (datasets.cache_root() / spec.name / ".complete").is_file(),
+            "cached": datasets.is_cached(spec.name),
             "description": spec.description,
         })
     if as_json:
