@@ -59,6 +59,7 @@ class EvalConfig:
         tile: Tile side of the ``blended`` protocol in input pixels (None: automatic, 0: whole image).
         overlap: Tile overlap of the ``blended`` protocol (None: the tool's default).
         device: ``auto|cpu|cuda|cuda:N``.
+        precision: ``fp32|bf16|fp16`` (autocast; the papers' numbers are fp32).
         limit: Evaluate only the first ``limit`` images (quick checks).
     """
 
@@ -73,6 +74,7 @@ class EvalConfig:
     tile: int | None = None
     overlap: int | None = None
     device: str = "auto"
+    precision: str = "fp32"
     limit: int | None = None
 
     def __post_init__(self) -> None:
@@ -185,17 +187,17 @@ def _metrics(out: np.ndarray, gt: np.ndarray, border: int) -> dict[str, float]:
 # ----------------------------------------------------------------------------- inference
 
 
-def tiled_official(model: torch.nn.Module, x: torch.Tensor, scale: int, device: str) -> torch.Tensor:
+def tiled_official(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scale: int) -> torch.Tensor:
     """MaIR's own test-time tiling (``MambaIRModel.test``, spec §5.1), reproduced exactly.
 
     ``h // 200 + 1`` × ``w // 200 + 1`` tiles of the reflect-padded image, each extended by a tenth
     of its size into its neighbours, run separately and pasted without blending.
 
     Args:
-        model: Network mapping (1, C, h, w) to (1, C, s·h, s·w).
+        model: Network (or a function around it) mapping a CPU (1, C, h, w) tile to a
+            (1, C, s·h, s·w) output; it moves the tile to its device itself.
         x: (1, C, H, W) float32 input on the CPU.
         scale: Upscaling factor of the model.
-        device: Where the tiles run.
 
     Returns:
         (1, C, s·H, s·W) float32 on the CPU, not clamped.
@@ -221,7 +223,7 @@ def tiled_official(model: torch.nn.Module, x: torch.Tensor, scale: int, device: 
                 left = j * sw - (shave_w if j > 0 else 0)
                 right = (j + 1) * sw + (shave_w if j < splits_w - 1 else 0)
                 off_w = 0 if j == 0 else shave_w * scale
-                tile = model(x[..., top:bottom, left:right].to(device)).float().cpu()
+                tile = model(x[..., top:bottom, left:right]).float().cpu()
                 out[..., i * sh * scale : (i + 1) * sh * scale, j * sw * scale : (j + 1) * sw * scale] = tile[
                     ..., off_h : off_h + sh * scale, off_w : off_w + sw * scale
                 ]
@@ -246,18 +248,25 @@ def make_runner(model: torch.nn.Module, config: EvalConfig, device: str) -> Call
 
         def run(x: torch.Tensor) -> torch.Tensor:
             return inference.restore_tensor(
-                model, x, tile=config.tile, overlap=overlap, device=device, precision="fp32", ensemble=config.ensemble
+                model, x, tile=config.tile, overlap=overlap, device=device, precision=config.precision,
+                ensemble=config.ensemble,
             )
 
         return run
 
+    dtype = inference.resolve_precision(config.precision, torch.device(device))
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
+            return model(x.to(device)).float().cpu()
+
     if config.protocol == "tiled-official":
         def single(x: torch.Tensor) -> torch.Tensor:
-            return tiled_official(model, x, scale, device)
+            return tiled_official(forward, x, scale)
     else:
         def single(x: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
-                return model(x.to(device)).float().cpu()
+                return forward(x)
 
     if not config.ensemble:
         return single
@@ -456,6 +465,7 @@ def _meta(
         "baseline": config.baseline,
         "protocol": "baseline" if config.baseline else config.protocol,
         "ensemble": config.ensemble,
+        "precision": config.precision if model is not None else None,
         "tile": config.tile if config.protocol == "blended" and not config.baseline else None,
         "device": device,
         "backend": _scan_backend(model, device),

@@ -11,6 +11,19 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from restorecli.cli.options import (
+    AllowUnverifiedOpt,
+    DeviceOpt,
+    EnsembleOpt,
+    JsonOpt,
+    ManifestOpt,
+    ModelOpt,
+    PrecisionOpt,
+    QuietOpt,
+    TileOpt,
+    TileOverlapOpt,
+    WeightsOpt,
+)
 from restorecli.errors import UnknownModelError, UsageError
 
 if TYPE_CHECKING:
@@ -24,7 +37,14 @@ ProgressFn = Callable[[int, int, str], None]
 
 
 def load_model(
-    task: str, model: str | None, weights: str | None, scale: int | None, sigma: float | None
+    task: str,
+    model: str | None,
+    weights: str | None,
+    scale: int | None,
+    sigma: float | None,
+    *,
+    manifest: Path | None = None,
+    allow_unverified: bool = False,
 ) -> tuple[torch.nn.Module, ModelInfo]:
     """Obtain the network to evaluate: resolve the weights through the hub, build, load.
 
@@ -35,8 +55,8 @@ def load_model(
     from restorecli.evaluate import ModelInfo
 
     resolved = hub.resolve_weights(
-        task, model=model, weights=weights, scale=scale,
-        sigma=int(sigma) if sigma is not None else None,
+        task, model=model, weights=weights, scale=scale, sigma=int(sigma) if sigma is not None else None,
+        manifest=manifest, allow_unverified=allow_unverified,
     )
     arch, config, name = resolved.arch, resolved.config, resolved.name
     if arch is None or config is None:
@@ -130,28 +150,33 @@ def eval_command(
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Benchmark set (see `restore datasets list`).")] = None,
     scale: Annotated[Optional[int], typer.Option("--scale", "-s", min=1, help="SR factor (default: the model's).")] = None,
     sigma: Annotated[Optional[float], typer.Option("--sigma", min=0, help="Gaussian noise level on 0-255: evaluates denoising.")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model name from `restore models list`.")] = None,
-    weights: Annotated[Optional[str], typer.Option("--weights", metavar="PATH|URL", help="Checkpoint file or URL instead of a named model.")] = None,
+    model: ModelOpt = None,
+    weights: WeightsOpt = None,
     baseline: Annotated[Optional[str], typer.Option("--baseline", help="Score 'bicubic' (SR) or 'noisy' (denoising) instead of a model.")] = None,
     data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Local copy holding <Set>/HR and <Set>/LR_bicubic/X<s>.")] = None,
     lr_from_hr: Annotated[bool, typer.Option("--lr-from-hr", help="Make LR with MATLAB-bicubic imresize even when the set ships LR.")] = False,
     protocol: Annotated[str, typer.Option("--protocol", help="blended (default, the tool's tiling), tiled-official (MaIR's test tiling) or whole.")] = "blended",
-    ensemble: Annotated[bool, typer.Option("--ensemble", help="8-fold self-ensemble (MaIR+).")] = False,
-    tile: Annotated[Optional[int], typer.Option("--tile", min=0, help="Tile side for the blended protocol (default: automatic; 0: whole image).")] = None,
-    overlap: Annotated[Optional[int], typer.Option("--overlap", min=0, help="Tile overlap for the blended protocol.")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
+    ensemble: EnsembleOpt = False,
+    tile: TileOpt = None,
+    tile_overlap: TileOverlapOpt = 32,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
     crop_border: Annotated[Optional[int], typer.Option("--crop-border", min=0, help="Pixels ignored at each side (default: scale for SR, 0 otherwise).")] = None,
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Only the first N images.")] = None,
     pred_dir: Annotated[Optional[Path], typer.Option("--pred-dir", help="Score existing outputs in this folder (with --gt-dir).")] = None,
     gt_dir: Annotated[Optional[Path], typer.Option("--gt-dir", help="Ground truth for --pred-dir.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write report.json/.csv/.md and comparison.png here.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    manifest: ManifestOpt = None,
+    allow_unverified: AllowUnverifiedOpt = False,
+    as_json: JsonOpt = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Score a model (or a baseline) on a benchmark with the papers' conventions, or score existing outputs.
 
-    Examples: `restore eval -d Set5 -s 4 --baseline bicubic`, `restore eval -d Set5 -m mair-sr-x4
-    --protocol tiled-official --out report/`, `restore eval --pred-dir out/ --gt-dir Set5/HR -s 4`.
+    Without --model/--weights/--baseline the task's default model is used.
+
+    Examples: `restore eval -d Set5 -s 4 --baseline bicubic`; `restore eval -d Set5 -m mair-sr-x4
+    --protocol tiled-official --out report/`; `restore eval --pred-dir out/ --gt-dir Set5/HR -s 4`.
     """
     from restorecli import evaluate as ev
 
@@ -163,7 +188,7 @@ def eval_command(
             raise UsageError("--pred-dir/--gt-dir score existing files; drop --dataset/--model/--weights/--baseline")
         with _progress(show, "scoring") as progress:
             report = ev.score_dirs(pred_dir, gt_dir, scale=scale, crop_border=crop_border, progress=progress)
-        _finish(report, out, as_json)
+        _finish(report, out, as_json, quiet)
         return
 
     if dataset is None:
@@ -171,8 +196,6 @@ def eval_command(
     from restorecli import datasets
 
     spec_ds = datasets.get_dataset(dataset)
-    if baseline is None and model is None and weights is None:
-        raise UsageError("say what to evaluate: --model NAME, --weights FILE or --baseline bicubic|noisy")
     if baseline is not None and (model or weights):
         raise UsageError("--baseline replaces the model: drop --model/--weights")
     if baseline is not None and baseline not in ev.BASELINES:
@@ -183,8 +206,8 @@ def eval_command(
         task = "denoise"
     if task == "sr":
         scale = scale or getattr(model_spec, "scale", None)
-        if not scale and baseline is None and weights is None:
-            raise UsageError("--scale is required for super-resolution")
+        if not scale and baseline is None and weights is None and model is None:
+            raise UsageError("--scale is required for super-resolution (or give --model/--weights)")
     else:
         sigma = sigma if sigma is not None else getattr(model_spec, "sigma", None)
         if sigma is None:
@@ -192,29 +215,34 @@ def eval_command(
 
     module = info = None
     if baseline is None:
-        module, info = load_model(task, model, weights, scale if task == "sr" else None, None if task == "sr" else sigma)
+        module, info = load_model(
+            task, model, weights, scale if task == "sr" else None, None if task == "sr" else sigma,
+            manifest=manifest, allow_unverified=allow_unverified,
+        )
         if task == "sr":
             scale = scale or int(getattr(module, "upscale", 0)) or None
     if task == "sr" and not scale:
         raise UsageError("--scale is required for super-resolution")
     config = ev.EvalConfig(
         task=task, scale=scale or 1, sigma=sigma, protocol=protocol, ensemble=ensemble, crop_border=crop_border,
-        lr_from_hr=lr_from_hr, baseline=baseline, tile=tile, overlap=overlap, device=device, limit=limit,
+        lr_from_hr=lr_from_hr, baseline=baseline, tile=tile, overlap=tile_overlap, device=device,
+        precision=precision, limit=limit,
     )
     downloading = show and data_dir is None and not datasets.is_cached(spec_ds.name)
     with _progress(downloading, f"downloading {spec_ds.name}") as progress:
         folder = datasets.locate_dataset(spec_ds.name, data_dir, progress=progress)
     with _progress(show, f"{spec_ds.name}") as progress:
         report = ev.evaluate_dataset(spec_ds, folder, config, model=module, model_info=info, progress=progress)
-    _finish(report, out, as_json)
+    _finish(report, out, as_json, quiet)
 
 
-def _finish(report: EvalReport, out: Path | None, as_json: bool) -> None:
+def _finish(report: EvalReport, out: Path | None, as_json: bool, quiet: bool = False) -> None:
     from restorecli.evaluate import write_report
 
     if out is not None:
         paths = write_report(report, out)
-        typer.echo(f"report written: {', '.join(str(p) for p in paths)}", err=True)
+        if not quiet:
+            typer.echo(f"report written: {', '.join(str(p) for p in paths)}", err=True)
     if as_json:
         typer.echo(json.dumps(report.summary(), indent=2))
     else:
