@@ -20,6 +20,15 @@ from restorecli import models
 from restorecli.cli import app, main
 from restorecli.inference import ImageRestorer
 
+def _scan_op_available() -> bool:
+    import restorecli.ops
+
+    return hasattr(restorecli.ops, "selective_scan")
+
+
+# The networks need the selective-scan op; until it is in the checkout these tests cannot run.
+pytestmark = pytest.mark.skipif(not _scan_op_available(), reason="restorecli.ops.selective_scan has not landed yet")
+
 TINY_MAIR = {
     "in_chans": 3, "img_range": 1.0, "embed_dim": 12, "depths": [1, 1], "d_state": 1, "ssm_ratio": 1.0,
     "mlp_ratio": 1.0, "resi_connection": "1conv", "scan_len": 4,
