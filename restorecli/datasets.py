@@ -61,25 +61,50 @@ DATASETS: dict[str, DatasetSpec] = {
     for spec in (
         DatasetSpec("Set5", ("sr",), False, (2, 3, 4), 5, "5 classic SR test images"),
         DatasetSpec(
-            "Set14", ("sr",), False, (2, 3, 4), 14, "14 classic SR test images",
+            "Set14",
+            ("sr",),
+            False,
+            (2, 3, 4),
+            14,
+            "14 classic SR test images",
             note="bridge is grey; it is read as RGB with R = G = B, as the benchmark code does.",
         ),
         DatasetSpec(
-            "B100", ("sr",), False, (2, 3, 4), 100, "100 BSDS300 test images (BSD100), SelfExSR release",
+            "B100",
+            ("sr",),
+            False,
+            (2, 3, 4),
+            100,
+            "100 BSDS300 test images (BSD100), SelfExSR release",
             note=(
                 "The pinned LR images are SelfExSR's, which differ slightly from plain MATLAB imresize "
                 "(up to 10 grey levels on ~1% of values); --lr-from-hr regenerates the EDSR-style LR."
             ),
         ),
         DatasetSpec(
-            "Urban100", ("sr", "denoise"), False, (), 100, "100 urban scenes (no pinned source: use --data-dir)",
+            "Urban100",
+            ("sr", "denoise"),
+            False,
+            (),
+            100,
+            "100 urban scenes (no pinned source: use --data-dir)",
         ),
         DatasetSpec(
-            "Manga109", ("sr",), False, (), 109, "109 manga covers, academic use only (no pinned source: use --data-dir)",
+            "Manga109",
+            ("sr",),
+            False,
+            (),
+            109,
+            "109 manga covers, academic use only (no pinned source: use --data-dir)",
         ),
         DatasetSpec("CBSD68", ("denoise",), False, (), 68, "68 colour BSDS300 test images, 481x321"),
         DatasetSpec(
-            "Kodak24", ("denoise",), False, (), 24, "24 Kodak PhotoCD images, full 768x512",
+            "Kodak24",
+            ("denoise",),
+            False,
+            (),
+            24,
+            "24 Kodak PhotoCD images, full 768x512",
             note="Full-size images; FFDNet-era papers used 500x500 centre crops, which score differently.",
         ),
         DatasetSpec("McMaster", ("denoise",), False, (), 18, "18 McMaster images, 500x500"),
@@ -343,18 +368,20 @@ Path('restorecli/datasets_pins.json').write_text(pins_json(build_pins(Path(sys.a
             path = path.lstrip("*")
             local, remote = next((lp, rp) for lp, rp in layout if path.startswith(lp))
             size = (datasets_root / name / path).stat().st_size
-            files.append({"path": path, "source": remote + path[len(local):], "sha256": digest, "size": size})
+            files.append({"path": path, "source": remote + path[len(local) :], "sha256": digest, "size": size})
         sets[name] = {"repo": repo, "commit": commit, "files": sorted(files, key=lambda f: f["path"])}
     return {"version": 1, "sets": sets}
 
 
 def pins_json(pins: dict) -> str:
     """Serialise pins with one file per line, so that diffs of the package data stay readable."""
-    lines = ['{"version": %d, "sets": {' % pins["version"]]
+    lines = ['{"version": ' + str(pins["version"]) + ', "sets": {']
     names = list(pins["sets"])
     for i, name in enumerate(names):
         entry = pins["sets"][name]
-        lines.append(f'{json.dumps(name)}: {{"repo": {json.dumps(entry["repo"])}, "commit": {json.dumps(entry["commit"])}, "files": [')
+        lines.append(
+            f'{json.dumps(name)}: {{"repo": {json.dumps(entry["repo"])}, "commit": {json.dumps(entry["commit"])}, "files": ['
+        )
         rows = [json.dumps(f, sort_keys=True) for f in entry["files"]]
         lines.append(",\n".join(rows))
         lines.append("]}" + ("," if i < len(names) - 1 else ""))

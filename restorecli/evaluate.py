@@ -248,7 +248,12 @@ def make_runner(model: torch.nn.Module, config: EvalConfig, device: str) -> Call
 
         def run(x: torch.Tensor) -> torch.Tensor:
             return inference.restore_tensor(
-                model, x, tile=config.tile, overlap=overlap, device=device, precision=config.precision,
+                model,
+                x,
+                tile=config.tile,
+                overlap=overlap,
+                device=device,
+                precision=config.precision,
                 ensemble=config.ensemble,
             )
 
@@ -261,9 +266,11 @@ def make_runner(model: torch.nn.Module, config: EvalConfig, device: str) -> Call
             return model(x.to(device)).float().cpu()
 
     if config.protocol == "tiled-official":
+
         def single(x: torch.Tensor) -> torch.Tensor:
             return tiled_official(forward, x, scale)
     else:
+
         def single(x: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
                 return forward(x)
@@ -522,13 +529,14 @@ def score_dirs(
         key = image_key(gt_path.stem)
         pred_path = _match_prediction(key, gt_path.stem, preds)
         if pred_path is None:
-            raise ImageReadError(f"no prediction for {gt_path.name} in {pred_dir}; expected a file named like {key}.png")
+            raise ImageReadError(
+                f"no prediction for {gt_path.name} in {pred_dir}; expected a file named like {key}.png"
+            )
         pred, gt = read_image(pred_path), read_image(gt_path)
         ph, pw = pred.shape[:2]
         if not (0 <= gt.shape[0] - ph < s and 0 <= gt.shape[1] - pw < s):
             raise ImageReadError(
-                f"{pred_path.name} is {pw}x{ph} but its ground truth {gt_path.name} is "
-                f"{gt.shape[1]}x{gt.shape[0]}"
+                f"{pred_path.name} is {pw}x{ph} but its ground truth {gt_path.name} is " f"{gt.shape[1]}x{gt.shape[0]}"
             )
         gt = gt[:ph, :pw]
         results.append(ImageResult(key, seconds=0.0, height=ph, width=pw, **_metrics(pred, gt, border)))

@@ -118,7 +118,11 @@ def imresize(
     # MATLAB resizes the dimension with the smaller scale first (stable: rows on a tie).
     for dim in sorted((0, 1), key=lambda d: scales[d]):
         matrix = resize_matrix(x.shape[dim], out_shape[dim], scales[dim], antialiasing)
-        x = np.tensordot(matrix, x, axes=(1, 0)) if dim == 0 else np.moveaxis(np.tensordot(matrix, x, axes=(1, 1)), 0, 1)
+        x = (
+            np.tensordot(matrix, x, axes=(1, 0))
+            if dim == 0
+            else np.moveaxis(np.tensordot(matrix, x, axes=(1, 1)), 0, 1)
+        )
         if is_uint8:
             x = np.clip(np.floor(x + 0.5), 0, 255)
     return x.astype(img.dtype)

@@ -16,8 +16,7 @@ from typer.testing import CliRunner
 
 from restorecli import datasets
 from restorecli import evaluate as ev
-from restorecli.cli import app
-from restorecli.cli import eval_cmd
+from restorecli.cli import app, eval_cmd
 from restorecli.errors import ChecksumError, ConfigError, DownloadError, ImageReadError, UsageError
 
 runner = CliRunner()
@@ -148,7 +147,9 @@ def test_model_through_cli_names_protocol_model_and_weights(
 ) -> None:
     calls = []
 
-    def fake_load(task: str, model: str | None, weights: str | None, scale: int | None, sigma: float | None, **kw: object):
+    def fake_load(
+        task: str, model: str | None, weights: str | None, scale: int | None, sigma: float | None, **kw: object
+    ):
         calls.append((task, weights, scale))
         return Nearest(4), ev.ModelInfo("toy-x4", "ab" * 32, "toy")
 
@@ -169,8 +170,17 @@ def test_model_through_cli_names_protocol_model_and_weights(
 
 
 TINY_MAIR = {
-    "upscale": 4, "in_chans": 3, "img_range": 1.0, "embed_dim": 12, "depths": [1], "d_state": 1, "ssm_ratio": 1.0,
-    "mlp_ratio": 1.0, "upsampler": "pixelshuffledirect", "resi_connection": "1conv", "scan_len": 4,
+    "upscale": 4,
+    "in_chans": 3,
+    "img_range": 1.0,
+    "embed_dim": 12,
+    "depths": [1],
+    "d_state": 1,
+    "ssm_ratio": 1.0,
+    "mlp_ratio": 1.0,
+    "upsampler": "pixelshuffledirect",
+    "resi_connection": "1conv",
+    "scan_len": 4,
 }
 
 
@@ -186,7 +196,9 @@ def test_load_model_reads_a_restorecli_checkpoint(tmp_path: Path) -> None:
     from restorecli.download import sha256_file
     from restorecli.models.checkpoint import save_checkpoint
 
-    save_checkpoint(tmp_path / "tiny.safetensors", models.build_arch("mair", TINY_MAIR), "mair", TINY_MAIR, name="tiny-x4")
+    save_checkpoint(
+        tmp_path / "tiny.safetensors", models.build_arch("mair", TINY_MAIR), "mair", TINY_MAIR, name="tiny-x4"
+    )
     module, info = eval_cmd.load_model("sr", None, str(tmp_path / "tiny.safetensors"), 4, None)
     assert module.upscale == 4
     assert info == ev.ModelInfo("tiny-x4", sha256_file(tmp_path / "tiny.safetensors"), "mair")
@@ -201,7 +213,9 @@ def test_tiny_mair_end_to_end(shared_datasets: Path, tmp_path: Path) -> None:
     for part in ("HR/bird.png", "LR_bicubic/X4/birdx4.png"):
         (tmp_path / "data" / "Set5" / part).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "data" / "Set5" / part).write_bytes((shared_datasets / "Set5" / part).read_bytes())
-    save_checkpoint(tmp_path / "tiny.safetensors", models.build_arch("mair", TINY_MAIR), "mair", TINY_MAIR, name="tiny-x4")
+    save_checkpoint(
+        tmp_path / "tiny.safetensors", models.build_arch("mair", TINY_MAIR), "mair", TINY_MAIR, name="tiny-x4"
+    )
     base = ["eval", "-d", "Set5", "-s", "4", "--weights", str(tmp_path / "tiny.safetensors"), "--device", "cpu"]
     for protocol in ("whole", "tiled-official", "blended"):
         out = tmp_path / protocol

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -55,8 +55,13 @@ def load_model(
     from restorecli.evaluate import ModelInfo
 
     resolved = hub.resolve_weights(
-        task, model=model, weights=weights, scale=scale, sigma=int(sigma) if sigma is not None else None,
-        manifest=manifest, allow_unverified=allow_unverified,
+        task,
+        model=model,
+        weights=weights,
+        scale=scale,
+        sigma=int(sigma) if sigma is not None else None,
+        manifest=manifest,
+        allow_unverified=allow_unverified,
     )
     arch, config, name = resolved.arch, resolved.config, resolved.name
     if arch is None or config is None:
@@ -128,12 +133,25 @@ def _print_summary(report: EvalReport) -> None:
         return "inf" if v is None else f"{v:.{d}f}"
 
     for r in summary["images"]:
-        table.add_row(r["name"], fmt(r["psnr_y"], 2), fmt(r["ssim_y"], 4), fmt(r["psnr_rgb"], 2),
-                      fmt(r["ssim_rgb"], 4), f"{r['seconds']:.3f}")
+        table.add_row(
+            r["name"],
+            fmt(r["psnr_y"], 2),
+            fmt(r["ssim_y"], 4),
+            fmt(r["psnr_rgb"], 2),
+            fmt(r["ssim_rgb"], 4),
+            f"{r['seconds']:.3f}",
+        )
     m = summary["mean"]
     table.add_section()
-    table.add_row("mean", fmt(m["psnr_y"], 2), fmt(m["ssim_y"], 4), fmt(m["psnr_rgb"], 2), fmt(m["ssim_rgb"], 4),
-                  f"{m['seconds']:.3f}", style="bold")
+    table.add_row(
+        "mean",
+        fmt(m["psnr_y"], 2),
+        fmt(m["ssim_y"], 4),
+        fmt(m["psnr_rgb"], 2),
+        fmt(m["ssim_rgb"], 4),
+        f"{m['seconds']:.3f}",
+        style="bold",
+    )
     console = Console()
     console.print(table)
     key = "y" if head == "y" else "rgb"
@@ -147,25 +165,47 @@ def _print_summary(report: EvalReport) -> None:
 
 
 def eval_command(
-    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Benchmark set (see `restore datasets list`).")] = None,
-    scale: Annotated[Optional[int], typer.Option("--scale", "-s", min=1, help="SR factor (default: the model's).")] = None,
-    sigma: Annotated[Optional[float], typer.Option("--sigma", min=0, help="Gaussian noise level on 0-255: evaluates denoising.")] = None,
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", "-d", help="Benchmark set (see `restore datasets list`).")
+    ] = None,
+    scale: Annotated[int | None, typer.Option("--scale", "-s", min=1, help="SR factor (default: the model's).")] = None,
+    sigma: Annotated[
+        float | None, typer.Option("--sigma", min=0, help="Gaussian noise level on 0-255: evaluates denoising.")
+    ] = None,
     model: ModelOpt = None,
     weights: WeightsOpt = None,
-    baseline: Annotated[Optional[str], typer.Option("--baseline", help="Score 'bicubic' (SR) or 'noisy' (denoising) instead of a model.")] = None,
-    data_dir: Annotated[Optional[Path], typer.Option("--data-dir", help="Local copy holding <Set>/HR and <Set>/LR_bicubic/X<s>.")] = None,
-    lr_from_hr: Annotated[bool, typer.Option("--lr-from-hr", help="Make LR with MATLAB-bicubic imresize even when the set ships LR.")] = False,
-    protocol: Annotated[str, typer.Option("--protocol", help="blended (default, the tool's tiling), tiled-official (MaIR's test tiling) or whole.")] = "blended",
+    baseline: Annotated[
+        str | None, typer.Option("--baseline", help="Score 'bicubic' (SR) or 'noisy' (denoising) instead of a model.")
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Local copy holding <Set>/HR and <Set>/LR_bicubic/X<s>.")
+    ] = None,
+    lr_from_hr: Annotated[
+        bool, typer.Option("--lr-from-hr", help="Make LR with MATLAB-bicubic imresize even when the set ships LR.")
+    ] = False,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            "--protocol", help="blended (default, the tool's tiling), tiled-official (MaIR's test tiling) or whole."
+        ),
+    ] = "blended",
     ensemble: EnsembleOpt = False,
     tile: TileOpt = None,
     tile_overlap: TileOverlapOpt = 32,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
-    crop_border: Annotated[Optional[int], typer.Option("--crop-border", min=0, help="Pixels ignored at each side (default: scale for SR, 0 otherwise).")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Only the first N images.")] = None,
-    pred_dir: Annotated[Optional[Path], typer.Option("--pred-dir", help="Score existing outputs in this folder (with --gt-dir).")] = None,
-    gt_dir: Annotated[Optional[Path], typer.Option("--gt-dir", help="Ground truth for --pred-dir.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write report.json/.csv/.md and comparison.png here.")] = None,
+    crop_border: Annotated[
+        int | None,
+        typer.Option("--crop-border", min=0, help="Pixels ignored at each side (default: scale for SR, 0 otherwise)."),
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N images.")] = None,
+    pred_dir: Annotated[
+        Path | None, typer.Option("--pred-dir", help="Score existing outputs in this folder (with --gt-dir).")
+    ] = None,
+    gt_dir: Annotated[Path | None, typer.Option("--gt-dir", help="Ground truth for --pred-dir.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write report.json/.csv/.md and comparison.png here.")
+    ] = None,
     manifest: ManifestOpt = None,
     allow_unverified: AllowUnverifiedOpt = False,
     as_json: JsonOpt = False,
@@ -216,17 +256,32 @@ def eval_command(
     module = info = None
     if baseline is None:
         module, info = load_model(
-            task, model, weights, scale if task == "sr" else None, None if task == "sr" else sigma,
-            manifest=manifest, allow_unverified=allow_unverified,
+            task,
+            model,
+            weights,
+            scale if task == "sr" else None,
+            None if task == "sr" else sigma,
+            manifest=manifest,
+            allow_unverified=allow_unverified,
         )
         if task == "sr":
             scale = scale or int(getattr(module, "upscale", 0)) or None
     if task == "sr" and not scale:
         raise UsageError("--scale is required for super-resolution")
     config = ev.EvalConfig(
-        task=task, scale=scale or 1, sigma=sigma, protocol=protocol, ensemble=ensemble, crop_border=crop_border,
-        lr_from_hr=lr_from_hr, baseline=baseline, tile=tile, overlap=tile_overlap, device=device,
-        precision=precision, limit=limit,
+        task=task,
+        scale=scale or 1,
+        sigma=sigma,
+        protocol=protocol,
+        ensemble=ensemble,
+        crop_border=crop_border,
+        lr_from_hr=lr_from_hr,
+        baseline=baseline,
+        tile=tile,
+        overlap=tile_overlap,
+        device=device,
+        precision=precision,
+        limit=limit,
     )
     downloading = show and data_dir is None and not datasets.is_cached(spec_ds.name)
     with _progress(downloading, f"downloading {spec_ds.name}") as progress:
@@ -260,18 +315,20 @@ def datasets_list(
     rows = []
     for spec in datasets.DATASETS.values():
         pin = pins.get(spec.name)
-        rows.append({
-            "name": spec.name,
-            "tasks": list(spec.tasks),
-            "grey": spec.grey,
-            "images": spec.images,
-            "lr_scales": list(spec.lr_scales),
-            "source": f"{pin['repo']}@{pin['commit'][:12]}" if pin else None,
-            "files": len(pin["files"]) if pin else 0,
-            "bytes": sum(f["size"] for f in pin["files"]) if pin else 0,
-            "cached": datasets.is_cached(spec.name),
-            "description": spec.description,
-        })
+        rows.append(
+            {
+                "name": spec.name,
+                "tasks": list(spec.tasks),
+                "grey": spec.grey,
+                "images": spec.images,
+                "lr_scales": list(spec.lr_scales),
+                "source": f"{pin['repo']}@{pin['commit'][:12]}" if pin else None,
+                "files": len(pin["files"]) if pin else 0,
+                "bytes": sum(f["size"] for f in pin["files"]) if pin else 0,
+                "cached": datasets.is_cached(spec.name),
+                "description": spec.description,
+            }
+        )
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -283,9 +340,13 @@ def datasets_list(
         table.add_column(column)
     for r in rows:
         table.add_row(
-            r["name"], "/".join(r["tasks"]) + (" (grey)" if r["grey"] else ""), str(r["images"]),
-            ",".join(f"x{s}" for s in r["lr_scales"]) or "-", r["source"] or "none: use --data-dir",
-            f"{r['bytes'] / 1e6:.1f} MB" if r["bytes"] else "-", "yes" if r["cached"] else "no",
+            r["name"],
+            "/".join(r["tasks"]) + (" (grey)" if r["grey"] else ""),
+            str(r["images"]),
+            ",".join(f"x{s}" for s in r["lr_scales"]) or "-",
+            r["source"] or "none: use --data-dir",
+            f"{r['bytes'] / 1e6:.1f} MB" if r["bytes"] else "-",
+            "yes" if r["cached"] else "no",
         )
     Console().print(table)
 
@@ -293,7 +354,7 @@ def datasets_list(
 @datasets_app.command("download")
 def datasets_download(
     name: Annotated[str, typer.Argument(help="Set name, e.g. Set5.")],
-    dest: Annotated[Optional[Path], typer.Option("--dest", help="Parent folder (default: the cache).")] = None,
+    dest: Annotated[Path | None, typer.Option("--dest", help="Parent folder (default: the cache).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Download a set from its pinned public source, verifying every file; prints the set folder."""

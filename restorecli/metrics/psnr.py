@@ -82,9 +82,7 @@ def psnr(img1: np.ndarray, img2: np.ndarray, crop_border: int = 0, y_channel: bo
     return float(10.0 * np.log10(255.0**2 / mse))
 
 
-def psnr_torch(
-    img1: torch.Tensor, img2: torch.Tensor, crop_border: int = 0, y_channel: bool = False
-) -> torch.Tensor:
+def psnr_torch(img1: torch.Tensor, img2: torch.Tensor, crop_border: int = 0, y_channel: bool = False) -> torch.Tensor:
     """PSNR of batches of tensors, per image, without quantisation (training validation).
 
     Args:

@@ -75,9 +75,7 @@ def ssim(img1: np.ndarray, img2: np.ndarray, crop_border: int = 0, y_channel: bo
     return float(np.mean([ssim_map(a[..., c], b[..., c]).mean() for c in range(a.shape[2])]))
 
 
-def ssim_torch(
-    img1: torch.Tensor, img2: torch.Tensor, crop_border: int = 0, y_channel: bool = False
-) -> torch.Tensor:
+def ssim_torch(img1: torch.Tensor, img2: torch.Tensor, crop_border: int = 0, y_channel: bool = False) -> torch.Tensor:
     """SSIM of batches of tensors, per image, without quantisation (training validation).
 
     Args:
