@@ -1,0 +1,562 @@
+// Selective scan on the CPU: forward and backward of
+//   h_t = exp(dt_t * A) * h_{t-1} + dt_t * u_t * B_t,   y_t = <C_t, h_t> + D * u_t,
+// with dt = softplus(delta + delta_bias) (optional softplus, torch threshold 20).
+//
+// Plain C++17 with a C ABI, loaded through ctypes: it includes no torch headers, so it
+// builds in seconds and does not depend on the torch ABI.
+//
+// Layout and parallel plan:
+//  * u, delta, y and their gradients are (batch, dim, L); A is (dim, N);
+//    B and C are pre-transposed by the caller to (batch, G, L, N), so a time step reads
+//    N consecutive values.
+//  * Work unit = up to W channels of one (batch, group). The W channels are the SIMD
+//    lanes: the recurrence is sequential in t but independent across channels, so
+//    vectorising over channels keeps every vector instruction busy whatever N is.
+//    Time tiles of T steps are transposed into thread-local [t][lane] buffers.
+//  * exp and log1p are our own branch-free versions so the compiler can vectorise them
+//    (libm calls would stay scalar without -ffast-math, which we avoid because it
+//    changes the numerics of the whole process on some toolchains).
+//  * The forward optionally stores the state at the end of each tile ("checkpoints");
+//    the backward walks the tiles in reverse, recomputes the states of one tile from
+//    its checkpoint and runs the adjoint recurrence. Gradients of B and C are shared
+//    by all channels of a group, so each thread accumulates into its own slice of the
+//    caller's (threads, batch, G, L, N) buffers, which the caller sums: no data races.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <new>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#if defined(__GNUC__) || defined(__clang__)
+#define RCS_PRAGMA(x) _Pragma(#x)
+#define RCS_SIMD RCS_PRAGMA(omp simd)
+#define RCS_SIMD_SUM(var) RCS_PRAGMA(omp simd reduction(+ : var))
+#else
+#define RCS_SIMD
+#define RCS_SIMD_SUM(var)
+#endif
+
+#if defined(_WIN32)
+#define RCS_EXPORT extern "C" __declspec(dllexport)
+#else
+#define RCS_EXPORT extern "C" __attribute__((visibility("default")))
+#endif
+
+namespace {
+
+constexpr int W = 16;  // lanes (channels) per work unit: one AVX-512 float vector
+constexpr int kAbiVersion = 1;
+
+// ---------------------------------------------------------------------------------------
+// Vectorisable math. float versions are approximations with < 2 ulp error; the double
+// versions call libm (they exist for gradient checks, not for speed).
+
+inline float bits_as_float(uint32_t i) {
+  float f;
+  std::memcpy(&f, &i, sizeof f);
+  return f;
+}
+
+inline uint32_t float_as_bits(float f) {
+  uint32_t i;
+  std::memcpy(&i, &f, sizeof i);
+  return i;
+}
+
+// 2^y. Saturates outside [-126, 127]: exp of very negative arguments gives about 1e-38
+// instead of 0 (harmless as a decay factor) and overflow gives about 1.7e38. NaN stays NaN.
+// The ternaries map to single vmaxps/vminps; with the floor this is ~13 vector ops.
+inline float exp2_approx(float y) {
+  y = y < -126.0f ? -126.0f : y;
+  y = y > 127.0f ? 127.0f : y;
+  const float fl = std::floor(y);
+  const float f = y - fl;  // in [0, 1)
+  // Relative-error fit of 2^f on [0, 1], degree 6 (max error 8e-8 in float).
+  float p = 2.1702255e-4f;
+  p = p * f + 1.2439688e-3f;
+  p = p * f + 9.6788406e-3f;
+  p = p * f + 5.5483341e-2f;
+  p = p * f + 2.4022983e-1f;
+  p = p * f + 6.9314700e-1f;
+  p = p * f + 1.0f;
+  // p is in [1, 2): adding n to its exponent field multiplies it by 2^n.
+  const uint32_t n = static_cast<uint32_t>(static_cast<int32_t>(fl));
+  return bits_as_float(float_as_bits(p) + (n << 23));
+}
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+inline float exp_approx(float x) { return exp2_approx(x * kLog2e); }
+
+// log(1 + z) for z in [0, 1]: log(m) = 2 atanh(s), s = (m - 1) / (m + 1), after
+// reducing 1 + z to m in [0.707, 1.414]; the small-z branch uses z itself (exact).
+inline float log1p_unit(float z) {
+  const bool hi = z > 0.41421356f;
+  const float f = hi ? (z - 1.0f) * 0.5f : z;  // m - 1
+  const float s = f / (2.0f + f);
+  const float s2 = s * s;
+  float r = 2.0f / 9.0f;
+  r = r * s2 + 2.0f / 7.0f;
+  r = r * s2 + 2.0f / 5.0f;
+  r = r * s2 + 2.0f / 3.0f;
+  r = r * s2;
+  return (hi ? kLn2 : 0.0f) + s * (2.0f + r);
+}
+
+// softplus with torch's default threshold (x > 20 returns x).
+inline float softplus(float x) {
+  const float sp = std::max(x, 0.0f) + log1p_unit(exp_approx(-std::fabs(x)));
+  return x > 20.0f ? x : sp;
+}
+
+// d softplus / dx = sigmoid(x), and exactly 1 above the threshold (as torch).
+inline float softplus_grad(float x) {
+  const float e = exp_approx(-std::fabs(x));
+  const float s = (x >= 0.0f ? 1.0f : e) / (1.0f + e);
+  return x > 20.0f ? 1.0f : s;
+}
+
+inline double exp2_approx(double y) { return std::exp2(y); }
+inline double softplus(double x) { return x > 20.0 ? x : std::log1p(std::exp(x)); }
+inline double softplus_grad(double x) { return x > 20.0 ? 1.0 : 1.0 / (1.0 + std::exp(-x)); }
+
+template <typename T>
+constexpr T log2e() {
+  return static_cast<T>(1.4426950408889634);
+}
+
+// ---------------------------------------------------------------------------------------
+// 64-byte aligned scratch buffer (one per thread and call).
+
+template <typename T>
+class Scratch {
+ public:
+  explicit Scratch(size_t n)
+      : n_(n), p_(static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64)))) {
+    std::fill(p_, p_ + n_, T(0));
+  }
+  ~Scratch() { ::operator delete(p_, std::align_val_t(64)); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  T* data() { return p_; }
+  void zero() { std::fill(p_, p_ + n_, T(0)); }
+
+ private:
+  size_t n_;
+  T* p_;
+};
+
+// ---------------------------------------------------------------------------------------
+
+template <typename T>
+struct Problem {
+  const T* u;
+  const T* delta;
+  const T* A;
+  const T* B;  // (batch, G, L, N)
+  const T* C;  // (batch, G, L, N)
+  const T* D;  // (dim) or null
+  const T* bias;  // (dim) or null
+  bool softplus;
+  int64_t batch, dim, L, N, G, tile;
+  int64_t per_group, blocks_per_group, tiles;
+
+  int64_t units() const { return batch * G * blocks_per_group; }
+};
+
+// Runs f(unit, thread_index) for every unit on `threads` threads (dynamic schedule).
+// Returns false if any call threw (for example std::bad_alloc).
+template <typename F>
+bool parallel_units(int64_t units, int threads, F f) {
+  threads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, units)));
+  std::atomic<int64_t> next{0};
+  std::atomic<bool> failed{false};
+  auto worker = [&](int tid) {
+    try {
+      for (int64_t unit = next++; unit < units && !failed; unit = next++) f(unit, tid);
+    } catch (...) {
+      failed = true;
+    }
+  };
+  std::vector<std::thread> pool;
+  try {
+    pool.reserve(threads - 1);
+    for (int t = 1; t < threads; ++t) pool.emplace_back(worker, t);
+  } catch (...) {
+    failed = true;  // could not start a thread: the others still finish the work
+  }
+  worker(0);
+  for (auto& th : pool) th.join();
+  return !failed;
+}
+
+// Per-unit lane setup shared by forward and backward.
+template <typename T>
+struct Lanes {
+  int64_t b, g, d0, nl;  // batch, group, first channel, lanes in use
+};
+
+template <typename T>
+Lanes<T> lanes_of(const Problem<T>& p, int64_t unit) {
+  const int64_t blk = unit % p.blocks_per_group;
+  const int64_t bg = unit / p.blocks_per_group;
+  Lanes<T> l;
+  l.b = bg / p.G;
+  l.g = bg % p.G;
+  l.d0 = l.g * p.per_group + blk * W;
+  l.nl = std::min<int64_t>(W, p.per_group - blk * W);
+  return l;
+}
+
+// Copies rows [d0, d0+nl) x [t0, t0+tl) of a (batch, dim, L) array into dst[t][lane].
+template <typename T>
+void gather_tile(const T* src, const Problem<T>& p, const Lanes<T>& l, int64_t t0, int64_t tl,
+                 T* dst) {
+  for (int64_t c = 0; c < l.nl; ++c) {
+    const T* row = src + ((l.b * p.dim) + l.d0 + c) * p.L + t0;
+    for (int64_t t = 0; t < tl; ++t) dst[t * W + c] = row[t];
+  }
+}
+
+template <typename T>
+void scatter_tile(const T* src, const Problem<T>& p, const Lanes<T>& l, int64_t t0, int64_t tl,
+                  T* dst) {
+  for (int64_t c = 0; c < l.nl; ++c) {
+    T* row = dst + ((l.b * p.dim) + l.d0 + c) * p.L + t0;
+    for (int64_t t = 0; t < tl; ++t) row[t] = src[t * W + c];
+  }
+}
+
+// dt = softplus(delta + bias) (or without softplus) and dt*u, for one tile.
+template <typename T, bool kSoftplus>
+void tile_dt_impl(int64_t tl, const T* __restrict raw, const T* __restrict ut,
+                  const T* __restrict bias_l, T* __restrict dtt, T* __restrict dtu) {
+  for (int64_t t = 0; t < tl; ++t) {
+    RCS_SIMD
+    for (int c = 0; c < W; ++c) {
+      const T x = raw[t * W + c] + bias_l[c];
+      const T dt = kSoftplus ? softplus(x) : x;
+      dtt[t * W + c] = dt;
+      dtu[t * W + c] = dt * ut[t * W + c];
+    }
+  }
+}
+
+template <typename T>
+void tile_dt(const Problem<T>& p, int64_t tl, const T* raw, const T* ut, const T* bias_l, T* dtt,
+             T* dtu) {
+  if (p.softplus) {
+    tile_dt_impl<T, true>(tl, raw, ut, bias_l, dtt, dtu);
+  } else {
+    tile_dt_impl<T, false>(tl, raw, ut, bias_l, dtt, dtu);
+  }
+}
+
+// Loads the per-lane constants of a unit: A (natural and pre-scaled by log2 e), D, bias.
+template <typename T>
+void load_lane_constants(const Problem<T>& p, const Lanes<T>& l, T* A_l, T* A2_l, T* D_l,
+                         T* bias_l) {
+  const int64_t N = p.N;
+  for (int64_t c = 0; c < W; ++c) {
+    const bool on = c < l.nl;
+    const int64_t d = l.d0 + c;
+    for (int64_t n = 0; n < N; ++n) {
+      const T a = on ? p.A[d * N + n] : T(0);  // padding lanes: A = 0 keeps h = 0
+      A_l[n * W + c] = a;
+      A2_l[n * W + c] = a * log2e<T>();
+    }
+    D_l[c] = (on && p.D) ? p.D[d] : T(0);
+    bias_l[c] = (on && p.bias) ? p.bias[d] : T(0);
+  }
+}
+
+// One tile of the forward recurrence. NN > 0 fixes N at compile time (unrolled inner
+// loop); NN == 0 reads it from p. kRecord = false writes y; kRecord = true instead keeps
+// the state and decay of every step (hs, as) for the backward.
+template <typename T, int NN, bool kRecord>
+void tile_forward(const Problem<T>& p, int64_t tl, const T* __restrict Bg,
+                  const T* __restrict Cg, const T* __restrict dtt, const T* __restrict dtu,
+                  const T* __restrict ut, const T* __restrict A2_l, const T* __restrict D_l,
+                  T* __restrict h, T* __restrict yt, T* __restrict hs, T* __restrict as) {
+  const int64_t N = NN > 0 ? NN : p.N;
+  for (int64_t t = 0; t < tl; ++t) {
+    const T* Bt = Bg + t * N;
+    const T* Ct = Cg + t * N;
+    alignas(64) T y[W];
+    RCS_SIMD
+    for (int c = 0; c < W; ++c) y[c] = D_l[c] * ut[t * W + c];
+    for (int64_t n = 0; n < N; ++n) {
+      const T bn = Bt[n];
+      const T cn = Ct[n];
+      T* hn = h + n * W;
+      const T* a2 = A2_l + n * W;
+      RCS_SIMD
+      for (int c = 0; c < W; ++c) {
+        const T a = exp2_approx(dtt[t * W + c] * a2[c]);
+        const T hv = a * hn[c] + dtu[t * W + c] * bn;
+        hn[c] = hv;
+        y[c] += hv * cn;
+        if (kRecord) {
+          as[(t * N + n) * W + c] = a;
+          hs[(t * N + n) * W + c] = hv;
+        }
+      }
+    }
+    if (!kRecord) {
+      RCS_SIMD
+      for (int c = 0; c < W; ++c) yt[t * W + c] = y[c];
+    }
+  }
+}
+
+template <typename T, int NN>
+void forward_unit(const Problem<T>& p, int64_t unit, T* y, T* ckpt) {
+  const int64_t N = NN > 0 ? NN : p.N;
+  const int64_t TT = p.tile;
+  const Lanes<T> l = lanes_of(p, unit);
+  Scratch<T> buf(W * (2 * N + 2 + 5 * TT + N));
+  T* A_l = buf.data();
+  T* A2_l = A_l + N * W;
+  T* D_l = A2_l + N * W;
+  T* bias_l = D_l + W;
+  T* ut = bias_l + W;
+  T* raw = ut + TT * W;
+  T* dtt = raw + TT * W;
+  T* dtu = dtt + TT * W;
+  T* yt = dtu + TT * W;
+  T* h = yt + TT * W;
+  load_lane_constants(p, l, A_l, A2_l, D_l, bias_l);
+  const T* Bb = p.B + (l.b * p.G + l.g) * p.L * N;
+  const T* Cb = p.C + (l.b * p.G + l.g) * p.L * N;
+  for (int64_t k = 0; k < p.tiles; ++k) {
+    const int64_t t0 = k * TT;
+    const int64_t tl = std::min(TT, p.L - t0);
+    gather_tile(p.u, p, l, t0, tl, ut);
+    gather_tile(p.delta, p, l, t0, tl, raw);
+    tile_dt(p, tl, raw, ut, bias_l, dtt, dtu);
+    tile_forward<T, NN, false>(p, tl, Bb + t0 * N, Cb + t0 * N, dtt, dtu, ut, A2_l, D_l, h, yt,
+                        nullptr, nullptr);
+    scatter_tile(yt, p, l, t0, tl, y);
+    if (ckpt) {
+      for (int64_t c = 0; c < l.nl; ++c) {
+        T* dst = ckpt + (((l.b * p.dim) + l.d0 + c) * p.tiles + k) * N;
+        for (int64_t n = 0; n < N; ++n) dst[n] = h[n * W + c];
+      }
+    }
+  }
+}
+
+struct Grads {
+  void* du;
+  void* ddelta;
+  void* dA;
+  void* dB;  // (threads, batch, G, L, N), zero-initialised by the caller
+  void* dC;
+  void* dD;  // or null
+  void* dbias;  // or null
+};
+
+template <typename T, int NN>
+void backward_unit(const Problem<T>& p, int64_t unit, int tid, const T* ckpt, const T* dy,
+                   const Grads& gr) {
+  const int64_t N = NN > 0 ? NN : p.N;
+  const int64_t TT = p.tile;
+  const Lanes<T> l = lanes_of(p, unit);
+  Scratch<T> buf(W * (6 * N + 4 + 7 * TT + 2 * TT * N));
+  T* A_l = buf.data();
+  T* A2_l = A_l + N * W;
+  T* D_l = A2_l + N * W;
+  T* bias_l = D_l + W;
+  T* h0 = bias_l + W;  // state before the tile
+  T* dh = h0 + N * W;  // adjoint of the state, carried backwards across tiles
+  T* dA_acc = dh + N * W;
+  T* dD_acc = dA_acc + N * W;
+  T* dbias_acc = dD_acc + W;
+  T* ut = dbias_acc + W;
+  T* raw = ut + TT * W;
+  T* dtt = raw + TT * W;
+  T* dtu = dtt + TT * W;
+  T* dyt = dtu + TT * W;
+  T* dut = dyt + TT * W;
+  T* ddt = dut + TT * W;
+  T* h = ddt + TT * W;  // running state of the recomputation
+  T* hs = h + N * W;  // state after each step of the tile, [t][n][lane]
+  T* as = hs + TT * N * W;  // decay exp(dt * A) of each step, [t][n][lane]
+  load_lane_constants(p, l, A_l, A2_l, D_l, bias_l);
+  const int64_t gofs = (l.b * p.G + l.g) * p.L * N;
+  const T* Bb = p.B + gofs;
+  const T* Cb = p.C + gofs;
+  const int64_t part = static_cast<int64_t>(tid) * p.batch * p.G * p.L * N;
+  T* dBb = static_cast<T*>(gr.dB) + part + gofs;
+  T* dCb = static_cast<T*>(gr.dC) + part + gofs;
+  for (int64_t k = p.tiles - 1; k >= 0; --k) {
+    const int64_t t0 = k * TT;
+    const int64_t tl = std::min(TT, p.L - t0);
+    gather_tile(p.u, p, l, t0, tl, ut);
+    gather_tile(p.delta, p, l, t0, tl, raw);
+    gather_tile(dy, p, l, t0, tl, dyt);
+    tile_dt(p, tl, raw, ut, bias_l, dtt, dtu);
+    for (int64_t c = 0; c < W; ++c) {
+      for (int64_t n = 0; n < N; ++n) {
+        const T v = (k > 0 && c < l.nl)
+                        ? ckpt[(((l.b * p.dim) + l.d0 + c) * p.tiles + k - 1) * N + n]
+                        : T(0);
+        h0[n * W + c] = v;
+        h[n * W + c] = v;
+      }
+    }
+    const T* Bt0 = Bb + t0 * N;
+    const T* Ct0 = Cb + t0 * N;
+    tile_forward<T, NN, true>(p, tl, Bt0, Ct0, dtt, dtu, ut, A2_l, D_l, h, nullptr, hs, as);
+    for (int64_t t = tl - 1; t >= 0; --t) {
+      const T* Bt = Bt0 + t * N;
+      const T* Ct = Ct0 + t * N;
+      T* dBt = dBb + (t0 + t) * N;
+      T* dCt = dCb + (t0 + t) * N;
+      const T* hprev_t = t > 0 ? hs + (t - 1) * N * W : h0;
+      alignas(64) T g_dtu[W];  // d loss / d (dt * u)
+      alignas(64) T g_dt[W];  // d loss / d dt through the decay exp(dt * A)
+      RCS_SIMD
+      for (int c = 0; c < W; ++c) {
+        g_dtu[c] = 0;
+        g_dt[c] = 0;
+      }
+      for (int64_t n = 0; n < N; ++n) {
+        const T bn = Bt[n];
+        const T cn = Ct[n];
+        const T* hn = hs + (t * N + n) * W;
+        const T* an = as + (t * N + n) * W;
+        const T* hp = hprev_t + n * W;
+        const T* A_n = A_l + n * W;
+        T* dhn = dh + n * W;
+        T* dAn = dA_acc + n * W;
+        T sum_c = 0;
+        T sum_b = 0;
+        RCS_SIMD_SUM(sum_c)
+        for (int c = 0; c < W; ++c) sum_c += hn[c] * dyt[t * W + c];
+        RCS_SIMD_SUM(sum_b)
+        for (int c = 0; c < W; ++c) {
+          const T g = dhn[c] + cn * dyt[t * W + c];  // d loss / d h_t
+          sum_b += g * dtu[t * W + c];
+          g_dtu[c] += g * bn;
+          const T q = g * hp[c] * an[c];  // d loss / d (dt * A)
+          g_dt[c] += q * A_n[c];
+          dAn[c] += q * dtt[t * W + c];
+          dhn[c] = g * an[c];
+        }
+        dCt[n] += sum_c;
+        dBt[n] += sum_b;
+      }
+      RCS_SIMD
+      for (int c = 0; c < W; ++c) {
+        const T dyv = dyt[t * W + c];
+        const T uv = ut[t * W + c];
+        T gdt = g_dt[c] + g_dtu[c] * uv;
+        if (p.softplus) gdt *= softplus_grad(raw[t * W + c] + bias_l[c]);
+        dut[t * W + c] = g_dtu[c] * dtt[t * W + c] + D_l[c] * dyv;
+        ddt[t * W + c] = gdt;
+        dD_acc[c] += dyv * uv;
+        dbias_acc[c] += gdt;
+      }
+    }
+    scatter_tile(dut, p, l, t0, tl, static_cast<T*>(gr.du));
+    scatter_tile(ddt, p, l, t0, tl, static_cast<T*>(gr.ddelta));
+  }
+  for (int64_t c = 0; c < l.nl; ++c) {
+    const int64_t d = l.d0 + c;
+    for (int64_t n = 0; n < N; ++n) static_cast<T*>(gr.dA)[(l.b * p.dim + d) * N + n] = dA_acc[n * W + c];
+    if (gr.dD) static_cast<T*>(gr.dD)[l.b * p.dim + d] = dD_acc[c];
+    if (gr.dbias) static_cast<T*>(gr.dbias)[l.b * p.dim + d] = dbias_acc[c];
+  }
+}
+
+template <typename T>
+Problem<T> make_problem(const T* u, const T* delta, const T* A, const T* B, const T* C,
+                        const T* D, const T* bias, int softplus, int64_t batch, int64_t dim,
+                        int64_t L, int64_t N, int64_t G, int64_t tile) {
+  Problem<T> p{u, delta, A, B, C, D, bias, softplus != 0, batch, dim, L, N, G, tile, 0, 0, 0};
+  p.per_group = dim / G;
+  p.blocks_per_group = (p.per_group + W - 1) / W;
+  p.tiles = (L + tile - 1) / tile;
+  return p;
+}
+
+bool valid(int64_t batch, int64_t dim, int64_t L, int64_t N, int64_t G, int64_t tile) {
+  return batch >= 0 && dim > 0 && L >= 0 && N > 0 && G > 0 && dim % G == 0 && tile > 0;
+}
+
+template <typename T>
+int forward(const T* u, const T* delta, const T* A, const T* B, const T* C, const T* D,
+            const T* bias, int softplus, int64_t batch, int64_t dim, int64_t L, int64_t N,
+            int64_t G, int64_t tile, T* y, T* ckpt, int threads) {
+  if (!valid(batch, dim, L, N, G, tile)) return 2;
+  const Problem<T> p = make_problem(u, delta, A, B, C, D, bias, softplus, batch, dim, L, N, G, tile);
+  auto run = [&](auto nn) {
+    constexpr int NN = decltype(nn)::value;
+    return parallel_units(p.units(), threads,
+                          [&](int64_t unit, int) { forward_unit<T, NN>(p, unit, y, ckpt); });
+  };
+  bool ok;
+  if (N == 1) ok = run(std::integral_constant<int, 1>{});
+  else if (N == 16) ok = run(std::integral_constant<int, 16>{});
+  else ok = run(std::integral_constant<int, 0>{});
+  return ok ? 0 : 1;
+}
+
+// dA, dD and dbias are written per (batch, channel) -- shapes (batch, dim, N), (batch, dim)
+// and (batch, dim) -- so that no two units write the same element; the caller sums over
+// batch.
+template <typename T>
+int backward(const T* u, const T* delta, const T* A, const T* B, const T* C, const T* D,
+             const T* bias, int softplus, int64_t batch, int64_t dim, int64_t L, int64_t N,
+             int64_t G, int64_t tile, const T* ckpt, const T* dy, const Grads& gr, int threads) {
+  if (!valid(batch, dim, L, N, G, tile)) return 2;
+  const Problem<T> p = make_problem(u, delta, A, B, C, D, bias, softplus, batch, dim, L, N, G, tile);
+  auto run = [&](auto nn) {
+    constexpr int NN = decltype(nn)::value;
+    return parallel_units(p.units(), threads, [&](int64_t unit, int tid) {
+      backward_unit<T, NN>(p, unit, tid, ckpt, dy, gr);
+    });
+  };
+  bool ok;
+  if (N == 1) ok = run(std::integral_constant<int, 1>{});
+  else if (N == 16) ok = run(std::integral_constant<int, 16>{});
+  else ok = run(std::integral_constant<int, 0>{});
+  return ok ? 0 : 1;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+// C ABI. Return value: 0 = ok, 1 = a worker failed (e.g. out of memory), 2 = bad sizes.
+
+RCS_EXPORT int rcs_abi_version() { return kAbiVersion; }
+
+RCS_EXPORT int rcs_lanes() { return W; }
+
+#define RCS_DEFINE(SUFFIX, T)                                                                  \
+  RCS_EXPORT int rcs_scan_fwd_##SUFFIX(const T* u, const T* delta, const T* A, const T* B,      \
+                                       const T* C, const T* D, const T* bias, int softplus,     \
+                                       int64_t batch, int64_t dim, int64_t L, int64_t N,        \
+                                       int64_t G, int64_t tile, T* y, T* ckpt, int threads) {   \
+    return forward<T>(u, delta, A, B, C, D, bias, softplus, batch, dim, L, N, G, tile, y, ckpt, \
+                      threads);                                                                 \
+  }                                                                                             \
+  RCS_EXPORT int rcs_scan_bwd_##SUFFIX(                                                         \
+      const T* u, const T* delta, const T* A, const T* B, const T* C, const T* D, const T* bias, \
+      int softplus, int64_t batch, int64_t dim, int64_t L, int64_t N, int64_t G, int64_t tile,  \
+      const T* ckpt, const T* dy, T* du, T* ddelta, T* dA, T* dB, T* dC, T* dD, T* dbias,       \
+      int threads) {                                                                            \
+    const Grads gr{du, ddelta, dA, dB, dC, dD, dbias};                                          \
+    return backward<T>(u, delta, A, B, C, D, bias, softplus, batch, dim, L, N, G, tile, ckpt,   \
+                       dy, gr, threads);                                                        \
+  }
+
+RCS_DEFINE(f32, float)
+RCS_DEFINE(f64, double)

@@ -1,0 +1,428 @@
+"""The ``cpu`` scan backend: a compiled C++ kernel with a pure-PyTorch fallback.
+
+The kernel (``csrc/selective_scan_cpu.cpp``) is plain C++17 with a C ABI, loaded with
+ctypes. It is compiled on first use with the system C++ compiler (``$CXX``, else ``c++``,
+``g++`` or ``clang++``) for the host CPU and cached in :func:`extensions_dir`, under a
+name that hashes the source, compiler, flags and CPU features, so a stale or foreign
+binary is never loaded. Nothing is built at import.
+
+Any failure (no compiler, compile error, load error, failed self-test) is recorded and
+the backend falls back to pure PyTorch; it never raises because of the kernel. The
+active implementation and the reason are reported by :func:`cpu_kernel_status`.
+
+Environment:
+    RESTORECLI_CPU_SCAN: ``auto`` (default: kernel if it builds, else torch), ``torch``
+        (always the fallback) or ``compiled`` (raise if the kernel is unavailable).
+    RESTORECLI_EXTENSIONS_DIR: cache directory for compiled kernels.
+    CXX: C++ compiler to use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import importlib.resources
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from restorecli.errors import BackendUnavailableError
+from restorecli.ops import scan_ref
+from restorecli.ops.scan_ref import ScanInputs
+
+ENV_IMPL = "RESTORECLI_CPU_SCAN"
+ENV_EXTENSIONS_DIR = "RESTORECLI_EXTENSIONS_DIR"
+IMPLEMENTATIONS = ("auto", "torch", "compiled")
+
+_SOURCE = "selective_scan_cpu.cpp"
+_ABI_VERSION = 1
+_BUILD_TIMEOUT_S = 300
+_LOCK_WAIT_S = 300
+# Above this state size the chunked torch scan's (batch, dim, L, N) temporaries cost
+# more than its vectorisation saves; the stepwise loop wins (measured at N = 16).
+_CHUNKED_MAX_N = 4
+
+
+@dataclass(frozen=True)
+class CpuKernelStatus:
+    """Which implementation the ``cpu`` backend uses, and why.
+
+    Attributes:
+        implementation: ``"compiled"`` or ``"torch"``.
+        reason: Human-readable explanation (build failure, environment override, ...).
+        library: Path of the loaded shared library, or None.
+    """
+
+    implementation: str
+    reason: str
+    library: str | None = None
+
+
+@dataclass(frozen=True)
+class _Kernel:
+    lib: ctypes.CDLL | None
+    path: Path | None
+    detail: str  # how it was obtained, or why it is unavailable
+
+
+_kernel: _Kernel | None = None
+_kernel_lock = threading.Lock()
+
+
+def extensions_dir() -> Path:
+    """Where compiled kernels are cached: ``RESTORECLI_EXTENSIONS_DIR``, else ``extensions/``
+    in the tool's cache folder (``RESTORECLI_CACHE``, else the platform's user cache)."""
+    override = os.environ.get(ENV_EXTENSIONS_DIR)
+    if override:
+        return Path(override).expanduser()
+    from restorecli.hub import cache_dir
+
+    return cache_dir() / "extensions"
+
+
+def requested_implementation() -> str:
+    """The value of ``RESTORECLI_CPU_SCAN`` (``auto`` when unset).
+
+    Raises:
+        BackendUnavailableError: For a value other than auto, torch or compiled.
+    """
+    value = os.environ.get(ENV_IMPL, "").strip().lower() or "auto"
+    if value not in IMPLEMENTATIONS:
+        raise BackendUnavailableError(
+            f"{ENV_IMPL} must be one of {', '.join(IMPLEMENTATIONS)}; got {value!r}"
+        )
+    return value
+
+
+def cpu_kernel_status() -> CpuKernelStatus:
+    """Report the implementation the ``cpu`` backend uses now (builds the kernel if needed)."""
+    requested = requested_implementation()
+    if requested == "torch":
+        return CpuKernelStatus("torch", f"forced by {ENV_IMPL}=torch")
+    kernel = _load_kernel()
+    if kernel.lib is not None:
+        return CpuKernelStatus("compiled", kernel.detail, str(kernel.path))
+    return CpuKernelStatus("torch", f"compiled kernel unavailable: {kernel.detail}")
+
+
+def selective_scan_cpu(x: ScanInputs) -> torch.Tensor:
+    """Scan prepared CPU inputs with the compiled kernel, or the torch fallback.
+
+    Args:
+        x: Prepared inputs (see ``scan_ref.ScanInputs``).
+
+    Returns:
+        (batch, dim, L) output in the inputs' dtype.
+
+    Raises:
+        BackendUnavailableError: ``RESTORECLI_CPU_SCAN=compiled`` and no kernel.
+    """
+    requested = requested_implementation()
+    if requested != "torch":
+        kernel = _load_kernel()
+        if kernel.lib is not None:
+            return _KernelScan.apply(*x, kernel.lib)
+        if requested == "compiled":
+            raise BackendUnavailableError(
+                f"{ENV_IMPL}=compiled but the CPU scan kernel is unavailable: {kernel.detail}. "
+                "Install a C++ compiler (g++ or clang++, or set CXX) or unset the variable."
+            )
+    return scan_torch(x)
+
+
+def scan_torch(x: ScanInputs) -> torch.Tensor:
+    """The pure-PyTorch fallback: chunked scan for small N, stepwise loop otherwise."""
+    return scan_ref.scan_chunked(x) if x.A.shape[1] <= _CHUNKED_MAX_N else scan_ref.scan_stepwise(x)
+
+
+# ---------------------------------------------------------------------------------------
+# Autograd wrapper around the kernel
+
+
+def _tile_steps(n_state: int) -> int:
+    # The backward keeps a tile's states and decays (2 * tile * N * 16 values per thread)
+    # in cache; checkpoints cost batch * dim * N per tile.
+    return max(8, min(64, 1024 // n_state))
+
+
+def _ptr(x: torch.Tensor | None) -> int | None:
+    return None if x is None else x.data_ptr()
+
+
+def _call(lib: ctypes.CDLL, name: str, dtype: torch.dtype, *args: object) -> None:
+    suffix = "f64" if dtype == torch.float64 else "f32"
+    status = getattr(lib, f"rcs_scan_{name}_{suffix}")(*args)
+    if status != 0:
+        # 1: a worker thread failed (allocation); 2: sizes the caller should have rejected.
+        raise RuntimeError(f"CPU scan kernel {name} failed with status {status}")
+
+
+class _KernelScan(torch.autograd.Function):
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        u: torch.Tensor,
+        delta: torch.Tensor,
+        A: torch.Tensor,  # noqa: N803
+        B: torch.Tensor,  # noqa: N803
+        C: torch.Tensor,  # noqa: N803
+        D: torch.Tensor | None,  # noqa: N803
+        delta_bias: torch.Tensor | None,
+        delta_softplus: bool,
+        lib: ctypes.CDLL,
+    ) -> torch.Tensor:
+        batch, dim, length = u.shape
+        groups, n_state = B.shape[1], A.shape[1]
+        tile = _tile_steps(n_state)
+        u, delta, A = u.contiguous(), delta.contiguous(), A.contiguous()  # noqa: N806
+        D = None if D is None else D.contiguous()  # noqa: N806
+        delta_bias = None if delta_bias is None else delta_bias.contiguous()
+        b_t = B.transpose(-1, -2).contiguous()  # (batch, G, L, N): one step = N floats
+        c_t = C.transpose(-1, -2).contiguous()
+        y = torch.empty_like(u)
+        needs_grad = any(ctx.needs_input_grad[:7])  # type: ignore[attr-defined]
+        tiles = -(-length // tile)
+        ckpt = u.new_empty(batch, dim, tiles, n_state) if needs_grad else None
+        _call(
+            lib, "fwd", u.dtype, _ptr(u), _ptr(delta), _ptr(A), _ptr(b_t), _ptr(c_t), _ptr(D),
+            _ptr(delta_bias), int(delta_softplus), batch, dim, length, n_state, groups, tile,
+            _ptr(y), _ptr(ckpt), torch.get_num_threads(),
+        )  # fmt: skip
+        if needs_grad:
+            ctx.save_for_backward(u, delta, A, b_t, c_t, D, delta_bias, ckpt)
+            ctx.meta = (delta_softplus, tile, lib)  # type: ignore[attr-defined]
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        u, delta, A, b_t, c_t, D, delta_bias, ckpt = ctx.saved_tensors  # type: ignore[attr-defined]  # noqa: N806
+        delta_softplus, tile, lib = ctx.meta  # type: ignore[attr-defined]
+        batch, dim, length = u.shape
+        groups, n_state = b_t.shape[1], A.shape[1]
+        threads = torch.get_num_threads()
+        dy = dy.to(u.dtype).contiguous()
+        du, ddelta = torch.empty_like(u), torch.empty_like(u)
+        # Per-batch (dA, dD, dbias) and per-thread (dB, dC) partial sums: no two workers
+        # ever write the same element, the sums below do the reduction.
+        da_part = u.new_empty(batch, dim, n_state)
+        db_part = u.new_zeros(threads, batch, groups, length, n_state)
+        dc_part = u.new_zeros(threads, batch, groups, length, n_state)
+        dd_part = None if D is None else u.new_empty(batch, dim)
+        dbias_part = None if delta_bias is None else u.new_empty(batch, dim)
+        _call(
+            lib, "bwd", u.dtype, _ptr(u), _ptr(delta), _ptr(A), _ptr(b_t), _ptr(c_t), _ptr(D),
+            _ptr(delta_bias), int(delta_softplus), batch, dim, length, n_state, groups, tile,
+            _ptr(ckpt), _ptr(dy), _ptr(du), _ptr(ddelta), _ptr(da_part), _ptr(db_part),
+            _ptr(dc_part), _ptr(dd_part), _ptr(dbias_part), threads,
+        )  # fmt: skip
+        d_b = db_part.sum(0).transpose(-1, -2)
+        d_c = dc_part.sum(0).transpose(-1, -2)
+        d_d = None if dd_part is None else dd_part.sum(0)
+        d_bias = None if dbias_part is None else dbias_part.sum(0)
+        return du, ddelta, da_part.sum(0), d_b, d_c, d_d, d_bias, None, None
+
+
+# ---------------------------------------------------------------------------------------
+# Building and loading the kernel
+
+
+def _load_kernel() -> _Kernel:
+    """Build (once per process) and load the kernel; never raises."""
+    global _kernel
+    with _kernel_lock:
+        if _kernel is None:
+            try:
+                _kernel = _build_and_load()
+            except Exception as error:  # noqa: BLE001 -- any failure means "use the fallback"
+                _kernel = _Kernel(None, None, f"{type(error).__name__}: {error}")
+        return _kernel
+
+
+def _build_and_load() -> _Kernel:
+    source = importlib.resources.files("restorecli.ops").joinpath("csrc", _SOURCE).read_text()
+    compiler = _find_compiler()
+    version = _compiler_version(compiler)
+    errors = []
+    for flags in _flag_sets():
+        key = hashlib.sha256(
+            "\0".join([source, version, " ".join(flags), _cpu_signature(), str(_ABI_VERSION)]).encode()
+        ).hexdigest()[:16]
+        path = extensions_dir() / f"selective_scan_cpu-{key}{_library_suffix()}"
+        started = time.perf_counter()
+        try:
+            built = _ensure_built(path, source, compiler, flags)
+        except RuntimeError as error:
+            errors.append(str(error))
+            continue
+        try:
+            lib = _open(path)
+        except OSError:
+            path.unlink(missing_ok=True)  # unloadable (truncated, foreign): rebuild next time
+            raise
+        _self_test(lib)
+        how = f"built in {time.perf_counter() - started:.1f} s" if built else "loaded from cache"
+        return _Kernel(lib, path, f"{how}; flags {' '.join(flags)}")
+    raise RuntimeError("; ".join(errors))
+
+
+def _find_compiler() -> str:
+    candidates = [os.environ["CXX"]] if os.environ.get("CXX") else ["c++", "g++", "clang++"]
+    for name in candidates:
+        found = shutil.which(name)
+        if found:
+            return found
+    raise RuntimeError(f"no C++ compiler found (tried {', '.join(candidates)}; set CXX)")
+
+
+def _compiler_version(compiler: str) -> str:
+    done = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60, check=False)
+    first_line = (done.stdout or done.stderr).splitlines()[:1]
+    return f"{compiler} {first_line[0] if first_line else '?'}"
+
+
+def _flag_sets() -> list[list[str]]:
+    """Compiler flags to try in order: tuned for this CPU first, then portable."""
+    common = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread"]
+    # Our exp/log1p are branch-free so these two are enough for the vectoriser; unlike
+    # -ffast-math they change no results.
+    common += ["-fopenmp-simd", "-fno-math-errno", "-fno-trapping-math"]
+    tuned = ["-march=native"]
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        tuned.append("-mprefer-vector-width=512")  # 16 lanes = one AVX-512 register
+    return [common + tuned, common]
+
+
+def _cpu_signature() -> str:
+    """CPU features the -march=native build depends on (a shared cache may span machines)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return " ".join(sorted(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return f"{platform.machine()} {platform.processor()}"
+
+
+def _library_suffix() -> str:
+    if sys.platform == "win32":
+        return ".dll"
+    return ".dylib" if sys.platform == "darwin" else ".so"
+
+
+def _ensure_built(path: Path, source: str, compiler: str, flags: list[str]) -> bool:
+    """Compile ``source`` to ``path`` unless it exists; return whether it was compiled.
+
+    Concurrent builders are serialised by a lock file, and the library is written to a
+    temporary name and renamed, so a reader never sees a partial file even without the lock.
+    """
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(path.with_suffix(".lock")):
+        if path.exists():  # another process built it while we waited
+            return False
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".build-") as tmp:
+            src = Path(tmp) / _SOURCE
+            src.write_text(source)
+            out = Path(tmp) / path.name
+            cmd = [compiler, *flags, str(src), "-o", str(out)]
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=_BUILD_TIMEOUT_S, check=False)
+            except subprocess.TimeoutExpired as error:
+                raise RuntimeError(f"compiler timed out after {_BUILD_TIMEOUT_S} s") from error
+            if done.returncode != 0 or not out.exists():
+                tail = " ".join((done.stderr or done.stdout).split())[-400:]
+                raise RuntimeError(f"compile failed ({' '.join(flags)}): {tail}")
+            os.replace(out, path)
+    return True
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Exclusive advisory lock on ``path`` (POSIX); after ``_LOCK_WAIT_S`` go on without it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: the atomic rename alone keeps the cache consistent
+        yield
+        return
+    with open(path, "a+b") as handle:
+        deadline = time.monotonic() + _LOCK_WAIT_S
+        locked = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                locked = True
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            if locked:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _open(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    if lib.rcs_abi_version() != _ABI_VERSION:
+        raise RuntimeError(f"{path} has ABI {lib.rcs_abi_version()}, expected {_ABI_VERSION}")
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    sizes = [ctypes.c_int, i64, i64, i64, i64, i64, i64]  # softplus, batch, dim, L, N, G, tile
+    for suffix in ("f32", "f64"):
+        fwd = getattr(lib, f"rcs_scan_fwd_{suffix}")
+        fwd.argtypes = [ptr] * 7 + sizes + [ptr, ptr, ctypes.c_int]
+        fwd.restype = ctypes.c_int
+        bwd = getattr(lib, f"rcs_scan_bwd_{suffix}")
+        bwd.argtypes = [ptr] * 7 + sizes + [ptr] * 9 + [ctypes.c_int]
+        bwd.restype = ctypes.c_int
+    return lib
+
+
+def _self_test(lib: ctypes.CDLL) -> None:
+    """Compare a small scan and its gradients with the reference; a miscompiled kernel
+    (wrong flags, compiler bug) must not be used."""
+    gen = torch.Generator().manual_seed(0)
+    batch, dim, length, groups = 2, 20, 37, 2
+    for n_state in (1, 16, 3):
+
+        def rand(*shape: int) -> torch.Tensor:
+            return torch.randn(*shape, generator=gen, dtype=torch.float64)
+
+        args = [
+            rand(batch, dim, length),
+            rand(batch, dim, length) * 0.5,
+            -torch.rand(dim, n_state, generator=gen, dtype=torch.float64) - 0.1,
+            rand(batch, groups, n_state, length),
+            rand(batch, groups, n_state, length),
+            rand(dim),
+            rand(dim) * 0.1,
+        ]
+        grad_out = rand(batch, dim, length)
+        for dtype, tol in ((torch.float32, 1e-4), (torch.float64, 1e-10)):
+            results = []
+            for use_kernel in (True, False):
+                inputs = [v.to(dtype).requires_grad_() for v in args]
+                if use_kernel:
+                    out = _KernelScan.apply(*inputs, True, lib)
+                else:
+                    out = scan_ref.scan_sequential(ScanInputs(*inputs, True))
+                grads = torch.autograd.grad(out, inputs, grad_out.to(dtype))
+                results.append([out.detach(), *grads])
+            for got, want in zip(*results):
+                err = ((got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-30)).item()
+                if not err <= tol:
+                    raise RuntimeError(f"kernel self-test failed (N={n_state}, {dtype}): relative error {err:.2e}")

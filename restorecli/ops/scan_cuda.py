@@ -1,0 +1,106 @@
+"""The ``cuda`` scan backend: mamba_ssm's CUDA kernel, or a pure-PyTorch GPU fallback.
+
+mamba_ssm is imported lazily on the first CUDA scan and guarded against every exception
+(ImportError, and OSError from CUDA/ABI mismatches, its most common failure). When it is
+missing the backend still works, with the chunked torch scan on the GPU.
+
+Environment:
+    RESTORECLI_CUDA_SCAN: ``auto`` (default: mamba_ssm if importable) or ``torch``
+        (always the fallback, for comparisons).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from restorecli.ops import scan_ref
+from restorecli.ops.scan_ref import ScanInputs
+
+ENV_IMPL = "RESTORECLI_CUDA_SCAN"
+INSTALL_HINT = (
+    "on a machine with an NVIDIA GPU, install a CUDA build of torch, then "
+    "`pip install restorecli[cuda]` for the fast mamba_ssm kernel"
+)
+
+
+@dataclass(frozen=True)
+class CudaKernelStatus:
+    """Which implementation the ``cuda`` backend uses, and why.
+
+    Attributes:
+        implementation: ``"mamba_ssm"`` or ``"torch"``.
+        reason: Human-readable explanation.
+    """
+
+    implementation: str
+    reason: str
+
+
+# (selective_scan_fn or None, why not); None until the first attempt.
+_mamba: tuple[Callable[..., torch.Tensor] | None, str] | None = None
+_mamba_lock = threading.Lock()
+
+
+def unavailable_reason() -> str | None:
+    """Why the ``cuda`` backend cannot run here, or None when it can."""
+    if not torch.cuda.is_available():
+        if torch.version.cuda is None:
+            return f"torch {torch.__version__} was built without CUDA; {INSTALL_HINT}"
+        return (
+            f"torch {torch.__version__} supports CUDA {torch.version.cuda} but no CUDA device is "
+            "visible (check the driver and CUDA_VISIBLE_DEVICES)"
+        )
+    return None
+
+
+def _import_selective_scan_fn() -> Callable[..., torch.Tensor]:
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+    return selective_scan_fn
+
+
+def _load_mamba() -> tuple[Callable[..., torch.Tensor] | None, str]:
+    global _mamba
+    with _mamba_lock:
+        if _mamba is None:
+            try:
+                _mamba = (_import_selective_scan_fn(), "mamba_ssm selective_scan_fn")
+            except Exception as error:  # noqa: BLE001 -- ABI/driver errors surface as anything
+                _mamba = (None, f"mamba_ssm is not importable ({type(error).__name__}: {error})")
+        return _mamba
+
+
+def cuda_kernel_status() -> CudaKernelStatus:
+    """Report the implementation the ``cuda`` backend would use (imports mamba_ssm once)."""
+    if os.environ.get(ENV_IMPL, "").strip().lower() == "torch":
+        return CudaKernelStatus("torch", f"forced by {ENV_IMPL}=torch")
+    fn, why = _load_mamba()
+    if fn is not None:
+        return CudaKernelStatus("mamba_ssm", why)
+    return CudaKernelStatus("torch", f"chunked torch scan; {why}")
+
+
+def selective_scan_cuda(x: ScanInputs) -> torch.Tensor:
+    """Scan prepared CUDA inputs with mamba_ssm, or the chunked torch scan without it.
+
+    float64 inputs always take the fallback (mamba_ssm has no float64 kernel).
+
+    Args:
+        x: Prepared inputs (see ``scan_ref.ScanInputs``).
+
+    Returns:
+        (batch, dim, L) output in the inputs' dtype.
+    """
+    if x.u.dtype == torch.float32 and cuda_kernel_status().implementation == "mamba_ssm":
+        fn, _ = _load_mamba()
+        assert fn is not None
+        # The inputs are float32 already, so the kernel's output (in u's dtype) is float32.
+        return fn(
+            x.u, x.delta, x.A, x.B, x.C, D=x.D, z=None, delta_bias=x.delta_bias, delta_softplus=x.delta_softplus
+        )
+    return scan_ref.scan_chunked(x)

@@ -1,0 +1,181 @@
+"""Pure-PyTorch selective scans: the sequential oracle and two faster formulations.
+
+All functions take :class:`ScanInputs` (checked and cast by
+``restorecli.ops.selective_scan.prepare_inputs``) and return ``y`` (batch, dim, L) in the
+inputs' dtype; all support autograd.
+
+* :func:`scan_sequential` -- the recurrence exactly as written, one time step per
+  iteration. It is the reference the tests and the other backends are checked against.
+* :func:`scan_chunked` -- two-level chunked scan (vectorised within chunks, then a short
+  loop carrying the state across chunks). Best pure-torch form for N = 1 on CPU and the
+  GPU fallback for any N.
+* :func:`scan_stepwise` -- one step per iteration on a time-major copy of the inputs;
+  best pure-torch form on CPU for N >= 2, where the chunked form's (batch, dim, L, N)
+  temporaries cost more than they save.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+
+class ScanInputs(NamedTuple):
+    """Checked scan inputs, all in one float dtype (float32, or float64 for tests).
+
+    Attributes:
+        u: (batch, dim, L) input.
+        delta: (batch, dim, L) raw step sizes.
+        A: (dim, N) diagonal state matrix, one row per channel.
+        B: (batch, G, N, L) input projection; channel d uses group ``d // (dim // G)``.
+        C: (batch, G, N, L) output projection.
+        D: (dim,) skip weight, or None.
+        delta_bias: (dim,) added to ``delta``, or None.
+        delta_softplus: Apply softplus (threshold 20) to ``delta + delta_bias``.
+    """
+
+    u: torch.Tensor
+    delta: torch.Tensor
+    A: torch.Tensor
+    B: torch.Tensor
+    C: torch.Tensor
+    D: torch.Tensor | None
+    delta_bias: torch.Tensor | None
+    delta_softplus: bool
+
+    @property
+    def sizes(self) -> tuple[int, int, int, int, int]:
+        """``(batch, dim, L, G, N)``."""
+        batch, dim, length = self.u.shape
+        return batch, dim, length, self.B.shape[1], self.A.shape[1]
+
+    def step_sizes(self) -> torch.Tensor:
+        """``dt = softplus(delta + delta_bias)`` (softplus and bias optional), (batch, dim, L)."""
+        delta = self.delta if self.delta_bias is None else self.delta + self.delta_bias[:, None]
+        return F.softplus(delta) if self.delta_softplus else delta
+
+    def add_skip(self, y: torch.Tensor) -> torch.Tensor:
+        """``y + D u`` (or ``y`` without D)."""
+        return y if self.D is None else y + self.D[:, None] * self.u
+
+
+def scan_sequential(x: ScanInputs) -> torch.Tensor:
+    """Reference scan: ``h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t``, ``y_t = <C_t, h_t> + D u_t``.
+
+    Args:
+        x: Prepared inputs.
+
+    Returns:
+        (batch, dim, L) output.
+    """
+    batch, dim, length, groups, n_state = x.sizes
+    per_group = dim // groups
+    dt = x.step_sizes().view(batch, groups, per_group, length)
+    uu = x.u.view(batch, groups, per_group, length)
+    a_g = x.A.view(groups, per_group, n_state)
+    h = x.u.new_zeros(batch, groups, per_group, n_state)
+    ys = []
+    for t in range(length):
+        dt_t = dt[..., t, None]
+        h = torch.exp(dt_t * a_g) * h + (dt_t * uu[..., t, None]) * x.B[:, :, None, :, t]
+        ys.append((h * x.C[:, :, None, :, t]).sum(-1))
+    y = torch.stack(ys, dim=-1).reshape(batch, dim, length) if ys else torch.zeros_like(x.u)
+    return x.add_skip(y)
+
+
+def scan_chunked(x: ScanInputs, chunk: int = 64) -> torch.Tensor:
+    """Two-level chunked scan; same result as :func:`scan_sequential`.
+
+    Within each chunk of ``chunk`` steps the recurrence runs from a zero state for all
+    chunks at once (``chunk`` vectorised steps); a loop over chunks then carries the
+    true state, and each step adds ``C_t P_t h_carry`` with ``P_t`` the cumulative decay
+    ``exp(cumsum(dt A))`` since the chunk start. Work is linear in L; memory holds a few
+    (batch, dim, L, N) tensors.
+
+    Args:
+        x: Prepared inputs.
+        chunk: Steps per chunk.
+
+    Returns:
+        (batch, dim, L) output.
+    """
+    batch, dim, length, groups, n_state = x.sizes
+    if length == 0:
+        return torch.zeros_like(x.u)
+    steps = min(chunk, length)
+    chunks = -(-length // steps)
+    pad = chunks * steps - length
+    # Padding at the end with dt = 0 keeps the state and adds nothing.
+    dt, u, b, c = (F.pad(v, (0, pad)) for v in (x.step_sizes(), x.u, x.B, x.C))
+    padded = chunks * steps
+
+    def per_channel(v: torch.Tensor) -> torch.Tensor:
+        # (batch, G, N, Lp) -> (batch, dim, Lp, N), channel d reading group d // (dim // G)
+        v = v[:, :, None].expand(batch, groups, dim // groups, n_state, padded)
+        return v.reshape(batch, dim, n_state, padded).transpose(-1, -2)
+
+    def time_major(v: torch.Tensor) -> torch.Tensor:
+        # (batch, dim, Lp, N) -> (steps, batch*dim*chunks[, N]); for N = 1 keep it 2-D,
+        # because a trailing size-1 dimension makes every elementwise op much slower.
+        if n_state == 1:
+            return v.reshape(-1, steps).t().contiguous()
+        return v.reshape(-1, steps, n_state).transpose(0, 1).contiguous()
+
+    log_decay = time_major(dt[..., None] * x.A[:, None, :])
+    decay = torch.exp(log_decay)
+    inputs = time_major((dt * u)[..., None] * per_channel(b))
+    local = [inputs[0]]
+    for t in range(1, steps):
+        local.append(torch.addcmul(inputs[t], decay[t], local[-1]))
+    h_local = torch.stack(local)
+    cum_decay = torch.exp(torch.cumsum(log_decay, dim=0))
+
+    # Carry the state across chunks: carry_{c+1} = h_local_end_c + P_end_c * carry_c.
+    tail = (batch * dim, chunks) + ((n_state,) if n_state > 1 else ())
+    end_state = h_local[-1].view(tail)
+    end_decay = cum_decay[-1].view(tail)
+    carries = [torch.zeros_like(end_state[:, 0])]
+    for k in range(chunks - 1):
+        carries.append(torch.addcmul(end_state[:, k], end_decay[:, k], carries[-1]))
+    carry = torch.stack(carries, dim=1).view(h_local.shape[1:])
+
+    y = torch.addcmul(h_local, cum_decay, carry) * time_major(per_channel(c))
+    if n_state > 1:
+        y = y.sum(-1)
+    return x.add_skip(y.t().reshape(batch, dim, padded)[..., :length])
+
+
+def scan_stepwise(x: ScanInputs) -> torch.Tensor:
+    """Step-by-step scan on time-major copies of the inputs; same result as :func:`scan_sequential`.
+
+    The state (batch, G, dim/G, N) stays in cache; per step it costs one exp, one fused
+    multiply-add and one small matmul for ``<C_t, h_t>``.
+
+    Args:
+        x: Prepared inputs.
+
+    Returns:
+        (batch, dim, L) output.
+    """
+    batch, dim, length, groups, n_state = x.sizes
+    if length == 0:
+        return torch.zeros_like(x.u)
+    grouped = (batch, groups, dim // groups, length)
+    dt = x.step_sizes()
+
+    def time_major(v: torch.Tensor) -> torch.Tensor:
+        return v.permute(-1, *range(v.dim() - 1)).contiguous()
+
+    dt_t = time_major(dt.view(grouped))[..., None]
+    dtu_t = time_major((dt * x.u).view(grouped))[..., None]
+    b_t = time_major(x.B)[:, :, :, None, :]  # (L, batch, G, 1, N)
+    c_t = time_major(x.C)[..., None]  # (L, batch, G, N, 1)
+    a_g = x.A.view(groups, dim // groups, n_state)
+    h = x.u.new_zeros(batch, groups, dim // groups, n_state)
+    ys = []
+    for t in range(length):
+        h = torch.addcmul(dtu_t[t] * b_t[t], torch.exp(dt_t[t] * a_g), h)
+        ys.append(torch.matmul(h, c_t[t]))
+    return x.add_skip(torch.stack(ys, dim=-1).reshape(batch, dim, length))
