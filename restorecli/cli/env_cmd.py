@@ -1,9 +1,113 @@
-"""Commands of this module are registered by its owner."""
+"""`restore env`: versions, devices, scan backends and cache folders, for bug reports.
+
+torch is imported inside the command (it takes seconds to import). Reporting the CPU scan
+kernel may build it on first use (a few seconds, once per machine).
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import platform
+import sys
+from typing import Annotated, Any
+
 import typer
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+
+# Variables that change what the tool does; shown when set.
+_ENV_VARS = (
+    "RESTORECLI_SCAN_BACKEND",
+    "RESTORECLI_CPU_SCAN",
+    "RESTORECLI_CUDA_SCAN",
+    "RESTORECLI_EXTENSIONS_DIR",
+    "RESTORECLI_CACHE",
+    "RESTORECLI_OFFLINE",
+    "CXX",
+    "OMP_NUM_THREADS",
+    "CUDA_VISIBLE_DEVICES",
+)
+
+
+def collect() -> dict[str, Any]:
+    """Gather the environment report (imports torch; may build the CPU scan kernel)."""
+    import torch
+
+    from restorecli import __version__
+    from restorecli.hub import cache_dir
+    from restorecli.ops import available_backends, scan_cpu, scan_cuda
+
+    devices = [
+        {
+            "index": i,
+            "name": torch.cuda.get_device_name(i),
+            "capability": ".".join(map(str, torch.cuda.get_device_capability(i))),
+            "memory_gib": round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1),
+        }
+        for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    ]
+    backends = {name: {"usable": why is None, "reason": why} for name, why in available_backends().items()}
+    cpu = scan_cpu.cpu_kernel_status()
+    cuda = scan_cuda.cuda_kernel_status() if backends["cuda"]["usable"] else None
+    return {
+        "restorecli": __version__,
+        "python": {"version": platform.python_version(), "executable": sys.executable},
+        "platform": {"system": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count()},
+        "torch": {
+            "version": torch.__version__,
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
+            "threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        },
+        "cuda_devices": devices,
+        "scan": {
+            "backends": backends,
+            "cpu_kernel": {"implementation": cpu.implementation, "reason": cpu.reason, "library": cpu.library},
+            "cuda_kernel": None if cuda is None else {"implementation": cuda.implementation, "reason": cuda.reason},
+        },
+        "cache": {"root": str(cache_dir()), "extensions": str(scan_cpu.extensions_dir())},
+        "environment": {name: os.environ[name] for name in _ENV_VARS if name in os.environ},
+    }
+
+
+def _text(report: dict[str, Any]) -> str:
+    torch_info, scan = report["torch"], report["scan"]
+    cpu_kernel = scan["cpu_kernel"]
+    cpu_path = "compiled kernel" if cpu_kernel["implementation"] == "compiled" else "torch fallback"
+    lines = [
+        f"restorecli      {report['restorecli']}",
+        f"python          {report['python']['version']} ({report['python']['executable']})",
+        f"platform        {report['platform']['system']}, {report['platform']['cpus']} CPUs",
+        f"torch           {torch_info['version']} (CUDA {torch_info['cuda'] or 'none'}, "
+        f"{torch_info['threads']} threads, CPU capability {torch_info['cpu_capability']})",
+    ]
+    if report["cuda_devices"]:
+        for dev in report["cuda_devices"]:
+            lines.append(f"cuda:{dev['index']}          {dev['name']} (sm {dev['capability']}, {dev['memory_gib']} GiB)")
+    else:
+        lines.append("cuda devices    none")
+    lines.append("scan backends")
+    for name, info in scan["backends"].items():
+        lines.append(f"  {name:<5} {'usable' if info['usable'] else 'not usable: ' + info['reason']}")
+    lines.append(f"cpu scan        {cpu_path}: {cpu_kernel['reason']}")
+    if cpu_kernel["library"]:
+        lines.append(f"                {cpu_kernel['library']}")
+    if scan["cuda_kernel"]:
+        lines.append(f"cuda scan       {scan['cuda_kernel']['implementation']}: {scan['cuda_kernel']['reason']}")
+    lines.append(f"cache           {report['cache']['root']}")
+    lines.append(f"extensions      {report['cache']['extensions']}")
+    for name, value in report["environment"].items():
+        lines.append(f"env             {name}={value}")
+    return "\n".join(lines)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the app."""
+    """Add the ``env`` command to the app."""
+
+    @app.command("env")
+    def env(json_output: JsonOpt = False) -> None:
+        """Show versions, devices, scan backends (usable or why not) and cache folders."""
+        report = collect()
+        typer.echo(json.dumps(report, indent=2) if json_output else _text(report))
