@@ -1,0 +1,213 @@
+"""``restore train``: train or fine-tune from a YAML config; ``restore train export`` / ``presets``.
+
+``train`` is a command group whose default action trains (``restore train --config FILE``), so the
+issue's spelling works and the helpers sit beside it (``restore train export CKPT OUT``). Under
+``torchrun --nproc_per_node=N -m restorecli train ...`` every rank runs the same command.
+torch is imported inside the command bodies so that ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+
+from restorecli.errors import UsageError
+
+if TYPE_CHECKING:
+    from restorecli.train import StepReport
+
+train_app = typer.Typer(
+    name="train",
+    help="Train or fine-tune a network from a YAML config (resumable; torchrun for several GPUs).",
+    invoke_without_command=True,
+)
+
+ConfigOpt = Annotated[
+    Optional[str],  # noqa: UP045 - Typer reads the annotation at runtime
+    typer.Option("--config", "-c", help="YAML config file or preset name (see `restore train presets`).", show_default=False),
+]
+SetOpt = Annotated[
+    Optional[list[str]],  # noqa: UP045
+    typer.Option("--set", help="Override a config key, value parsed as YAML: --set optim.lr=2e-4 (repeatable).", show_default=False),
+]
+ResumeOpt = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option("--resume", help="Training checkpoint to continue from (its config is used when --config is absent).", dir_okay=False, show_default=False),
+]
+UntilOpt = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option("--until", min=1, help="Stop after this iteration with a resumable latest.pth (the schedule is unchanged).", show_default=False),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or log messages on stderr.")]
+
+
+def _err(message: str) -> None:
+    sys.stderr.write(message + "\n")
+
+
+class _Progress:
+    """A rich progress bar on stderr (TTY only) with loss, learning rate, it/s and ETA."""
+
+    def __init__(self, total: int, start: int) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[its]:.2f} it/s"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self.task = self.progress.add_task("train", total=total, completed=start, loss=0.0, lr=0.0, its=0.0)
+
+    def __enter__(self) -> _Progress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, report: StepReport) -> None:
+        self.progress.update(self.task, completed=report.iteration, loss=report.loss, lr=report.lr, its=report.its)
+
+
+def _setup_logging(quiet: bool) -> None:
+    level = logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("restorecli").setLevel(level)
+
+
+@train_app.callback()
+def train_command(
+    ctx: typer.Context,
+    config: ConfigOpt = None,
+    overrides: SetOpt = None,
+    resume: ResumeOpt = None,
+    until: UntilOpt = None,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train from a config: checkpoints, metrics.jsonl and config.json go to output.dir (runs/<name>).
+
+    Ctrl-C stops after the current iteration and writes a resumable latest.pth.
+    """
+    if ctx.invoked_subcommand is not None:
+        if config or overrides or resume or until:
+            raise UsageError(f"--config/--set/--resume/--until belong to `restore train`, not `restore train {ctx.invoked_subcommand}`")
+        return
+    if config is None and resume is None:
+        raise UsageError("restore train needs --config FILE (or --resume CKPT); see `restore train --help`")
+    from restorecli.train import apply_overrides, config_from_mapping, load_config, read_training_checkpoint, train
+
+    _setup_logging(quiet)
+    if config is not None:
+        cfg = load_config(config, overrides or [])
+    else:
+        assert resume is not None
+        state = read_training_checkpoint(resume)
+        cfg = config_from_mapping(apply_overrides(state["train_config"], overrides or []))
+    start = int(read_training_checkpoint(resume)["iteration"]) if resume else 0
+    show_bar = not quiet and sys.stderr.isatty()
+    if show_bar:
+        with _Progress(cfg.schedule.iterations, start) as bar:
+            result = train(cfg, resume=resume, stop_at=until, progress=bar)
+    else:
+        result = train(cfg, resume=resume, stop_at=until)
+    summary = {
+        "iteration": result.iteration,
+        "total": result.total,
+        "output_dir": str(result.output_dir),
+        "best_psnr": result.best_metric,
+        "best_iteration": result.best_iteration,
+        "wall_s": round(result.wall_s, 1),
+        "interrupted": result.interrupted,
+    }
+    sys.stdout.write(json.dumps(summary) + "\n")
+    if result.interrupted:
+        _err(f"Interrupted at iteration {result.iteration}; resume with --resume {result.output_dir / 'latest.pth'}")
+        raise typer.Exit(130)
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def manifest_entry(name: str, arch: str, config: dict[str, Any], out: Path, params: int) -> dict[str, Any]:
+    """The ``weights_manifest.json`` entry of an exported file (``source: restorecli``)."""
+    scale = int(config.get("upscale", 1)) if arch == "mair" else 1
+    task = "sr" if scale > 1 else "denoise"
+    return {
+        "name": name,
+        "arch": arch,
+        "task": task,
+        "scale": scale,
+        "config": config,
+        "params": params,
+        "source": "restorecli",
+        "description": "Trained by restorecli (`restore train`), not the official MaIR weights.",
+        "files": [
+            {
+                "filename": out.name,
+                "url": None,
+                "sha256": sha256_of(out),
+                "size": out.stat().st_size,
+                "format": "safetensors",
+                "bundled": out.name,
+            }
+        ],
+    }
+
+
+@train_app.command("export")
+def export_command(
+    checkpoint: Annotated[Path, typer.Argument(help="Training checkpoint (latest.pth, best.pth, ...).", dir_okay=False, show_default=False)],
+    out: Annotated[Path, typer.Argument(help="Output .safetensors file (inference weights + arch/config).", dir_okay=False, show_default=False)],
+    half: Annotated[bool, typer.Option("--half", help="Store float16 weights (half the size; loaded back as float32).")] = False,
+    name: Annotated[Optional[str], typer.Option("--name", help="Model name in the file and manifest entry (default: the run name).")] = None,  # noqa: UP045
+    raw: Annotated[bool, typer.Option("--params", help="Export the raw weights even when EMA weights exist.")] = False,
+) -> None:
+    """Write inference-only weights and print the manifest entry (sha256, size, config) as JSON."""
+    if out.suffix != ".safetensors":
+        raise UsageError(f"the output must end in .safetensors, got {out.name}")
+    from restorecli import models
+    from restorecli.train import read_training_checkpoint
+
+    state = read_training_checkpoint(checkpoint)
+    weights = state["params"] if raw or "params_ema" not in state else state["params_ema"]
+    net_config = dict(state["config"])
+    module = models.build_arch(state["arch"], net_config)
+    models.load_checkpoint(module, weights)  # proves the weights fit before anything is written
+    tensors = {k: (v.half() if half and v.dtype.is_floating_point else v) for k, v in weights.items()}
+    label = name or state["name"]
+    models.save_checkpoint(out, tensors, state["arch"], net_config, name=label)
+    params = sum(p.numel() for p in module.parameters())
+    entry = manifest_entry(label, state["arch"], net_config, out, params)
+    entry["trained"] = {"iterations": int(state["iteration"]), "best_psnr": state["best"].get("metric")}
+    sys.stdout.write(json.dumps(entry, indent=2) + "\n")
+
+
+@train_app.command("presets")
+def presets_command() -> None:
+    """List the shipped presets (use one with --config NAME)."""
+    from restorecli.train.config import preset_names
+
+    for preset in preset_names():
+        sys.stdout.write(preset + "\n")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``restore train`` to the app."""
+    app.add_typer(train_app)

@@ -1,0 +1,370 @@
+"""Training and validation data: folders of images, degradations, crops, augmentation, sampling.
+
+Every random choice of a training sample (crop, flips, degradation parameters) comes from a NumPy
+generator seeded by ``(seed, rank, epoch, index)``, never from global or per-worker RNG state. So
+a sample is a pure function of its position in the data order, loading is identical with any
+number of workers, and resuming at iteration *i* only needs the data order, which
+:class:`ResumableSampler` recomputes from the seed.
+
+Images are uint8 HWC RGB in memory; samples float32 CHW arrays; batches float32 NCHW RGB tensors in [0, 1] (noise is not clipped
+unless asked, as the official denoising data).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+
+from restorecli.errors import ConfigError
+from restorecli.imresize import imresize
+from restorecli.io import read_image
+
+if TYPE_CHECKING:
+    import torch
+
+    from restorecli.train.config import DataSection, DegradationSection, ValSet
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IN_MEMORY_LIMIT = 1 << 30
+"""Automatic in-memory mode for data sets whose files total less than this many bytes."""
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name.
+
+    Raises:
+        ConfigError: the folder does not exist or holds no images.
+    """
+    path = Path(folder)
+    if not path.is_dir():
+        raise ConfigError(f"image folder {str(path)!r} does not exist")
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise ConfigError(f"image folder {str(path)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Read an image as uint8 (H, W, 3) RGB: grey repeated, alpha dropped, 16-bit scaled to 8.
+
+    Raises:
+        ImageReadError: unreadable file.
+    """
+    img = read_image(path).color
+    if img.dtype == np.uint16:
+        img = (img.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    if img.ndim == 2:
+        return np.repeat(img[..., None], 3, axis=2)
+    return img
+
+
+def pair_folders(hq: str | Path, lq: str | Path, scale: int) -> list[tuple[Path, Path]]:
+    """Match LQ to HQ files by stem; an LQ stem may carry the ``x{scale}`` suffix (``babyx4``).
+
+    Raises:
+        ConfigError: an HQ image without an LQ partner.
+    """
+    lq_by_stem = {p.stem: p for p in list_images(lq)}
+    pairs = []
+    for hq_path in list_images(hq):
+        partner = lq_by_stem.get(hq_path.stem) or lq_by_stem.get(f"{hq_path.stem}x{scale}")
+        if partner is None:
+            raise ConfigError(f"no LQ image for {hq_path.name} in {str(lq)!r} (matched by name)")
+        pairs.append((hq_path, partner))
+    return pairs
+
+
+def crop_to_scale(hq: np.ndarray, scale: int) -> np.ndarray:
+    """Top-left crop so both sides are multiples of ``scale`` (the benchmark convention)."""
+    h, w = hq.shape[0] - hq.shape[0] % scale, hq.shape[1] - hq.shape[1] % scale
+    return hq[:h, :w]
+
+
+def bicubic_lr(hq: np.ndarray, scale: int) -> np.ndarray:
+    """MATLAB-bicubic 1/scale downscale of the scale-cropped image (uint8 in, uint8 out)."""
+    return imresize(crop_to_scale(hq, scale), 1.0 / scale)
+
+
+# ---------------------------------------------------------------------------------------------
+# Degradations. Each takes float32 HWC RGB in [0, 1] and a generator.
+
+
+def add_noise(img: np.ndarray, sigma: float, rng: np.random.Generator, clip: bool = False) -> np.ndarray:
+    """Additive white Gaussian noise of standard deviation ``sigma`` (in 0..255 units)."""
+    noisy = img + rng.standard_normal(img.shape, dtype=np.float32) * np.float32(sigma / 255.0)
+    return np.clip(noisy, 0.0, 1.0) if clip else noisy
+
+
+def motion_kernel(size: int, length: float, rng: np.random.Generator) -> np.ndarray:
+    """A random camera-shake kernel: a smooth 2-D random walk rasterised onto ``size``² pixels.
+
+    The camera moves with a velocity that turns a little at every step, plus small random jerks,
+    like a hand-held camera during the exposure; the path of total length ~``length`` pixels is
+    splatted bilinearly, centred on its centroid, and normalised to sum 1.
+
+    Returns:
+        (size, size) float32 kernel, non-negative, summing to 1.
+    """
+    steps = max(8, int(length * 4))
+    angle = rng.uniform(0, 2 * np.pi)
+    turn = rng.normal(0.0, 0.35, steps)
+    angles = angle + np.cumsum(turn)
+    step = length / steps
+    jitter = rng.normal(0.0, 0.15 * step, (steps, 2))
+    moves = np.stack([np.cos(angles), np.sin(angles)], axis=1) * step + jitter
+    path = np.concatenate([np.zeros((1, 2)), np.cumsum(moves, axis=0)])
+    path -= path.mean(axis=0)
+    # Keep the path inside the kernel support (a long walk is squeezed, not cut).
+    radius = (size - 1) / 2 - 1
+    extent = np.abs(path).max()
+    if extent > radius:
+        path *= radius / extent
+    path += (size - 1) / 2
+    kernel = np.zeros((size, size), np.float64)
+    x0, y0 = np.floor(path[:, 0]).astype(int), np.floor(path[:, 1]).astype(int)
+    fx, fy = path[:, 0] - x0, path[:, 1] - y0
+    for dx, dy, weight in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+        np.add.at(kernel, (y0 + dy, x0 + dx), weight)
+    return (kernel / kernel.sum()).astype(np.float32)
+
+
+def motion_blur(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Convolve with a blur kernel, reflecting at the borders."""
+    return cv2.filter2D(img, -1, kernel[::-1, ::-1], borderType=cv2.BORDER_REFLECT)
+
+
+def smooth_field(shape: tuple[int, int], rng: np.random.Generator, cells: int = 4) -> np.ndarray:
+    """A smooth random field in [0, 1]: a coarse uniform grid upsampled bicubically."""
+    coarse = rng.uniform(0.0, 1.0, (cells, cells)).astype(np.float32)
+    field = cv2.resize(coarse, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC)
+    lo, hi = float(field.min()), float(field.max())
+    return (field - lo) / (hi - lo) if hi > lo else np.full(shape, 0.5, np.float32)
+
+
+def add_haze(
+    img: np.ndarray, rng: np.random.Generator, transmission: tuple[float, float], airlight: tuple[float, float]
+) -> np.ndarray:
+    """Atmospheric scattering ``I = J t + A (1 - t)`` with a smooth random transmission map.
+
+    ``t`` varies smoothly between the two ``transmission`` ends across the image (depth changes
+    slowly); the airlight ``A`` is a near-grey colour drawn from the ``airlight`` range.
+    """
+    lo, hi = transmission
+    t = lo + (hi - lo) * smooth_field(img.shape[:2], rng)
+    base = rng.uniform(*airlight)
+    light = np.clip(base + rng.uniform(-0.03, 0.03, 3), 0.0, 1.0).astype(np.float32)
+    return img * t[..., None] + light * (1.0 - t[..., None])
+
+
+def degrade(img: np.ndarray, steps: Sequence[str], cfg: DegradationSection, rng: np.random.Generator) -> np.ndarray:
+    """Apply the configured degradation steps in order to a float32 HWC image in [0, 1]."""
+    out = img
+    for step in steps:
+        if step == "bicubic":
+            out = imresize(out, 1.0 / cfg.scale).astype(np.float32)
+        elif step == "noise":
+            out = add_noise(out, rng.uniform(*cfg.noise_sigma), rng, cfg.noise_clip)
+        elif step == "blur":
+            out = motion_blur(out, motion_kernel(cfg.blur_size, rng.uniform(*cfg.blur_length), rng))
+        elif step == "haze":
+            out = add_haze(out, rng, cfg.haze_transmission, cfg.haze_airlight)
+        else:
+            raise ConfigError(f"unknown degradation step {step!r}")
+    return out
+
+
+def augment(lq: np.ndarray, hq: np.ndarray, rng: np.random.Generator, flip: bool, rot90: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Same random horizontal flip, vertical flip and transpose (= 90° rotation with the flips) on both."""
+    if flip and rng.random() < 0.5:
+        lq, hq = lq[:, ::-1], hq[:, ::-1]
+    if flip and rng.random() < 0.5:
+        lq, hq = lq[::-1], hq[::-1]
+    if rot90 and rng.random() < 0.5:
+        lq, hq = lq.transpose(1, 0, 2), hq.transpose(1, 0, 2)
+    return lq, hq
+
+
+def _pad_to(img: np.ndarray, side: int) -> np.ndarray:
+    """Reflect-pad an image smaller than ``side`` (as the official loaders do)."""
+    ph, pw = max(0, side - img.shape[0]), max(0, side - img.shape[1])
+    if ph or pw:
+        img = cv2.copyMakeBorder(img, 0, ph, 0, pw, cv2.BORDER_REFLECT)
+    return img
+
+
+def _to_float(img: np.ndarray) -> np.ndarray:
+    return img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class _Item:
+    hq: Path
+    lq: Path | None
+
+
+class TrainDataset:
+    """Random training patches; ``dataset[(epoch, index)]`` -> (lq, hq) float32 CHW tensors.
+
+    Modes: paired (``data.lq`` given: aligned crops of LQ and HQ), HQ-only bicubic (the LR of the
+    whole image is made once with the MATLAB-exact resize and cached, so patches equal crops of a
+    benchmark-style LR), and HQ-only with other steps (degraded per patch, after cropping).
+    """
+
+    def __init__(self, data: DataSection, degradation: DegradationSection, seed: int, rank: int = 0) -> None:
+        self.data, self.degradation, self.seed, self.rank = data, degradation, seed, rank
+        self.scale = degradation.scale
+        items: list[_Item] = []
+        for i, hq_folder in enumerate(data.hq):
+            if data.lq:
+                items += [_Item(h, lq) for h, lq in pair_folders(hq_folder, data.lq[i], self.scale)]
+            else:
+                items += [_Item(h, None) for h in list_images(hq_folder)]
+        self.items = items
+        self.paired = bool(data.lq)
+        # Pure bicubic SR: precompute the LR of whole images (exact benchmark convention).
+        self.precomputed_lr = not self.paired and tuple(degradation.steps) == ("bicubic",)
+        in_memory = data.in_memory
+        if in_memory is None:
+            in_memory = sum(p.hq.stat().st_size + (p.lq.stat().st_size if p.lq else 0) for p in items) < IN_MEMORY_LIMIT
+        self._cache: list[tuple[np.ndarray, np.ndarray | None]] | None = None
+        if in_memory:
+            self._cache = [self._load(i) for i in range(len(items))]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        item = self.items[index]
+        hq = read_rgb(item.hq)
+        if item.lq is not None:
+            return hq, read_rgb(item.lq)
+        if self.precomputed_lr:
+            hq = crop_to_scale(hq, self.scale)
+            return hq, bicubic_lr(hq, self.scale)
+        return hq, None
+
+    def sample(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """One (lq, hq) pair of float32 HWC arrays for position ``index`` of epoch ``epoch``."""
+        rng = np.random.default_rng((self.seed, self.rank, epoch, index))
+        hq, lq = self._cache[index] if self._cache is not None else self._load(index)
+        s, p = self.scale, self.data.patch
+        if lq is not None:
+            lq = _pad_to(lq, p)
+            hq = _pad_to(hq, p * s)
+            y, x = int(rng.integers(0, lq.shape[0] - p + 1)), int(rng.integers(0, lq.shape[1] - p + 1))
+            lq_patch = _to_float(lq[y : y + p, x : x + p])
+            hq_patch = _to_float(hq[y * s : (y + p) * s, x * s : (x + p) * s])
+        else:
+            side = p * s
+            hq = _pad_to(hq, side)
+            y, x = int(rng.integers(0, hq.shape[0] - side + 1)), int(rng.integers(0, hq.shape[1] - side + 1))
+            hq_patch = _to_float(hq[y : y + side, x : x + side])
+            lq_patch = degrade(hq_patch, self.degradation.steps, self.degradation, rng)
+        lq_patch, hq_patch = augment(lq_patch, hq_patch, rng, self.data.flip, self.data.rot90)
+        return np.ascontiguousarray(lq_patch), np.ascontiguousarray(hq_patch)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """(lq, hq) float32 CHW arrays (batched into tensors by :func:`collate`)."""
+        lq, hq = self.sample(*key)
+        return np.ascontiguousarray(lq.transpose(2, 0, 1)), np.ascontiguousarray(hq.transpose(2, 0, 1))
+
+
+def collate(samples: list[tuple[np.ndarray, np.ndarray]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack samples into (N, C, H, W) tensors with NumPy.
+
+    NumPy copies on one thread; torch's ``stack`` would use the intra-op pool, whose barriers
+    stall on a busy 2-core machine (docs/training.md).
+    """
+    import torch
+
+    return torch.from_numpy(np.stack([s[0] for s in samples])), torch.from_numpy(np.stack([s[1] for s in samples]))
+
+
+class ResumableSampler:
+    """Endless data order of ``(epoch, index)`` keys, sharded like ``DistributedSampler``, resumable.
+
+    Epoch *e* is ``DistributedSampler(shuffle=True, seed=seed)`` after ``set_epoch(e)``: a
+    permutation from ``seed + e``, padded to a multiple of the world size, every ``world``-th index
+    for this rank. ``start`` skips that many of this rank's keys, so a run resumed at iteration *i*
+    with batch *b* continues at key ``i * b`` exactly.
+    """
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world: int = 1, start: int = 0) -> None:
+        self.size, self.seed, self.rank, self.world, self.start = size, seed, rank, world, start
+        self.per_epoch = math.ceil(size / world)
+
+    def epoch_indices(self, epoch: int) -> list[int]:
+        """This rank's indices of one epoch."""
+        from torch.utils.data import DistributedSampler
+
+        sampler = DistributedSampler(range(self.size), num_replicas=self.world, rank=self.rank, shuffle=True, seed=self.seed)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, offset = divmod(self.start, self.per_epoch)
+        while True:
+            for index in self.epoch_indices(epoch)[offset:]:
+                yield epoch, index
+            epoch, offset = epoch + 1, 0
+
+
+def make_loader(dataset: TrainDataset, batch: int, workers: int, seed: int, rank: int, world: int, start_iteration: int) -> Iterator:
+    """An endless iterator of (lq, hq) batches starting at ``start_iteration``."""
+    from torch.utils.data import DataLoader
+
+    sampler = ResumableSampler(len(dataset), seed, rank, world, start=start_iteration * batch)
+    loader = DataLoader(
+        dataset,  # type: ignore[arg-type]
+        batch_size=batch,
+        sampler=sampler,  # type: ignore[arg-type]
+        num_workers=workers,
+        collate_fn=collate,
+        persistent_workers=workers > 0,
+        drop_last=True,
+    )
+    return iter(loader)
+
+
+@dataclass(frozen=True)
+class ValImage:
+    """A validation pair: uint8 HWC RGB LQ and the HQ cropped to match."""
+
+    name: str
+    lq: np.ndarray
+    hq: np.ndarray
+
+
+def load_val_set(val: ValSet, degradation: DegradationSection) -> list[ValImage]:
+    """Load a validation set into memory.
+
+    With an LQ folder the pairs are matched by name and the HQ cropped to ``scale`` × LQ (top-left).
+    Without one the training degradation is applied with a fixed seed per image, quantised to uint8
+    (bicubic exactly as the benchmarks' LR).
+    """
+    s = degradation.scale
+    images = []
+    if val.lq:
+        for hq_path, lq_path in pair_folders(val.hq, val.lq, s):
+            lq, hq = read_rgb(lq_path), read_rgb(hq_path)
+            hq = hq[: lq.shape[0] * s, : lq.shape[1] * s]
+            if hq.shape[:2] != (lq.shape[0] * s, lq.shape[1] * s):
+                raise ConfigError(f"{lq_path.name} is {lq.shape[1]}x{lq.shape[0]}; {hq_path.name} is too small for x{s}")
+            images.append(ValImage(hq_path.stem, lq, hq))
+        return images
+    for index, hq_path in enumerate(list_images(val.hq)):
+        hq = crop_to_scale(read_rgb(hq_path), s)
+        if tuple(degradation.steps) == ("bicubic",):
+            lq = bicubic_lr(hq, s)
+        else:
+            rng = np.random.default_rng((0, index))
+            lq_f = degrade(_to_float(hq), degradation.steps, degradation, rng)
+            lq = np.clip(np.floor(lq_f * 255.0 + 0.5), 0, 255).astype(np.uint8)
+        images.append(ValImage(hq_path.stem, lq, hq))
+    return images

@@ -1,0 +1,488 @@
+"""The training loop: optimisation, schedule, EMA, validation, checkpoints, exact resume.
+
+A training checkpoint is a dict readable with ``torch.load(weights_only=True)``::
+
+    {"format": "restorecli-train", "arch": ..., "config": {...network...}, "name": ...,
+     "params": state_dict, "params_ema": state_dict (EMA runs only), "optimizer": ...,
+     "iteration": i, "train_config": {...}, "rng": [per-rank torch/CUDA states],
+     "best": {"metric": psnr, "iteration": j}, "elapsed": seconds}
+
+so ``restore sr --weights latest.pth`` loads it directly (``params_ema`` is preferred).
+
+Resume is exact: the learning rate is a pure function of the iteration, the data order and every
+sample are pure functions of (seed, rank, epoch, index) (see ``restorecli.train.data``), and the
+torch RNG (drop-path) is restored per rank. So stopping at iteration *i* and resuming gives the
+same loss sequence as an uninterrupted run (on the same device, thread count and backend).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from restorecli.errors import CheckpointError, ConfigError
+from restorecli.train import distributed as dist_utils
+from restorecli.train.config import ScheduleSection, TrainConfig, config_from_mapping, config_to_mapping
+from restorecli.train.data import TrainDataset, ValImage, load_val_set, make_loader
+from restorecli.train.losses import make_loss
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "restorecli-train"
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What the progress display shows after each iteration."""
+
+    iteration: int
+    total: int
+    loss: float
+    lr: float
+    its: float
+    eta_s: float
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Summary of a finished, stopped or interrupted run."""
+
+    iteration: int
+    total: int
+    output_dir: Path
+    best_metric: float | None
+    best_iteration: int | None
+    interrupted: bool
+    wall_s: float
+    losses: tuple[float, ...]
+
+
+def lr_factor(schedule: ScheduleSection, iteration: int) -> float:
+    """Multiplier of the base learning rate for the update made at 0-based ``iteration``."""
+    if schedule.warmup and iteration < schedule.warmup:
+        return (iteration + 1) / schedule.warmup
+    if schedule.type == "multistep":
+        return schedule.gamma ** sum(1 for m in schedule.milestones if iteration >= m)
+    start = schedule.warmup + schedule.cosine_start
+    span = max(1, schedule.iterations - start)
+    progress = min(1.0, max(0.0, (iteration - start) / span))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def learning_rate(config: TrainConfig, iteration: int) -> float:
+    """Learning rate of the update at ``iteration`` (cosine decays to ``schedule.eta_min``)."""
+    base, factor = config.optim.lr, lr_factor(config.schedule, iteration)
+    if config.schedule.type == "cosine" and not (config.schedule.warmup and iteration < config.schedule.warmup):
+        eta = min(config.schedule.eta_min, base)
+        return eta + (base - eta) * factor
+    return base * factor
+
+
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """Adam (BasicSR recipes) or AdamW (realDenoising recipes; decay on all parameters)."""
+    cls = torch.optim.Adam if config.optim.type == "adam" else torch.optim.AdamW
+    params = [p for p in model.parameters() if p.requires_grad]
+    return cls(params, lr=config.optim.lr, betas=config.optim.betas, weight_decay=config.optim.weight_decay)
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename (no torn checkpoints)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        torch.save(obj, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a training checkpoint (weights_only) and check it holds the training state.
+
+    Raises:
+        CheckpointError: unreadable, or an inference-only file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: expected a file at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle, zip and weights_only errors share no base class
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {type(error).__name__}") from error
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a restorecli training checkpoint (no training state to resume)")
+    return state
+
+
+class Ema:
+    """Exponential moving average of the parameters (float32 shadow copies); buffers are copied."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """shadow = decay * shadow + (1 - decay) * current."""
+        for key, value in model.state_dict().items():
+            if value.dtype.is_floating_point:
+                self.shadow[key].mul_(self.decay).add_(value.float(), alpha=1.0 - self.decay)
+            else:
+                self.shadow[key].copy_(value)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The averaged weights."""
+        return self.shadow
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _gather_rng(info: dist_utils.DistInfo, device: torch.device) -> list[dict[str, torch.Tensor]]:
+    """Every rank's RNG state (rank order), so each rank resumes its own stream."""
+    mine = _rng_state(device)
+    if not info.enabled:
+        return [mine]
+    import torch.distributed as dist
+
+    states: list[Any] = [None] * info.world
+    dist.all_gather_object(states, mine)
+    return states
+
+
+def to_uint8(img: torch.Tensor) -> np.ndarray:
+    """(1, C, H, W) float in [0, 1] -> (H, W, C) uint8, rounding half up after clamping."""
+    return (img[0].clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+@torch.no_grad()
+def validate(
+    model: nn.Module, images: list[ValImage], device: torch.device, crop_border: int, y_channel: bool, with_ssim: bool
+) -> dict[str, float]:
+    """Mean PSNR (and SSIM) of the model's uint8-quantised outputs over a validation set."""
+    from restorecli.metrics import psnr, ssim
+
+    was_training = model.training
+    model.eval()
+    scores: dict[str, list[float]] = {"psnr": [], "ssim": []}
+    for image in images:
+        lq = torch.from_numpy(image.lq).permute(2, 0, 1)[None].float().div(255.0).to(device)
+        out = to_uint8(model(lq).float())
+        scores["psnr"].append(psnr(out, image.hq, crop_border=crop_border, y_channel=y_channel))
+        if with_ssim:
+            scores["ssim"].append(ssim(out, image.hq, crop_border=crop_border, y_channel=y_channel))
+    model.train(was_training)
+    return {key: float(np.mean(values)) for key, values in scores.items() if values}
+
+
+class _StopFlag:
+    """First Ctrl-C asks the loop to stop after the current iteration; a second one aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _StopFlag:
+        with contextlib.suppress(ValueError):  # not the main thread: no handler, Ctrl-C aborts
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning("interrupt: stopping after this iteration and writing a resumable checkpoint")
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class _MetricsLog:
+    """JSON lines in ``metrics.jsonl`` plus TensorBoard scalars when it is installed (rank 0 only)."""
+
+    def __init__(self, folder: Path, enabled: bool, tensorboard: bool) -> None:
+        self.enabled = enabled
+        self.file = None
+        self.writer = None
+        if not enabled:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        self.file = (folder / "metrics.jsonl").open("a", encoding="utf-8")
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional
+                logger.debug("tensorboard not installed; JSON-lines metrics only")
+            else:
+                self.writer = SummaryWriter(str(folder / "tensorboard"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled or self.file is None:
+            return
+        self.file.write(json.dumps(record, sort_keys=True) + "\n")
+        self.file.flush()
+        if self.writer is not None:
+            step = record["iter"]
+            for key, value in record.items():
+                if key != "iter" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _build_model(config: TrainConfig, device: torch.device) -> nn.Module:
+    from restorecli import models
+
+    model = models.build_arch(config.model.arch, config.model.config, device=device)
+    if config.model.pretrained:
+        ckpt = models.read_checkpoint(config.model.pretrained)
+        if config.model.strict:
+            models.load_checkpoint(model, ckpt.state_dict)
+        else:
+            # Official fine-tuning starts (x3/x4 from x2) load what fits and skip the rest.
+            own = model.state_dict()
+            fitting = {k: v for k, v in ckpt.state_dict.items() if k in own and own[k].shape == v.shape}
+            model.load_state_dict(fitting, strict=False)
+            logger.info("loaded %d of %d tensors from %s (strict: false)", len(fitting), len(own), config.model.pretrained)
+    return model.train()
+
+
+def train(
+    config: TrainConfig,
+    *,
+    resume: str | Path | None = None,
+    stop_at: int | None = None,
+    progress: Callable[[StepReport], None] | None = None,
+) -> TrainResult:
+    """Train (or resume training) a network as configured.
+
+    Args:
+        config: the validated training config.
+        resume: a training checkpoint to continue from (its iteration, weights, optimiser, EMA,
+            RNG and best score; the data order follows from the seed).
+        stop_at: stop after this iteration with a resumable ``latest.pth`` (the schedule still
+            runs to ``schedule.iterations``).
+        progress: called on rank 0 after every iteration.
+
+    Returns:
+        A summary; ``interrupted`` is true when stopped by Ctrl-C.
+    """
+    from restorecli.inference import resolve_device
+
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    info = dist_utils.from_environment()
+    device = dist_utils.rank_device(info, resolve_device(config.device))
+    dist_utils.setup(info, device)
+    try:
+        return _train(config, info, device, resume, stop_at, progress)
+    finally:
+        dist_utils.cleanup(info)
+
+
+def _train(
+    config: TrainConfig,
+    info: dist_utils.DistInfo,
+    device: torch.device,
+    resume: str | Path | None,
+    stop_at: int | None,
+    progress: Callable[[StepReport], None] | None,
+) -> TrainResult:
+    started = time.perf_counter()
+    out_dir = config.output_dir
+    state = read_training_checkpoint(resume) if resume else None
+    torch.manual_seed(config.seed + info.rank)  # per-rank stream (drop-path); data RNG is separate
+
+    model = _build_model(config, device)
+    if state is not None:
+        if state["arch"] != config.model.arch or state["config"] != config_to_mapping(config)["model"]["config"]:
+            raise ConfigError(f"{resume} was trained with a different network config than this config")
+        model.load_state_dict(state["params"], strict=True)
+    ema = Ema(model, config.optim.ema) if config.optim.ema > 0 else None
+    if ema is not None and state is not None and "params_ema" in state:
+        ema.shadow = {k: v.to(device).float() for k, v in state["params_ema"].items()}
+    optimizer = make_optimizer(config, model)
+    start = 0
+    best_metric: float | None = None
+    best_iteration: int | None = None
+    elapsed_before = 0.0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        start = int(state["iteration"])
+        best_metric, best_iteration = state["best"].get("metric"), state["best"].get("iteration")
+        elapsed_before = float(state.get("elapsed", 0.0))
+        rng = state.get("rng") or []
+        if len(rng) == info.world:
+            _set_rng_state(rng[info.rank], device)
+        else:
+            logger.warning("checkpoint has RNG states of %d ranks, this job has %d: reseeding", len(rng), info.world)
+            torch.manual_seed(config.seed + info.rank + start)
+    net = dist_utils.wrap(model, info, device)
+
+    dataset = TrainDataset(config.data, config.degradation, config.seed, info.rank)
+    if len(dataset) < config.data.batch:
+        raise ConfigError(f"data has {len(dataset)} images, fewer than data.batch = {config.data.batch}")
+    batches: Iterator = make_loader(
+        dataset, config.data.batch, config.data.workers, config.seed, info.rank, info.world, start
+    )
+    val_sets = {v.name: load_val_set(v, config.degradation) for v in config.val.sets} if info.is_main else {}
+    crop = config.val.crop_border if config.val.crop_border >= 0 else config.degradation.scale
+    loss_fn = make_loss(config.optim.loss, config.optim.charbonnier_eps)
+    autocast = device.type == "cuda" and config.optim.bf16
+    total = config.schedule.iterations
+    end = min(total, stop_at) if stop_at is not None else total
+    log = _MetricsLog(out_dir, info.is_main, config.output.tensorboard)
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(config_to_mapping(config), indent=2) + "\n", encoding="utf-8")
+        logger.info("training %s on %s: iterations %d..%d of %d, %d images", config.run_name, device, start, end, total, len(dataset))
+
+    def checkpoint(iteration: int) -> dict[str, Any]:
+        rng_states = _gather_rng(info, device)
+        payload: dict[str, Any] = {
+            "format": CHECKPOINT_FORMAT,
+            "arch": config.model.arch,
+            "config": config_to_mapping(config)["model"]["config"],
+            "name": config.run_name,
+            "params": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "iteration": iteration,
+            "train_config": config_to_mapping(config),
+            "rng": rng_states,
+            "best": {"metric": best_metric, "iteration": best_iteration},
+            "elapsed": elapsed_before + time.perf_counter() - started,
+        }
+        if ema is not None:
+            payload["params_ema"] = {k: v.detach().cpu() for k, v in ema.state_dict().items()}
+        return payload
+
+    def save(iteration: int, names: list[str]) -> None:
+        payload = checkpoint(iteration)  # collective under DDP: every rank calls it
+        if info.is_main:
+            for name in names:
+                save_atomic(payload, out_dir / name)
+
+    def run_validation(iteration: int) -> bool:
+        """Validate on rank 0; True when the score improved (the best checkpoint must be written)."""
+        nonlocal best_metric, best_iteration
+        improved = False
+        if info.is_main and val_sets:
+            eval_model = model
+            if ema is not None:
+                eval_model = _ema_copy(model, ema)
+            record: dict[str, Any] = {"iter": iteration}
+            first = None
+            for name, images in val_sets.items():
+                scores = validate(eval_model, images, device, crop, config.val.y_channel, config.val.ssim)
+                for key, value in scores.items():
+                    record[f"val/{name}/{key}"] = value
+                first = scores["psnr"] if first is None else first
+                logger.info("iter %d  %s  %s", iteration, name, "  ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+            if first is not None and (best_metric is None or first > best_metric):
+                best_metric, best_iteration, improved = first, iteration, True
+            log.write(record)
+        return dist_utils.broadcast_flag(info, improved, device)
+
+    losses: list[float] = []
+    interrupted = False
+    iteration = start
+    window_start, window_iters = time.perf_counter(), 0
+    its = 0.0
+    with _StopFlag() as stop:
+        while iteration < end:
+            lq, hq = next(batches)
+            lq, hq = lq.to(device, non_blocking=True), hq.to(device, non_blocking=True)
+            lr = learning_rate(config, iteration)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+                pred = net(lq)
+            loss = loss_fn(pred, hq)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+            optimizer.step()
+            if ema is not None:
+                ema.update(model)
+            iteration += 1
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(f"loss became {value} at iteration {iteration}; lower optim.lr or set optim.grad_clip")
+            losses.append(value)
+            window_iters += 1
+            now = time.perf_counter()
+            if now - window_start > 0:
+                its = window_iters / (now - window_start)
+            if info.is_main and progress is not None:
+                progress(StepReport(iteration, total, value, lr, its, (total - iteration) / its if its else float("inf")))
+            if iteration % config.output.log_every == 0 and info.is_main:
+                log.write({"iter": iteration, "loss": value, "lr": lr, "it_s": its, "time": elapsed_before + now - started})
+                if progress is None:  # no progress bar (not a TTY): a log line instead
+                    logger.info("iter %d/%d  loss %.4f  lr %.2e  %.3f it/s", iteration, total, value, lr, its)
+                window_start, window_iters = now, 0
+            names: list[str] = []
+            if config.val.every and (iteration % config.val.every == 0 or iteration == total):
+                if run_validation(iteration):
+                    names.append("best.pth")
+                names.append("latest.pth")
+            if config.output.save_every and iteration % config.output.save_every == 0:
+                names += [f"iter_{iteration:07d}.pth", "latest.pth"]
+            if dist_utils.broadcast_flag(info, stop.requested, device):
+                interrupted = True
+            if interrupted or iteration == end:
+                names.append("latest.pth")
+            if names:
+                save(iteration, sorted(set(names)))
+            if interrupted:
+                break
+    log.close()
+    wall = time.perf_counter() - started
+    if info.is_main:
+        logger.info("stopped at iteration %d of %d after %.0f s", iteration, total, wall)
+    return TrainResult(iteration, total, out_dir, best_metric, best_iteration, interrupted, wall, tuple(losses))
+
+
+def _ema_copy(model: nn.Module, ema: Ema) -> nn.Module:
+    """A copy of the model carrying the EMA weights (for validation)."""
+    import copy
+
+    clone = copy.deepcopy(model)
+    clone.load_state_dict({k: v.to(dtype=model.state_dict()[k].dtype) for k, v in ema.state_dict().items()})
+    return clone
+
+
+def config_of_checkpoint(state: dict[str, Any]) -> TrainConfig:
+    """The training config embedded in a training checkpoint."""
+    return config_from_mapping(state["train_config"])

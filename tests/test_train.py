@@ -1,0 +1,178 @@
+"""Training end to end with a tiny MaIR: overfitting, exact resume, Ctrl-C, export, CLI, torchrun/Gloo.
+
+Every run here is a ~3-12K-parameter network on 32x32 images for a few dozen iterations, so the
+whole file takes well under a minute on one CPU core (the torchrun test spawns two processes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from restorecli import models
+from restorecli.cli import app
+from restorecli.train import StepReport, load_config, read_training_checkpoint, train
+
+TINY_YAML = """
+name: tiny
+model:
+  arch: mair
+  config: {{upscale: 2, in_chans: 3, img_range: 1.0, embed_dim: {dim}, depths: {depths}, d_state: 1, ssm_ratio: 1.0,
+           mlp_ratio: 1.0, upsampler: pixelshuffledirect, resi_connection: 1conv, scan_len: 4, drop_path_rate: 0.1}}
+data: {{hq: [{hq}], patch: 16, batch: 2}}
+degradation: {{scale: 2, steps: [bicubic]}}
+optim: {{lr: 2.0e-3, ema: 0.9}}
+schedule: {{iterations: 12, type: cosine, warmup: 2}}
+val: {{every: 4, sets: [{{name: train, hq: {hq}}}]}}
+output: {{dir: {out}, log_every: 2, save_every: 6, tensorboard: false}}
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    """A config file for a tiny x2 MaIR on two smooth 32x32 images."""
+    hq = tmp_path / "hq"
+    hq.mkdir()
+    yy, xx = np.mgrid[0:32, 0:32] / 31.0
+    for i in range(2):
+        img = np.stack([np.sin(3 * xx + i), np.cos(2 * yy - i), xx * yy], axis=2) * 0.4 + 0.5
+        cv2.imwrite(str(hq / f"img{i}.png"), (img * 255).round().astype(np.uint8))
+    path = tmp_path / "tiny.yml"
+    path.write_text(TINY_YAML.format(dim=8, depths="[1]", hq=hq, out=tmp_path / "run"), encoding="utf-8")
+    return path
+
+
+def test_tiny_model_overfits_two_images(tiny: Path) -> None:
+    """40 steps on two images: the mean loss of the last 5 steps is under 1/3 of the first 5."""
+    cfg = load_config(
+        tiny,
+        ["schedule.iterations=40", "val.every=0", "optim.ema=0", "data.flip=false", "data.rot90=false",
+         "model.config.embed_dim=16", "model.config.drop_path_rate=0"],
+    )
+    losses = train(cfg).losses
+    assert len(losses) == 40
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) / 3, losses
+
+
+def test_resume_reproduces_the_uninterrupted_run(tiny: Path, tmp_path: Path) -> None:
+    """Stop at 5 of 12 (drop-path, EMA and validation on), resume: the same 12 losses, bit for bit."""
+    full = train(load_config(tiny, [f"output.dir={tmp_path / 'a'}"]))
+    cfg = load_config(tiny, [f"output.dir={tmp_path / 'b'}"])
+    first = train(cfg, stop_at=5)
+    assert first.iteration == 5 and (tmp_path / "b" / "latest.pth").is_file()
+    rest = train(cfg, resume=tmp_path / "b" / "latest.pth")
+    assert first.losses + rest.losses == full.losses
+    assert rest.best_metric == full.best_metric
+    a = read_training_checkpoint(tmp_path / "a" / "latest.pth")
+    b = read_training_checkpoint(tmp_path / "b" / "latest.pth")
+    for key in a["params"]:
+        assert torch.equal(a["params"][key], b["params"][key])
+        assert torch.equal(a["params_ema"][key], b["params_ema"][key])
+
+
+def test_checkpoints_and_logs(tiny: Path, tmp_path: Path) -> None:
+    result = train(load_config(tiny))
+    run = tmp_path / "run"
+    assert sorted(p.name for p in run.glob("*.pth")) == ["best.pth", "iter_0000006.pth", "iter_0000012.pth", "latest.pth"]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records if "loss" in r] == [2, 4, 6, 8, 10, 12]
+    assert [r["iter"] for r in records if "val/train/psnr" in r] == [4, 8, 12]
+    best = read_training_checkpoint(run / "best.pth")
+    assert best["best"]["metric"] == result.best_metric and best["iteration"] == result.best_iteration
+    # The training checkpoint is directly usable for inference (EMA weights preferred), weights_only.
+    ckpt = models.read_checkpoint(run / "latest.pth")
+    assert ckpt.arch == "mair" and ckpt.config["embed_dim"] == 8
+    net = models.build_arch(ckpt.arch, ckpt.config)
+    models.load_checkpoint(net, ckpt.state_dict)
+    assert torch.equal(ckpt.state_dict["conv_first.weight"], read_training_checkpoint(run / "latest.pth")["params_ema"]["conv_first.weight"])
+
+
+def test_ctrl_c_writes_a_resumable_checkpoint(tiny: Path, tmp_path: Path) -> None:
+    cfg = load_config(tiny, ["val.every=0"])
+
+    def interrupt(report: StepReport) -> None:
+        if report.iteration == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    result = train(cfg, progress=interrupt)
+    assert result.interrupted and result.iteration == 3
+    state = read_training_checkpoint(tmp_path / "run" / "latest.pth")
+    assert state["iteration"] == 3
+    rest = train(cfg, resume=tmp_path / "run" / "latest.pth")
+    full = train(load_config(tiny, ["val.every=0", f"output.dir={tmp_path / 'full'}"]))
+    assert result.losses + rest.losses == full.losses
+
+
+def test_export_prints_the_manifest_entry(tiny: Path, tmp_path: Path) -> None:
+    train(load_config(tiny, ["val.every=0"]))
+    runner = CliRunner()
+    out = tmp_path / "tiny.safetensors"
+    result = runner.invoke(app, ["train", "export", str(tmp_path / "run" / "latest.pth"), str(out), "--half", "--name", "tiny-x2"])
+    assert result.exit_code == 0, result.output
+    entry = json.loads(result.stdout)
+    assert entry["name"] == "tiny-x2" and entry["source"] == "restorecli" and entry["scale"] == 2
+    import hashlib
+
+    assert entry["files"][0]["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert entry["files"][0]["size"] == out.stat().st_size
+    ckpt = models.read_checkpoint(out)
+    assert ckpt.name == "tiny-x2" and ckpt.config == entry["config"]
+    assert all(v.dtype == torch.float16 for v in ckpt.state_dict.values())
+    net = models.build_arch(ckpt.arch, ckpt.config)
+    models.load_checkpoint(net, ckpt.state_dict)
+    assert net.conv_first.weight.dtype == torch.float32
+
+
+def test_cli_errors_are_one_line(tiny: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    for args, needle in (
+        (["train", "--config", str(tiny), "--set", "optim.lrr=1"], "did you mean 'optim.lr'"),
+        (["train", "--config", "mair-light-t-x5"], "did you mean 'mair-light-t-x4'"),
+        (["train", "--config", str(tiny), "--set", "optim"], "key=value"),
+        (["train", "--resume", str(tiny)], "not a readable PyTorch checkpoint"),
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1, (args, result.output)
+        assert needle in str(result.exception), (args, result.exception)
+        assert "\n" not in str(result.exception)
+
+
+def test_cli_trains_and_reports_json(tiny: Path) -> None:
+    result = CliRunner().invoke(app, ["train", "--config", str(tiny), "--set", "val.every=0", "--until", "4", "-q"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["iteration"] == 4 and summary["total"] == 12 and not summary["interrupted"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_torchrun_two_gloo_processes(tiny: Path, tmp_path: Path) -> None:
+    """2 ranks through torchrun on the CPU (Gloo): both train, rank 0 alone writes one checkpoint."""
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}", "-m", "restorecli", "train", "--config", str(tiny),
+        "--set", "val.every=0", "--set", "output.save_every=0", "--set", "schedule.iterations=4", "-q",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "run").glob("*.pth")) == ["latest.pth"]
+    state = read_training_checkpoint(tmp_path / "run" / "latest.pth")
+    assert state["iteration"] == 4 and len(state["rng"]) == 2
+    assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # per-rank seeds

@@ -1,0 +1,239 @@
+"""Training config loading/validation and the training data pipeline (no network involved)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from restorecli.errors import ConfigError
+from restorecli.train.config import (
+    apply_overrides,
+    config_from_mapping,
+    config_to_mapping,
+    load_config,
+    parse_override,
+    preset_names,
+    read_mapping,
+)
+from restorecli.train.data import (
+    ResumableSampler,
+    TrainDataset,
+    add_haze,
+    add_noise,
+    augment,
+    bicubic_lr,
+    load_val_set,
+    motion_blur,
+    motion_kernel,
+    pair_folders,
+)
+
+TINY = {
+    "name": "tiny",
+    "model": {
+        "arch": "mair",
+        "config": {
+            "upscale": 2, "in_chans": 3, "img_range": 1.0, "embed_dim": 8, "depths": [1], "d_state": 1,
+            "ssm_ratio": 1.0, "mlp_ratio": 1.0, "upsampler": "pixelshuffledirect", "resi_connection": "1conv",
+            "scan_len": 4, "drop_path_rate": 0.0,
+        },
+    },
+    "data": {"hq": ["hq"], "patch": 8, "batch": 2},
+    "degradation": {"scale": 2, "steps": ["bicubic"]},
+    "schedule": {"iterations": 10},
+}
+
+
+def _error(mapping: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping(mapping)
+    message = str(info.value)
+    assert "\n" not in message  # the CLI prints it as one line
+    return message
+
+
+def test_unknown_keys_name_the_key_and_suggest() -> None:
+    assert "optim.lrr" in _error({**TINY, "optim": {"lrr": 1}}) and "'optim.lr'" in _error({**TINY, "optim": {"lrr": 1}})
+    assert "'schedule'" in _error({**{k: v for k, v in TINY.items() if k != "schedule"}, "schedul": {"iterations": 1}})
+    message = _error({**TINY, "model": {**TINY["model"], "config": {**TINY["model"]["config"], "embed_dimm": 4}}})
+    assert "embed_dimm" in message and "'embed_dim'" in message
+
+
+def test_missing_and_ill_typed_values() -> None:
+    assert "schedule.iterations" in _error({**TINY, "schedule": {}})
+    assert "data.hq" in _error({**TINY, "data": {"patch": 8}})
+    assert "must be an integer" in _error({**TINY, "data": {**TINY["data"], "batch": "many"}})
+    assert "optim.loss" in _error({**TINY, "optim": {"loss": "l2"}})
+    assert "degradation.scale" in _error({**TINY, "degradation": {"scale": 3, "steps": ["bicubic"]}})
+    assert "needs 'bicubic'" in _error({**TINY, "degradation": {"scale": 2, "steps": []}})
+    assert "did you mean 'mair-light-t-x4'" in _error({**TINY, "model": {"name": "mair-light-t-x5"}})
+
+
+def test_overrides_are_yaml_values() -> None:
+    assert parse_override("optim.lr=2e-4") == (["optim", "lr"], "2e-4")  # YAML 1.1 string; the loader accepts it
+    assert parse_override("data.hq=[a, b]") == (["data", "hq"], ["a", "b"])
+    assert parse_override("optim.bf16=false") == (["optim", "bf16"], False)
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("optim.lr")
+    cfg = config_from_mapping(apply_overrides(TINY, ["optim.lr=2e-4", "data.batch=4", "val.sets=[{name: v, hq: x}]"]))
+    assert cfg.optim.lr == 2e-4 and cfg.data.batch == 4 and cfg.val.sets[0].name == "v"
+    with pytest.raises(ConfigError, match="not a mapping"):
+        apply_overrides(TINY, ["name.x=1"])
+
+
+def test_config_round_trips_through_plain_mapping() -> None:
+    cfg = config_from_mapping(apply_overrides(TINY, ["degradation.noise_sigma=[5, 50]"]))
+    assert cfg.degradation.noise_sigma == (5.0, 50.0)
+    assert config_from_mapping(config_to_mapping(cfg)) == cfg
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_every_preset_loads_once_given_data(preset: str) -> None:
+    with pytest.raises(ConfigError, match="data.hq"):
+        load_config(preset)  # paths are arguments, never in a preset
+    mapping = read_mapping(preset)
+    overrides = ["data.hq=[hq]"] + (["data.lq=[lq]"] if mapping["data"].get("lq") is not None else [])
+    cfg = load_config(preset, overrides)
+    assert cfg.schedule.iterations > 0 and cfg.model.config is not None
+
+
+def test_official_presets_follow_the_spec() -> None:
+    x4 = load_config("mair-light-t-x4", ["data.hq=[hq]", "data.lq=[lq]"])
+    assert (x4.data.patch, x4.data.batch, x4.schedule.iterations) == (64, 16, 250000)
+    assert x4.schedule.milestones == (125000, 200000, 225000, 237500) and x4.optim.betas == (0.9, 0.99)
+    dn = load_config("mair-dn-s15", ["data.hq=[hq]"])
+    assert dn.optim.loss == "charbonnier" and dn.degradation.noise_sigma == (15.0, 15.0) and dn.data.batch == 1
+    realdn = load_config("mair-realdn", ["data.hq=[hq]", "data.lq=[lq]"])
+    assert realdn.optim.type == "adamw" and realdn.optim.grad_clip == 0.01 and realdn.schedule.cosine_start == 184000
+
+
+# --------------------------------------------------------------------------------------------
+# Degradations
+
+
+def _image(rng: np.random.Generator, size: int = 64) -> np.ndarray:
+    return rng.uniform(0.2, 0.8, (size, size, 3)).astype(np.float32)
+
+
+def test_noise_has_the_requested_sigma() -> None:
+    rng = np.random.default_rng(0)
+    img = _image(rng, 256)
+    noisy = add_noise(img, 25.0, rng)
+    assert abs(float(np.std(noisy - img)) * 255.0 - 25.0) < 0.25
+    assert abs(float(np.mean(noisy - img))) < 1e-3
+    assert add_noise(img, 50.0, rng, clip=True).max() <= 1.0
+
+
+def test_blur_kernels_are_normalised_trajectories() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        kernel = motion_kernel(21, rng.uniform(4, 16), rng)
+        assert kernel.shape == (21, 21) and kernel.min() >= 0
+        assert abs(float(kernel.sum()) - 1.0) < 1e-5
+        assert (kernel > 0).sum() > 3  # a path, not a delta
+    img = _image(rng)
+    blurred = motion_blur(img, kernel)
+    assert blurred.shape == img.shape and abs(float(blurred.mean() - img.mean())) < 0.01  # sum 1 keeps brightness
+    assert blurred.std() < img.std()
+
+
+def test_haze_stays_in_range_and_between_scene_and_airlight() -> None:
+    rng = np.random.default_rng(2)
+    img = rng.uniform(0.0, 1.0, (48, 64, 3)).astype(np.float32)
+    hazy = add_haze(img, rng, (0.3, 0.9), (0.7, 1.0))
+    assert hazy.shape == img.shape and hazy.min() >= 0.0 and hazy.max() <= 1.0
+    assert hazy.std() < img.std()  # contrast drops
+    assert hazy.mean() > img.mean()  # bright airlight brightens a mid-grey scene
+
+
+def test_augment_keeps_pairs_aligned() -> None:
+    lq = np.arange(4 * 4 * 3, dtype=np.float32).reshape(4, 4, 3)
+    hq = np.kron(lq, np.ones((2, 2, 1), np.float32))
+    for seed in range(8):
+        a, b = augment(lq, hq, np.random.default_rng(seed), True, True)
+        assert np.array_equal(b[::2, ::2], a)
+
+
+# --------------------------------------------------------------------------------------------
+# Data sets and sampling
+
+
+@pytest.fixture
+def folders(tmp_path: Path) -> tuple[Path, Path]:
+    rng = np.random.default_rng(3)
+    hq, lq = tmp_path / "hq", tmp_path / "lq"
+    hq.mkdir()
+    lq.mkdir()
+    for name, (h, w) in {"a": (40, 36), "b": (33, 50), "c": (20, 20)}.items():
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        cv2.imwrite(str(hq / f"{name}.png"), img)
+        cv2.imwrite(str(lq / f"{name}x2.png"), bicubic_lr(img, 2))
+    return hq, lq
+
+
+def _cfg(hq: Path, *extra: str):
+    return config_from_mapping(apply_overrides(TINY, [f"data.hq=[{hq}]", *extra]))
+
+
+def test_pairs_match_by_name_with_scale_suffix(folders: tuple[Path, Path]) -> None:
+    hq, lq = folders
+    assert [(a.name, b.name) for a, b in pair_folders(hq, lq, 2)] == [("a.png", "ax2.png"), ("b.png", "bx2.png"), ("c.png", "cx2.png")]
+    (lq / "cx2.png").unlink()
+    with pytest.raises(ConfigError, match="c.png"):
+        pair_folders(hq, lq, 2)
+
+
+@pytest.mark.parametrize("mode", ["bicubic", "paired", "noise+blur+haze"])
+def test_samples_have_patch_shapes_and_are_deterministic(folders: tuple[Path, Path], mode: str) -> None:
+    hq, lq = folders
+    extra = {"bicubic": [], "paired": [f"data.lq=[{lq}]"], "noise+blur+haze": ["degradation.steps=[blur, bicubic, noise, haze]"]}[mode]
+    cfg = _cfg(hq, "data.patch=12", *extra)  # c (20x20, LR 10x10) is smaller than the patch: padded
+    data = TrainDataset(cfg.data, cfg.degradation, seed=5)
+    for index in range(3):
+        lq_patch, hq_patch = data[(0, index)]
+        assert lq_patch.shape == (3, 12, 12) and hq_patch.shape == (3, 24, 24)
+        again = TrainDataset(cfg.data, cfg.degradation, seed=5)[(0, index)]
+        assert np.array_equal(again[0], lq_patch) and np.array_equal(again[1], hq_patch)
+    assert not np.array_equal(data[(0, 0)][1], data[(1, 0)][1])  # a new epoch draws new crops
+
+
+def test_bicubic_mode_crops_the_benchmark_lr(folders: tuple[Path, Path]) -> None:
+    hq, lq = folders
+    cfg = _cfg(hq, "data.patch=8", "data.flip=false", "data.rot90=false")
+    lq_patch, hq_patch = TrainDataset(cfg.data, cfg.degradation, seed=0).sample(0, 0)
+    full_lr = cv2.imread(str(lq / "ax2.png"))[..., ::-1].astype(np.float32) / 255.0
+    # The patch is a crop of the whole-image MATLAB-bicubic LR at the HQ crop's position / 2.
+    hits = [
+        (y, x)
+        for y in range(full_lr.shape[0] - 7)
+        for x in range(full_lr.shape[1] - 7)
+        if np.array_equal(full_lr[y : y + 8, x : x + 8], lq_patch)
+    ]
+    assert hits
+    assert hq_patch.shape == (16, 16, 3)
+
+
+def test_sampler_shards_and_resumes() -> None:
+    one = ResumableSampler(10, seed=4)
+    first = [k for _, k in zip(range(25), one)]
+    assert sorted(k for _, k in first[:10]) == list(range(10)) and first[10:] != first[:10]
+    resumed = [k for _, k in zip(range(12), ResumableSampler(10, seed=4, start=13))]
+    assert resumed == first[13:25]
+    ranks = [[k for _, k in zip(range(5), ResumableSampler(10, seed=4, rank=r, world=2))] for r in range(2)]
+    assert sorted(i for _, i in ranks[0] + ranks[1]) == list(range(10))
+
+
+def test_val_set_from_lq_folder_or_degradation(folders: tuple[Path, Path]) -> None:
+    hq, lq = folders
+    cfg = _cfg(hq)
+    from restorecli.train.config import ValSet
+
+    paired = load_val_set(ValSet("v", str(hq), str(lq)), cfg.degradation)
+    made = load_val_set(ValSet("v", str(hq)), cfg.degradation)
+    assert [i.name for i in paired] == ["a", "b", "c"]
+    for p, m in zip(paired, made):
+        assert np.array_equal(p.lq, m.lq) and np.array_equal(p.hq, m.hq)
+        assert p.hq.shape[:2] == (2 * p.lq.shape[0], 2 * p.lq.shape[1])
