@@ -173,6 +173,17 @@ def test_float64_inputs_compute_in_float64(backend: str) -> None:
     assert rel_err(y, oracle(inputs)) <= 1e-12
 
 
+@pytest.mark.parametrize("cpu_impl", ["compiled", "torch"], indirect=True)
+def test_growing_modes_and_overflow(cpu_impl: str) -> None:
+    """A > 0 is legal: growing states must match, and overflow must give inf like float32 torch."""
+    inputs = make_inputs(1, 8, 60, 16, 2)
+    inputs["A"] = inputs["A"].abs() * 0.05
+    assert rel_err(selective_scan(**inputs, backend="cpu"), oracle(inputs)) <= 1e-5
+    inputs["A"][0] = 5000.0  # dt * A >= 5 per step: the state of channel 0 overflows float32
+    y = selective_scan(**inputs, backend="cpu")
+    assert not torch.isfinite(y[0, 0]).all() and torch.isfinite(y[0, 1:]).all()
+
+
 def test_empty_sequence() -> None:
     inputs = make_inputs(1, 4, 0, 16, 2)
     for backend in ("ref", "cpu"):

@@ -68,12 +68,13 @@ inline uint32_t float_as_bits(float f) {
   return i;
 }
 
-// 2^y. Saturates outside [-126, 127]: exp of very negative arguments gives about 1e-38
-// instead of 0 (harmless as a decay factor) and overflow gives about 1.7e38. NaN stays NaN.
-// The ternaries map to single vmaxps/vminps; with the floor this is ~13 vector ops.
+// 2^y. Saturates outside [-126, 127]: very negative arguments give about 1e-38 instead
+// of 0 (harmless as a decay factor), overflow gives about 1.7e38. NaN stays NaN.
+// kHigh = false skips the upper clamp for callers whose argument is never positive.
+template <bool kHigh = true>
 inline float exp2_approx(float y) {
   y = y < -126.0f ? -126.0f : y;
-  y = y > 127.0f ? 127.0f : y;
+  if (kHigh) y = y > 127.0f ? 127.0f : y;
   const float fl = std::floor(y);
   const float f = y - fl;  // in [0, 1)
   // Relative-error fit of 2^f on [0, 1], degree 6 (max error 8e-8 in float).
@@ -92,7 +93,8 @@ inline float exp2_approx(float y) {
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
-inline float exp_approx(float x) { return exp2_approx(x * kLog2e); }
+// exp(x) for x <= 0 (all our callers pass -|x|).
+inline float exp_neg_approx(float x) { return exp2_approx<false>(x * kLog2e); }
 
 // log(1 + z) for z in [0, 1]: log(m) = 2 atanh(s), s = (m - 1) / (m + 1), after
 // reducing 1 + z to m in [0.707, 1.414]; the small-z branch uses z itself (exact).
@@ -111,18 +113,21 @@ inline float log1p_unit(float z) {
 
 // softplus with torch's default threshold (x > 20 returns x).
 inline float softplus(float x) {
-  const float sp = std::max(x, 0.0f) + log1p_unit(exp_approx(-std::fabs(x)));
+  const float sp = std::max(x, 0.0f) + log1p_unit(exp_neg_approx(-std::fabs(x)));
   return x > 20.0f ? x : sp;
 }
 
 // d softplus / dx = sigmoid(x), and exactly 1 above the threshold (as torch).
 inline float softplus_grad(float x) {
-  const float e = exp_approx(-std::fabs(x));
+  const float e = exp_neg_approx(-std::fabs(x));
   const float s = (x >= 0.0f ? 1.0f : e) / (1.0f + e);
   return x > 20.0f ? 1.0f : s;
 }
 
-inline double exp2_approx(double y) { return std::exp2(y); }
+template <bool kHigh = true>
+inline double exp2_approx(double y) {
+  return std::exp2(y);
+}
 inline double softplus(double x) { return x > 20.0 ? x : std::log1p(std::exp(x)); }
 inline double softplus_grad(double x) { return x > 20.0 ? 1.0 : 1.0 / (1.0 + std::exp(-x)); }
 
@@ -233,10 +238,12 @@ void scatter_tile(const T* src, const Problem<T>& p, const Lanes<T>& l, int64_t 
   }
 }
 
-// dt = softplus(delta + bias) (or without softplus) and dt*u, for one tile.
-template <typename T, bool kSoftplus>
+// dt = softplus(delta + bias) (or without softplus) and dt*u for one tile; with kGrad
+// also d dt / d delta (the softplus derivative, or 1) for the backward.
+template <typename T, bool kSoftplus, bool kGrad>
 void tile_dt_impl(int64_t tl, const T* __restrict raw, const T* __restrict ut,
-                  const T* __restrict bias_l, T* __restrict dtt, T* __restrict dtu) {
+                  const T* __restrict bias_l, T* __restrict dtt, T* __restrict dtu,
+                  T* __restrict dsp) {
   for (int64_t t = 0; t < tl; ++t) {
     RCS_SIMD
     for (int c = 0; c < W; ++c) {
@@ -244,25 +251,30 @@ void tile_dt_impl(int64_t tl, const T* __restrict raw, const T* __restrict ut,
       const T dt = kSoftplus ? softplus(x) : x;
       dtt[t * W + c] = dt;
       dtu[t * W + c] = dt * ut[t * W + c];
+      if (kGrad) dsp[t * W + c] = kSoftplus ? softplus_grad(x) : T(1);
     }
   }
 }
 
 template <typename T>
 void tile_dt(const Problem<T>& p, int64_t tl, const T* raw, const T* ut, const T* bias_l, T* dtt,
-             T* dtu) {
+             T* dtu, T* dsp = nullptr) {
   if (p.softplus) {
-    tile_dt_impl<T, true>(tl, raw, ut, bias_l, dtt, dtu);
+    if (dsp) tile_dt_impl<T, true, true>(tl, raw, ut, bias_l, dtt, dtu, dsp);
+    else tile_dt_impl<T, true, false>(tl, raw, ut, bias_l, dtt, dtu, dsp);
   } else {
-    tile_dt_impl<T, false>(tl, raw, ut, bias_l, dtt, dtu);
+    if (dsp) tile_dt_impl<T, false, true>(tl, raw, ut, bias_l, dtt, dtu, dsp);
+    else tile_dt_impl<T, false, false>(tl, raw, ut, bias_l, dtt, dtu, dsp);
   }
 }
 
 // Loads the per-lane constants of a unit: A (natural and pre-scaled by log2 e), D, bias.
+// Returns whether dt * A <= 0 for every step (softplus makes dt >= 0; Mamba's A < 0).
 template <typename T>
-void load_lane_constants(const Problem<T>& p, const Lanes<T>& l, T* A_l, T* A2_l, T* D_l,
+bool load_lane_constants(const Problem<T>& p, const Lanes<T>& l, T* A_l, T* A2_l, T* D_l,
                          T* bias_l) {
   const int64_t N = p.N;
+  bool decay = p.softplus;
   for (int64_t c = 0; c < W; ++c) {
     const bool on = c < l.nl;
     const int64_t d = l.d0 + c;
@@ -270,16 +282,19 @@ void load_lane_constants(const Problem<T>& p, const Lanes<T>& l, T* A_l, T* A2_l
       const T a = on ? p.A[d * N + n] : T(0);  // padding lanes: A = 0 keeps h = 0
       A_l[n * W + c] = a;
       A2_l[n * W + c] = a * log2e<T>();
+      decay = decay && a <= T(0);
     }
     D_l[c] = (on && p.D) ? p.D[d] : T(0);
     bias_l[c] = (on && p.bias) ? p.bias[d] : T(0);
   }
+  return decay;
 }
 
 // One tile of the forward recurrence. NN > 0 fixes N at compile time (unrolled inner
 // loop); NN == 0 reads it from p. kRecord = false writes y; kRecord = true instead keeps
-// the state and decay of every step (hs, as) for the backward.
-template <typename T, int NN, bool kRecord>
+// the state and decay of every step (hs, as) for the backward. kDecay: dt * A <= 0 is
+// known (softplus and A <= 0, as in Mamba), so exp needs no overflow clamp.
+template <typename T, int NN, bool kRecord, bool kDecay>
 void tile_forward(const Problem<T>& p, int64_t tl, const T* __restrict Bg,
                   const T* __restrict Cg, const T* __restrict dtt, const T* __restrict dtu,
                   const T* __restrict ut, const T* __restrict A2_l, const T* __restrict D_l,
@@ -298,7 +313,7 @@ void tile_forward(const Problem<T>& p, int64_t tl, const T* __restrict Bg,
       const T* a2 = A2_l + n * W;
       RCS_SIMD
       for (int c = 0; c < W; ++c) {
-        const T a = exp2_approx(dtt[t * W + c] * a2[c]);
+        const T a = exp2_approx<!kDecay>(dtt[t * W + c] * a2[c]);
         const T hv = a * hn[c] + dtu[t * W + c] * bn;
         hn[c] = hv;
         y[c] += hv * cn;
@@ -331,7 +346,7 @@ void forward_unit(const Problem<T>& p, int64_t unit, T* y, T* ckpt) {
   T* dtu = dtt + TT * W;
   T* yt = dtu + TT * W;
   T* h = yt + TT * W;
-  load_lane_constants(p, l, A_l, A2_l, D_l, bias_l);
+  const bool decay = load_lane_constants(p, l, A_l, A2_l, D_l, bias_l);
   const T* Bb = p.B + (l.b * p.G + l.g) * p.L * N;
   const T* Cb = p.C + (l.b * p.G + l.g) * p.L * N;
   for (int64_t k = 0; k < p.tiles; ++k) {
@@ -340,8 +355,13 @@ void forward_unit(const Problem<T>& p, int64_t unit, T* y, T* ckpt) {
     gather_tile(p.u, p, l, t0, tl, ut);
     gather_tile(p.delta, p, l, t0, tl, raw);
     tile_dt(p, tl, raw, ut, bias_l, dtt, dtu);
-    tile_forward<T, NN, false>(p, tl, Bb + t0 * N, Cb + t0 * N, dtt, dtu, ut, A2_l, D_l, h, yt,
-                        nullptr, nullptr);
+    const T* Bt0 = Bb + t0 * N;
+    const T* Ct0 = Cb + t0 * N;
+    if (decay) {
+      tile_forward<T, NN, false, true>(p, tl, Bt0, Ct0, dtt, dtu, ut, A2_l, D_l, h, yt, nullptr, nullptr);
+    } else {
+      tile_forward<T, NN, false, false>(p, tl, Bt0, Ct0, dtt, dtu, ut, A2_l, D_l, h, yt, nullptr, nullptr);
+    }
     scatter_tile(yt, p, l, t0, tl, y);
     if (ckpt) {
       for (int64_t c = 0; c < l.nl; ++c) {
@@ -368,7 +388,7 @@ void backward_unit(const Problem<T>& p, int64_t unit, int tid, const T* ckpt, co
   const int64_t N = NN > 0 ? NN : p.N;
   const int64_t TT = p.tile;
   const Lanes<T> l = lanes_of(p, unit);
-  Scratch<T> buf(W * (6 * N + 4 + 7 * TT + 2 * TT * N));
+  Scratch<T> buf(W * (6 * N + 4 + 8 * TT + 2 * TT * N));
   T* A_l = buf.data();
   T* A2_l = A_l + N * W;
   T* D_l = A2_l + N * W;
@@ -385,10 +405,11 @@ void backward_unit(const Problem<T>& p, int64_t unit, int tid, const T* ckpt, co
   T* dyt = dtu + TT * W;
   T* dut = dyt + TT * W;
   T* ddt = dut + TT * W;
-  T* h = ddt + TT * W;  // running state of the recomputation
+  T* dsp = ddt + TT * W;  // d dt / d delta
+  T* h = dsp + TT * W;  // running state of the recomputation
   T* hs = h + N * W;  // state after each step of the tile, [t][n][lane]
   T* as = hs + TT * N * W;  // decay exp(dt * A) of each step, [t][n][lane]
-  load_lane_constants(p, l, A_l, A2_l, D_l, bias_l);
+  const bool decay = load_lane_constants(p, l, A_l, A2_l, D_l, bias_l);
   const int64_t gofs = (l.b * p.G + l.g) * p.L * N;
   const T* Bb = p.B + gofs;
   const T* Cb = p.C + gofs;
@@ -401,7 +422,7 @@ void backward_unit(const Problem<T>& p, int64_t unit, int tid, const T* ckpt, co
     gather_tile(p.u, p, l, t0, tl, ut);
     gather_tile(p.delta, p, l, t0, tl, raw);
     gather_tile(dy, p, l, t0, tl, dyt);
-    tile_dt(p, tl, raw, ut, bias_l, dtt, dtu);
+    tile_dt(p, tl, raw, ut, bias_l, dtt, dtu, dsp);
     for (int64_t c = 0; c < W; ++c) {
       for (int64_t n = 0; n < N; ++n) {
         const T v = (k > 0 && c < l.nl)
@@ -413,7 +434,11 @@ void backward_unit(const Problem<T>& p, int64_t unit, int tid, const T* ckpt, co
     }
     const T* Bt0 = Bb + t0 * N;
     const T* Ct0 = Cb + t0 * N;
-    tile_forward<T, NN, true>(p, tl, Bt0, Ct0, dtt, dtu, ut, A2_l, D_l, h, nullptr, hs, as);
+    if (decay) {
+      tile_forward<T, NN, true, true>(p, tl, Bt0, Ct0, dtt, dtu, ut, A2_l, D_l, h, nullptr, hs, as);
+    } else {
+      tile_forward<T, NN, true, false>(p, tl, Bt0, Ct0, dtt, dtu, ut, A2_l, D_l, h, nullptr, hs, as);
+    }
     for (int64_t t = tl - 1; t >= 0; --t) {
       const T* Bt = Bt0 + t * N;
       const T* Ct = Ct0 + t * N;
@@ -457,8 +482,7 @@ void backward_unit(const Problem<T>& p, int64_t unit, int tid, const T* ckpt, co
       for (int c = 0; c < W; ++c) {
         const T dyv = dyt[t * W + c];
         const T uv = ut[t * W + c];
-        T gdt = g_dt[c] + g_dtu[c] * uv;
-        if (p.softplus) gdt *= softplus_grad(raw[t * W + c] + bias_l[c]);
+        const T gdt = (g_dt[c] + g_dtu[c] * uv) * dsp[t * W + c];
         dut[t * W + c] = g_dtu[c] * dtt[t * W + c] + D_l[c] * dyv;
         ddt[t * W + c] = gdt;
         dD_acc[c] += dyv * uv;
