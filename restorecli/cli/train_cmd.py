@@ -108,13 +108,14 @@ def train_command(
     from restorecli.train import apply_overrides, config_from_mapping, load_config, read_training_checkpoint, train
 
     _setup_logging(quiet)
+    state = read_training_checkpoint(resume) if resume is not None else None
     if config is not None:
         cfg = load_config(config, overrides or [])
     else:
-        assert resume is not None
-        state = read_training_checkpoint(resume)
+        assert state is not None
         cfg = config_from_mapping(apply_overrides(state["train_config"], overrides or []))
-    start = int(read_training_checkpoint(resume)["iteration"]) if resume else 0
+    start = int(state["iteration"]) if state is not None else 0
+    del state  # train() reads the checkpoint itself; do not hold two copies
     show_bar = not quiet and sys.stderr.isatty()
     if show_bar:
         with _Progress(cfg.schedule.iterations, start) as bar:
