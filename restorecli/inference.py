@@ -30,7 +30,8 @@ CPU_TILE_CAP = 512
 """Largest automatic tile on the CPU: bigger tiles are no faster there and risk swapping."""
 CPU_FALLBACK_TILE = 256
 """Automatic tile on a CPU whose memory cannot be measured."""
-PROBE_SIDE = 64
+PROBE_SIDE = {"cuda": 64, "cpu": 32}
+"""Side of the probe image that measures memory per pixel (smaller on the CPU, where it is slow)."""
 
 
 def self_ensemble(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -207,8 +208,10 @@ class ImageRestorer:
         if image.dim() != 4 or image.shape[0] != 1:
             raise ValueError(f"expected a (1, C, H, W) tensor, got shape {tuple(image.shape)}")
         started = time.perf_counter()
-        if self._tile is None:
+        probe_side = PROBE_SIDE.get(self.device.type, 64)
+        if self._tile is None and max(image.shape[-2:]) > probe_side:
             self._tile = self.auto_tile()
+        # (an image no larger than the probe fits whenever the probe did: no need to measure)
         passes = 8 if self.ensemble else 1
         state: dict[str, Any] = {"pass": 0, "result": None}
 
@@ -217,18 +220,20 @@ class ImageRestorer:
                 if on_progress:
                     on_progress(state["pass"] * total + done, passes * total)
 
+            tile = self._tile if self._tile is not None else 0
             result = run_with_backoff(
                 self._forward,
                 x,
-                tile=self._tile or 0,
+                tile=tile,
                 overlap=self.overlap,
                 scale=self.scale,
                 batch_size=self.tile_batch,
                 min_tile=max(32, self._min_size),
                 on_progress=progress,
             )
-            # Later passes and images start from what fitted.
-            self._tile, self.tile_batch = result.tile, result.batch_size
+            if (result.tile, result.batch_size) != (tile, self.tile_batch):
+                # out of memory: later passes and images start from what fitted
+                self._tile, self.tile_batch = result.tile, result.batch_size
             state["pass"] += 1
             state["result"] = result
             return result.output
@@ -272,8 +277,9 @@ class ImageRestorer:
         """Tile side from free device memory (CUDA) or available RAM (CPU), via a probe run."""
         import torch
 
-        probe = torch.rand(1, 3, PROBE_SIDE, PROBE_SIDE)
-        pixels = PROBE_SIDE * PROBE_SIDE
+        side = PROBE_SIDE.get(self.device.type, 64)
+        probe = torch.rand(1, 3, side, side)
+        pixels = side * side
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)

@@ -349,8 +349,9 @@ def available_host_memory() -> int | None:
 class HostPeakMeter:
     """Peak resident memory of this process across a block of code (Linux only).
 
-    Resets the kernel's high-water mark (``/proc/self/clear_refs``) on entry and reads ``VmHWM``
-    on exit. ``peak_increase`` is None where this is not supported.
+    Hands freed heap memory back to the OS (glibc ``malloc_trim``), resets the kernel's
+    high-water mark (``/proc/self/clear_refs``) on entry and reads ``VmHWM`` on exit.
+    ``peak_increase`` is None where this is not supported.
     """
 
     def __init__(self) -> None:
@@ -358,6 +359,7 @@ class HostPeakMeter:
         self._start: int | None = None
 
     def __enter__(self) -> HostPeakMeter:
+        _return_free_heap_to_os()
         try:
             with open("/proc/self/clear_refs", "w", encoding="ascii") as clear_refs:
                 clear_refs.write("5")
@@ -370,6 +372,18 @@ class HostPeakMeter:
         peak = _read_status_kib("VmHWM")
         if self._start is not None and peak is not None:
             self.peak_increase = max(0, peak - self._start) * 1024
+
+
+def _return_free_heap_to_os() -> None:
+    """glibc keeps freed memory resident and reuses it, which would hide a probe's real peak."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _read_status_kib(field: str) -> int | None:

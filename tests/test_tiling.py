@@ -129,8 +129,14 @@ def test_tile_from_budget() -> None:
 
 def test_auto_tile_on_cpu_is_bounded() -> None:
     restorer = ImageRestorer(ConvToy(2), device="cpu", tile=None)
-    result = restorer.restore(torch.rand(1, 3, 20, 30))
-    assert 32 <= result.tile <= 512 and result.output.shape == (1, 3, 40, 60)
+    assert 32 <= restorer.auto_tile() <= 512
+    result = restorer.restore(torch.rand(1, 3, 40, 36))
+    assert restorer.tile == result.tile and 32 <= result.tile <= 512 and result.output.shape == (1, 3, 80, 72)
+
+
+def test_images_smaller_than_the_probe_skip_it() -> None:
+    restorer = ImageRestorer(ConvToy(1), device="cpu", tile=None)
+    assert restorer.restore(torch.rand(1, 3, 20, 30)).tile == 0 and restorer.tile is None
 
 
 # --- MaIR+ self-ensemble (mair_spec §5.2) -------------------------------------------------------

@@ -172,7 +172,7 @@ def _restore(
         "weights_sha256": network.weights_sha256,
         "weights_source": network.weights_source,
         "device": str(restorer.device),
-        "backend": _scan_backend(network.module),
+        "backend": _scan_backend(network.module, restorer.device),
         "precision": options.precision,
         "ensemble": options.ensemble,
         "tile": "auto" if options.tile is None else options.tile,
@@ -198,12 +198,12 @@ def _require_images(images: list[InputFile], skips: list[Any], inputs: list[str]
         raise UsageError(f"no images found in {', '.join(inputs)}{detail}; expected PNG, JPEG, WebP, BMP or TIFF files")
 
 
-def _scan_backend(module: Any) -> str | None:
-    """The selective-scan backend pinned on the network's mixers, ``auto`` when resolved per call."""
-    for sub in module.modules():
-        if hasattr(sub, "scan_backend"):
-            return sub.scan_backend or "auto"
-    return None
+def _scan_backend(module: Any, device: Any) -> str | None:
+    """Selective-scan backend the network's mixers use on ``device`` (None for scan-free networks)."""
+    from restorecli.ops import resolve_backend
+
+    pinned = [sub.scan_backend for sub in module.modules() if hasattr(sub, "scan_backend")]
+    return resolve_backend(pinned[0], device) if pinned else None
 
 
 def _publish(report: BatchReport, options: RestoreOptions) -> None:
