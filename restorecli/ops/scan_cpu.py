@@ -252,17 +252,11 @@ def _load_kernel() -> _Kernel:
 
 def _build_and_load() -> _Kernel:
     source = importlib.resources.files("restorecli.ops").joinpath("csrc", _SOURCE).read_text()
-    compiler = _find_compiler()
-    version = _compiler_version(compiler)
     errors = []
-    for flags in _flag_sets():
-        key = hashlib.sha256(
-            "\0".join([source, version, " ".join(flags), _cpu_signature(), str(_ABI_VERSION)]).encode()
-        ).hexdigest()[:16]
-        path = extensions_dir() / f"selective_scan_cpu-{key}{_library_suffix()}"
+    for flags in compiler_flag_sets():
         started = time.perf_counter()
         try:
-            built = _ensure_built(path, source, compiler, flags)
+            path, built = compile_library(source, "selective_scan_cpu", flags)
         except RuntimeError as error:
             errors.append(str(error))
             continue
@@ -275,6 +269,30 @@ def _build_and_load() -> _Kernel:
         how = f"built in {time.perf_counter() - started:.1f} s" if built else "loaded from cache"
         return _Kernel(lib, path, f"{how}; flags {' '.join(flags)}")
     raise RuntimeError("; ".join(errors))
+
+
+def compile_library(source: str, stem: str, flags: list[str]) -> tuple[Path, bool]:
+    """Compile C++ ``source`` into a shared library cached in :func:`extensions_dir`.
+
+    The file name hashes the source, compiler, flags and CPU features, so a changed input
+    never reuses a stale library.
+
+    Args:
+        source: C++ source text.
+        stem: File name prefix.
+        flags: Compiler flags (see :func:`compiler_flag_sets`).
+
+    Returns:
+        ``(path, built)``: the library and whether this call compiled it.
+
+    Raises:
+        RuntimeError: No compiler, or the compiler failed (its message is included).
+    """
+    compiler = _find_compiler()
+    identity = [source, _compiler_version(compiler), " ".join(flags), _cpu_signature(), str(_ABI_VERSION)]
+    key = hashlib.sha256("\0".join(identity).encode()).hexdigest()[:16]
+    path = extensions_dir() / f"{stem}-{key}{_library_suffix()}"
+    return path, _ensure_built(path, source, compiler, flags)
 
 
 def _find_compiler() -> str:
@@ -292,7 +310,7 @@ def _compiler_version(compiler: str) -> str:
     return f"{compiler} {first_line[0] if first_line else '?'}"
 
 
-def _flag_sets() -> list[list[str]]:
+def compiler_flag_sets() -> list[list[str]]:
     """Compiler flags to try in order: tuned for this CPU first, then portable."""
     common = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread"]
     # Our exp/log1p are branch-free so these two are enough for the vectoriser; unlike
@@ -334,7 +352,7 @@ def _ensure_built(path: Path, source: str, compiler: str, flags: list[str]) -> b
         if path.exists():  # another process built it while we waited
             return False
         with tempfile.TemporaryDirectory(dir=path.parent, prefix=".build-") as tmp:
-            src = Path(tmp) / _SOURCE
+            src = Path(tmp) / f"{path.stem}.cpp"
             src.write_text(source)
             out = Path(tmp) / path.name
             cmd = [compiler, *flags, str(src), "-o", str(out)]

@@ -72,15 +72,17 @@ def scan_sequential(x: ScanInputs) -> torch.Tensor:
     """
     batch, dim, length, groups, n_state = x.sizes
     per_group = dim // groups
-    dt = x.step_sizes().view(batch, groups, per_group, length)
-    uu = x.u.view(batch, groups, per_group, length)
+    dt = x.step_sizes().view(batch, groups, per_group, length, 1)
+    uu = x.u.view(batch, groups, per_group, length, 1)
     a_g = x.A.view(groups, per_group, n_state)
     h = x.u.new_zeros(batch, groups, per_group, n_state)
     ys = []
-    for t in range(length):
-        dt_t = dt[..., t, None]
-        h = torch.exp(dt_t * a_g) * h + (dt_t * uu[..., t, None]) * x.B[:, :, None, :, t]
-        ys.append((h * x.C[:, :, None, :, t]).sum(-1))
+    # unbind (not indexing) per step: its backward stacks the step gradients once instead of
+    # scattering each into a zero tensor of the full length (quadratic in L).
+    steps = zip(dt.unbind(3), uu.unbind(3), x.B[:, :, None].unbind(-1), x.C[:, :, None].unbind(-1))
+    for dt_t, u_t, b_t, c_t in steps:
+        h = torch.exp(dt_t * a_g) * h + (dt_t * u_t) * b_t
+        ys.append((h * c_t).sum(-1))
     y = torch.stack(ys, dim=-1).reshape(batch, dim, length) if ys else torch.zeros_like(x.u)
     return x.add_skip(y)
 
@@ -126,19 +128,20 @@ def scan_chunked(x: ScanInputs, chunk: int = 64) -> torch.Tensor:
     log_decay = time_major(dt[..., None] * x.A[:, None, :])
     decay = torch.exp(log_decay)
     inputs = time_major((dt * u)[..., None] * per_channel(b))
-    local = [inputs[0]]
+    inputs_t, decay_t = inputs.unbind(0), decay.unbind(0)  # unbind: see scan_sequential
+    local = [inputs_t[0]]
     for t in range(1, steps):
-        local.append(torch.addcmul(inputs[t], decay[t], local[-1]))
+        local.append(torch.addcmul(inputs_t[t], decay_t[t], local[-1]))
     h_local = torch.stack(local)
     cum_decay = torch.exp(torch.cumsum(log_decay, dim=0))
 
     # Carry the state across chunks: carry_{c+1} = h_local_end_c + P_end_c * carry_c.
     tail = (batch * dim, chunks) + ((n_state,) if n_state > 1 else ())
-    end_state = h_local[-1].view(tail)
-    end_decay = cum_decay[-1].view(tail)
-    carries = [torch.zeros_like(end_state[:, 0])]
+    end_state = h_local[-1].view(tail).unbind(1)
+    end_decay = cum_decay[-1].view(tail).unbind(1)
+    carries = [torch.zeros_like(end_state[0])]
     for k in range(chunks - 1):
-        carries.append(torch.addcmul(end_state[:, k], end_decay[:, k], carries[-1]))
+        carries.append(torch.addcmul(end_state[k], end_decay[k], carries[-1]))
     carry = torch.stack(carries, dim=1).view(h_local.shape[1:])
 
     y = torch.addcmul(h_local, cum_decay, carry) * time_major(per_channel(c))
@@ -175,7 +178,7 @@ def scan_stepwise(x: ScanInputs) -> torch.Tensor:
     a_g = x.A.view(groups, dim // groups, n_state)
     h = x.u.new_zeros(batch, groups, dim // groups, n_state)
     ys = []
-    for t in range(length):
-        h = torch.addcmul(dtu_t[t] * b_t[t], torch.exp(dt_t[t] * a_g), h)
-        ys.append(torch.matmul(h, c_t[t]))
+    for dt_s, dtu_s, b_s, c_s in zip(dt_t.unbind(0), dtu_t.unbind(0), b_t.unbind(0), c_t.unbind(0)):
+        h = torch.addcmul(dtu_s * b_s, torch.exp(dt_s * a_g), h)  # unbind: see scan_sequential
+        ys.append(torch.matmul(h, c_s))
     return x.add_skip(torch.stack(ys, dim=-1).reshape(batch, dim, length))
