@@ -263,8 +263,9 @@ def run_with_backoff(
 ) -> TiledResult:
     """Tiled inference that recovers from device out-of-memory by shrinking the work.
 
-    On ``torch.OutOfMemoryError`` the batch of tiles is first reduced to one tile, then the tile
-    side is halved (a whole-image run starts from the longer image side), down to ``min_tile``.
+    When the device (or the host, see ``is_out_of_memory``) runs out of memory, the batch of tiles
+    is first reduced to one tile, then the tile side is halved (a whole-image run starts from the
+    longer image side), down to ``min_tile``.
 
     Args:
         fn: Runs a batch of tiles, see ``TileFn``.
@@ -291,7 +292,9 @@ def run_with_backoff(
         try:
             output = run_tiles(fn, image, plan, batch_size=batch_size, on_progress=on_progress)
             return TiledResult(output, tile, plan.overlap, plan.num_tiles, batch_size)
-        except torch.OutOfMemoryError:
+        except RuntimeError as error:
+            if not is_out_of_memory(error):
+                raise
             side = max(plan.tile_height, plan.tile_width)
             if batch_size > 1 and plan.num_tiles > 1:
                 batch_size = 1
@@ -306,6 +309,23 @@ def run_with_backoff(
         _release_cached_memory()
         if on_retry:
             on_retry(tile, batch_size)
+
+
+HOST_ALLOCATION_FAILURE = "DefaultCPUAllocator: can't allocate memory"
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether an error from a forward pass means the memory ran out.
+
+    ``torch.OutOfMemoryError`` covers the GPU. A failed host allocation has no exception type of
+    its own in torch (it is a plain ``RuntimeError`` from the CPU allocator), so that one case is
+    recognised by the allocator's message.
+    """
+    import torch
+
+    return isinstance(error, torch.OutOfMemoryError) or (
+        type(error) is RuntimeError and HOST_ALLOCATION_FAILURE in str(error)
+    )
 
 
 def _release_cached_memory() -> None:

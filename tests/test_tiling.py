@@ -7,7 +7,7 @@ import torch
 
 from restorecli.errors import BackendUnavailableError, OutOfMemoryError, UsageError
 from restorecli.inference import ImageRestorer, restore_tensor, self_ensemble
-from restorecli.tiling import TilePlan, run_tiles, run_with_backoff, tile_from_budget
+from restorecli.tiling import HOST_ALLOCATION_FAILURE, TilePlan, run_tiles, run_with_backoff, tile_from_budget
 
 # Every pixel of the toy model sees 3 input pixels around it (three 3x3 convolutions), so tiled
 # inference is exact when the overlap is at least 4 * 3 = 12 input pixels (see restorecli.tiling).
@@ -110,6 +110,20 @@ def test_oom_halves_the_tile_and_still_matches() -> None:
     assert result.tile == 32 and result.batch_size == 1 and sides[0] == 64
     with torch.inference_mode():
         torch.testing.assert_close(result.output, model(image), rtol=0, atol=EXACT_ATOL)
+
+
+def test_host_allocation_failure_backs_off_too() -> None:
+    def host_oom_above_32(tiles: torch.Tensor) -> torch.Tensor:
+        if max(tiles.shape[-2:]) > 32:
+            raise RuntimeError(f"[enforce fail at alloc_cpu.cpp:127] err == 0. {HOST_ALLOCATION_FAILURE}: you tried to allocate 1 bytes")
+        return tiles.clone()
+
+    def buggy(tiles: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("a bug")
+
+    assert run_with_backoff(host_oom_above_32, torch.rand(1, 3, 64, 48), tile=0, overlap=8, scale=1).tile == 32
+    with pytest.raises(RuntimeError, match="a bug"):  # other runtime errors are not memory errors
+        run_with_backoff(buggy, torch.rand(1, 3, 8, 8), tile=0, overlap=0, scale=1)
 
 
 def test_oom_at_the_floor_is_a_clear_error() -> None:
