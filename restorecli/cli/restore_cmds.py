@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from restorecli.batch import BatchEvents, BatchReport, FileResult, InputFile
+    from restorecli.inference import ImageRestorer, LoadedNetwork
 
 SCALES = (2, 3, 4)
 SIGMAS = (15, 25, 50)
@@ -111,11 +112,12 @@ def _restore(
     started = time.perf_counter()
     rank, world = batch.rank_and_world()
     display = _Display(quiet=options.quiet or rank != 0, json_output=options.json_output)
+    # cheap checks first: a typo should not wait for a download or a model build
     if options.tile is not None and options.tile < 0:
         raise UsageError(f"--tile: expected 0 (whole image) or a positive size, got {options.tile}")
     if options.tile_overlap < 0:
         raise UsageError(f"--tile-overlap: expected a size >= 0, got {options.tile_overlap}")
-    batch.OutputRule(options.output, options.suffix or "", options.ext)  # validates --ext/--suffix early
+    batch.OutputRule(options.output, options.suffix or "", options.ext)
     resolve_precision(options.precision, resolve_device(options.device))
 
     images, skips = batch.discover_inputs(options.inputs, recursive=options.recursive)
@@ -161,20 +163,12 @@ def _restore(
             rank=rank,
         )
     results = batch.gather_results(run.results, world)
-    settings: dict[str, Any] = {
+    settings = {
         "task": task,
         "scale": network.scale,
         "sigma": sigma,
         "variant": "real" if real else variant,
-        "model": network.name,
-        "arch": network.arch,
-        "weights": network.weights_path,
-        "weights_sha256": network.weights_sha256,
-        "weights_source": network.weights_source,
-        "device": str(restorer.device),
-        "backend": _scan_backend(network.module, restorer.device),
-        "precision": options.precision,
-        "ensemble": options.ensemble,
+        **_network_settings(network, restorer),
         "tile": "auto" if options.tile is None else options.tile,
         "tile_overlap": options.tile_overlap,
         "world_size": world,
@@ -190,6 +184,21 @@ def _restore(
     if rank == 0:
         _publish(report, options)
     raise typer.Exit(report.exit_code)
+
+
+def _network_settings(network: LoadedNetwork, restorer: ImageRestorer) -> dict[str, Any]:
+    """What the report says about the network and where it ran."""
+    return {
+        "model": network.name,
+        "arch": network.arch,
+        "weights": network.weights_path,
+        "weights_sha256": network.weights_sha256,
+        "weights_source": network.weights_source,
+        "device": str(restorer.device),
+        "backend": _scan_backend(network.module, restorer.device),
+        "precision": restorer.precision,
+        "ensemble": restorer.ensemble,
+    }
 
 
 def _require_images(images: list[InputFile], skips: list[Any], inputs: list[str]) -> None:
