@@ -82,8 +82,10 @@ def test_all_seventeen_official_models_with_official_file_names() -> None:
 def test_manifest_configs_and_params_match_the_models_package() -> None:
     models = pytest.importorskip("restorecli.models")
     manifest = hub.load_manifest()
-    assert sorted(OFFICIAL) == models.names()
-    for name in models.names():
+    # VAMamba names have no published weights and (yet) no manifest entries.
+    with_weights = [n for n in models.names() if models.spec(n).arch != "vamamba"]
+    assert sorted(OFFICIAL) == with_weights
+    for name in with_weights:
         spec, entry = models.spec(name), manifest.get(name)
         assert entry.config_dict() == dataclasses.asdict(spec.config), name
         assert (entry.arch, entry.task, entry.scale, entry.sigma, entry.variant) == (

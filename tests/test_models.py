@@ -58,7 +58,7 @@ def _read_key_file(path: Path) -> list[tuple[str, list[int]]]:
 
 
 def test_names_cover_all_official_variants() -> None:
-    assert models.names() == sorted(PARAM_COUNTS)
+    assert [n for n in models.names() if models.spec(n).arch != "vamamba"] == sorted(PARAM_COUNTS)
 
 
 @pytest.mark.parametrize("name", sorted(KEY_FILES))

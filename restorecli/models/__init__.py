@@ -23,13 +23,18 @@ from restorecli.models.blocks import MambaMixer2D, set_scan_backend
 from restorecli.models.checkpoint import Checkpoint, layout_mismatch, load_checkpoint, read_checkpoint, save_checkpoint
 from restorecli.models.mair import MaIR, MaIRConfig
 from restorecli.models.mairunet import MaIRUNet, MaIRUNetConfig
+from restorecli.models.vamamba import VAMamba, VAMambaConfig
+from restorecli.models.vamamba_zoo import VAMAMBA_MODELS
 from restorecli.models.zoo import OFFICIAL_MODELS, ModelSpec
 
 # Architecture id -> (module class, config dataclass). The whole table; nothing registers itself.
 ARCHS: dict[str, tuple[type[nn.Module], type]] = {
     "mair": (MaIR, MaIRConfig),
     "mairunet": (MaIRUNet, MaIRUNetConfig),
+    "vamamba": (VAMamba, VAMambaConfig),
 }
+# Every named model: the official MaIR variants and our VAMamba configs (no official weights).
+MODELS: dict[str, ModelSpec] = {**OFFICIAL_MODELS, **VAMAMBA_MODELS}
 
 __all__ = [
     "ARCHS",
@@ -40,6 +45,8 @@ __all__ = [
     "MaIRUNetConfig",
     "ModelSpec",
     "ModelStats",
+    "VAMamba",
+    "VAMambaConfig",
     "build",
     "build_arch",
     "config_from_mapping",
@@ -55,8 +62,8 @@ __all__ = [
 
 
 def names() -> list[str]:
-    """Names of all official model variants, sorted."""
-    return sorted(OFFICIAL_MODELS)
+    """Names of all named model variants, sorted."""
+    return sorted(MODELS)
 
 
 def _suggest(word: str, options: list[str]) -> str:
@@ -65,18 +72,18 @@ def _suggest(word: str, options: list[str]) -> str:
 
 
 def spec(name: str) -> ModelSpec:
-    """The table entry of an official model name.
+    """The table entry of a model name.
 
     Raises:
         UnknownModelError: the name is not in the table (with the closest valid name).
     """
     try:
-        return OFFICIAL_MODELS[name]
+        return MODELS[name]
     except KeyError:
         raise UnknownModelError(f"unknown model {name!r}{_suggest(name, names())} (see `restore models list`)") from None
 
 
-def config_from_mapping(arch: str, config: Mapping[str, Any]) -> MaIRConfig | MaIRUNetConfig:
+def config_from_mapping(arch: str, config: Mapping[str, Any]) -> MaIRConfig | MaIRUNetConfig | VAMambaConfig:
     """Turn a plain mapping (manifest, checkpoint metadata, YAML) into the arch's frozen config.
 
     Raises:
@@ -98,11 +105,15 @@ def config_from_mapping(arch: str, config: Mapping[str, Any]) -> MaIRConfig | Ma
     return config_type(**values)
 
 
-def build_arch(arch: str, config: Mapping[str, Any] | MaIRConfig | MaIRUNetConfig, device: str | torch.device = "cpu") -> nn.Module:
+def build_arch(
+    arch: str,
+    config: Mapping[str, Any] | MaIRConfig | MaIRUNetConfig | VAMambaConfig,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
     """Build a network of architecture ``arch`` from a config (random init).
 
     Args:
-        arch: ``mair`` or ``mairunet``.
+        arch: ``mair``, ``mairunet`` or ``vamamba``.
         config: the arch's config dataclass or an equivalent mapping.
         device: where parameters live; ``meta`` allocates nothing (for shape checks).
     """

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from restorecli.models.mair import MaIRConfig
 from restorecli.models.mairunet import MaIRUNetConfig
+from restorecli.models.vamamba import VAMambaConfig
 
 
 @dataclass(frozen=True)
@@ -17,13 +18,14 @@ class ModelSpec:
 
     Attributes:
         name: public name, ``<arch>-<task>-<variant>``.
-        arch: architecture id (``mair`` or ``mairunet``).
+        arch: architecture id (``mair``, ``mairunet`` or ``vamamba``).
         task: ``sr``, ``denoise``, ``deblur`` or ``dehaze``.
         scale: output/input size ratio (1 for same-size tasks).
         sigma: Gaussian noise level (0-255 scale) for synthetic denoising models, else None.
         variant: task variant (``real`` noise; dehaze ``indoor``/``outdoor``/``mix``), else None.
         config: network config.
-        official_file: file name of the official checkpoint.
+        official_file: file name of the official checkpoint; ``""`` for models without official
+            weights (VAMamba).
     """
 
     name: str
@@ -32,7 +34,7 @@ class ModelSpec:
     scale: int
     sigma: int | None
     variant: str | None
-    config: MaIRConfig | MaIRUNetConfig
+    config: MaIRConfig | MaIRUNetConfig | VAMambaConfig
     official_file: str
 
 

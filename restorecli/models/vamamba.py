@@ -1,0 +1,545 @@
+"""VAMamba: residual groups of RAM blocks (SS2D + channel attention) with QCLAM and GPS-SS2D.
+
+Written from the VAMamba specification (sections 1-4) and issue 7, not from the official code.
+The layout outside the two new modules follows the official network (spec section 1): RAMBlock =
+SS2D branch + CAB branch with per-channel skip scales, ResidualGroups with a 3x3 conv, and the
+same-size / pixelshuffle / pixelshuffledirect heads. Parameter names follow the official ones
+where a counterpart exists. What differs from the official code, and why:
+
+* **QCLAM** (``lora_cache``) is a residual low-rank adapter ``v = x + B(A x)`` with ``B = 0`` at
+  init, followed by a soft read of a memory that lives for ONE forward pass: the fused features of
+  the earlier blocks of the same image (or tile). The read is a softmax over per-channel cosine
+  similarities, the fusion is gated by a learned gate times the read's similarity, and the fused
+  features are what the next blocks remember. No state survives a call, so an image's output never
+  depends on other images, batch neighbours, call order or earlier tiles, and gradients flow
+  through the memory.
+* **GPS-SS2D** scans pixels (not pooled patches) along a greedy patch path planned from a small,
+  trained ViT's patch scores, S-shaped inside each patch, forward and reversed (K = 2) with a
+  correct inverse, and with a decaying ``A = -exp(A_log)``. The scores also gate the scanned
+  features of their patch, so the ViT receives gradients.
+* ``scan`` selects the fixed 4-direction cross scan (``cross``), GPS (``gps``) or both; both run in
+  one selective-scan call.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from restorecli.models.blocks import DropPath, dt_rank, inner_width, run_selective_scan
+from restorecli.ops.gps_order import gps_pixel_orders, inverse_permutation
+
+RGB_MEAN = (0.4488, 0.4371, 0.4040)
+UPSAMPLERS = ("pixelshuffle", "pixelshuffledirect", "")
+SCANS = ("cross", "gps", "both")
+CROSS_DIRECTIONS = 4
+GPS_DIRECTIONS = 2
+VIT_REDUCE = 8  # channels fed to the patch embedding: keeps the p x p kernel small at D = 216
+
+
+@dataclass(frozen=True)
+class VAMambaConfig:
+    """Everything that shapes a VAMamba network or its numerics.
+
+    ``mlp_ratio`` is the SS2D expansion (official name): D = int(mlp_ratio * embed_dim).
+    ``scan`` is ``cross``, ``gps`` or ``both``; ``qclam`` switches the adapter + memory module.
+    ``cache_size`` is the number of earlier blocks' features one block can read (one forward pass).
+    ``gps_patch`` is the patch side p of the score map; ``vit_dim``/``vit_layers``/``vit_heads``
+    size the score ViT. ``upsampler`` as in MaIR: ``pixelshuffle``, ``pixelshuffledirect`` or ``""``.
+    """
+
+    upscale: int
+    in_chans: int
+    img_range: float
+    embed_dim: int
+    depths: tuple[int, ...]
+    d_state: int
+    mlp_ratio: float
+    upsampler: str
+    resi_connection: str
+    scan: str
+    qclam: bool
+    lora_rank: int
+    cache_size: int
+    gps_patch: int
+    vit_dim: int
+    vit_layers: int
+    vit_heads: int
+    drop_path_rate: float = 0.1
+
+
+# ---------------------------------------------------------------------------------------------
+# QCLAM
+
+
+class FeatureMemory:
+    """FIFO of the most recent fused features of ONE forward pass (created per call, never kept).
+
+    Entries are (B, L, D) tensors that stay in the autograd graph.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.entries: list[torch.Tensor] = []
+
+    def push(self, features: torch.Tensor) -> None:
+        self.entries.append(features)
+        if len(self.entries) > self.capacity:
+            self.entries.pop(0)
+
+
+class QCLAM(nn.Module):
+    """Residual low-rank adapter + soft, gated fusion with the pass's feature memory.
+
+    ``a = A x``; ``v = x + B a`` (B zero at init); with memory entries e_m:
+    ``sim_m = mean_c cos(v[:, c], e_m[:, c])`` (per-channel cosine over positions, per sample);
+    ``w = softmax(exp(log_sharpness) * sim)``; ``r = sum_m w_m e_m``;
+    ``g = sigmoid(cache_weight) * (1 + sum_m w_m sim_m) / 2``; ``out = v + g * fusion([r; a])``.
+    Every step is smooth, so there is no threshold discontinuity and all parameters train.
+    """
+
+    def __init__(self, *, channels: int, rank: int) -> None:
+        super().__init__()
+        self.lora_down = nn.Linear(channels, rank, bias=False)
+        self.lora_up = nn.Linear(rank, channels, bias=False)
+        self.feature_fusion = nn.Sequential(nn.Linear(channels + rank, channels), nn.SiLU(), nn.Linear(channels, channels))
+        self.cache_weight = nn.Parameter(torch.tensor(0.5))
+        self.log_sharpness = nn.Parameter(torch.tensor(math.log(10.0)))
+
+    def reset_adapter(self) -> None:
+        """Zero the up-projection so the block starts as plain SS2D."""
+        if self.lora_up.weight.device.type != "meta":
+            nn.init.zeros_(self.lora_up.weight)
+
+    def forward(self, x: torch.Tensor, memory: FeatureMemory) -> torch.Tensor:
+        """Args: x (B, L, D); memory: this pass's memory (read, then the output is pushed).
+
+        Returns: (B, L, D).
+        """
+        a = self.lora_down(x)
+        v = x + self.lora_up(a)
+        if memory.entries:
+            stacked = torch.stack(memory.entries, dim=1)  # (B, M, L, D)
+            unit_v = F.normalize(v, dim=1)
+            unit_e = F.normalize(stacked, dim=2)
+            sim = torch.einsum("bld,bmld->bm", unit_v, unit_e) / v.shape[-1]
+            weights = torch.softmax(self.log_sharpness.exp() * sim, dim=1)
+            read = torch.einsum("bm,bmld->bld", weights, stacked)
+            relevance = (weights * sim).sum(dim=1)
+            gate = torch.sigmoid(self.cache_weight) * 0.5 * (1.0 + relevance)
+            v = v + gate.view(-1, 1, 1) * self.feature_fusion(torch.cat([read, a], dim=-1))
+        memory.push(v)
+        return v
+
+
+# ---------------------------------------------------------------------------------------------
+# GPS score map
+
+
+def sincos_position_embedding(height: int, width: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Fixed 2-D sine/cosine embedding of an h x w grid (any size): (h*w, dim), dim % 4 == 0."""
+    quarter = dim // 4
+    freq = 1.0 / (10000.0 ** (torch.arange(quarter, device=device, dtype=torch.float32) / quarter))
+    rows = torch.arange(height, device=device, dtype=torch.float32)[:, None] * freq
+    cols = torch.arange(width, device=device, dtype=torch.float32)[:, None] * freq
+    emb_r = torch.cat([rows.sin(), rows.cos()], dim=1)[:, None, :].expand(height, width, 2 * quarter)
+    emb_c = torch.cat([cols.sin(), cols.cos()], dim=1)[None, :, :].expand(height, width, 2 * quarter)
+    return torch.cat([emb_r, emb_c], dim=-1).reshape(height * width, dim).to(dtype)
+
+
+class ScoreViT(nn.Module):
+    """Patch importance scores in (0, 1): patch embedding, sin-cos positions, transformer, sigmoid.
+
+    The patch embedding (1x1 reduction then a p x p stride-p conv) is registered and trained; the
+    position embedding is computed for the actual grid, so any image size works. Inputs whose
+    size is not a multiple of p are replicate-padded for scoring only.
+    """
+
+    def __init__(self, *, channels: int, patch: int, dim: int, layers: int, heads: int) -> None:
+        super().__init__()
+        if dim % 4 != 0 or dim % heads != 0:
+            raise ValueError(f"vit_dim must be a multiple of 4 and of vit_heads, got {dim} and {heads}")
+        self.patch = patch
+        self.reduce = nn.Conv2d(channels, VIT_REDUCE, 1)
+        self.proj = nn.Conv2d(VIT_REDUCE, dim, patch, stride=patch)
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                dim, heads, dim_feedforward=2 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+            )
+            for _ in range(layers)
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.score_head = nn.Linear(dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x (B, D, H, W). Returns: (B, ceil(H/p), ceil(W/p)) scores in (0, 1)."""
+        p = self.patch
+        t = self.reduce(x)
+        pad_h, pad_w = -x.shape[2] % p, -x.shape[3] % p
+        if pad_h or pad_w:
+            t = F.pad(t, (0, pad_w, 0, pad_h), mode="replicate")
+        t = self.proj(t)
+        batch, dim, h, w = t.shape
+        tokens = t.flatten(2).transpose(1, 2) + sincos_position_embedding(h, w, dim, t.device, t.dtype)
+        for layer in self.layers:
+            tokens = layer(tokens)
+        return torch.sigmoid(self.score_head(self.norm(tokens))).view(batch, h, w)
+
+
+# ---------------------------------------------------------------------------------------------
+# SS2D
+
+
+class SS2D(nn.Module):
+    """VAMamba's SS2D (``self_attention``): conv, QCLAM, cross and/or GPS selective scans, gate.
+
+    Sequences k = 0..3 are the cross scan (row-major, column-major, their reverses) when enabled,
+    followed by the GPS forward and reversed sequences; all go through one selective scan.
+    Input and output are channels-last (B, H, W, C).
+    """
+
+    def __init__(
+        self,
+        *,
+        channels: int,
+        d_state: int,
+        mlp_ratio: float,
+        scan: str,
+        qclam: bool,
+        lora_rank: int,
+        gps_patch: int,
+        vit_dim: int,
+        vit_layers: int,
+        vit_heads: int,
+    ) -> None:
+        super().__init__()
+        if scan not in SCANS:
+            raise ValueError(f"scan must be one of {SCANS}, got {scan!r}")
+        inner = inner_width(channels, mlp_ratio)
+        rank = dt_rank(inner)  # official: ceil(D / 16) from d_inner
+        self.inner, self.rank, self.d_state, self.scan = inner, rank, d_state, scan
+        self.cross = scan in ("cross", "both")
+        self.gps = scan in ("gps", "both")
+        self.directions = CROSS_DIRECTIONS * self.cross + GPS_DIRECTIONS * self.gps
+        self.gps_patch = gps_patch
+        self.scan_backend: str | None = None  # None: resolved per call (explicit > env > auto)
+
+        k = self.directions
+        self.x_proj_weight = nn.Parameter(torch.empty(k, rank + 2 * d_state, inner))
+        self.dt_projs_weight = nn.Parameter(torch.empty(k, inner, rank))
+        self.dt_projs_bias = nn.Parameter(torch.empty(k, inner))
+        self.A_logs = nn.Parameter(torch.empty(k * inner, d_state))
+        self.Ds = nn.Parameter(torch.empty(k * inner))
+        self.in_proj = nn.Linear(channels, 2 * inner, bias=False)
+        self.conv2d = nn.Conv2d(inner, inner, kernel_size=3, padding=1, groups=inner, bias=True)
+        self.lora_cache = QCLAM(channels=inner, rank=lora_rank) if qclam else None
+        self.vit_score_map = (
+            ScoreViT(channels=inner, patch=gps_patch, dim=vit_dim, layers=vit_layers, heads=vit_heads) if self.gps else None
+        )
+        self.out_norm = nn.LayerNorm(inner, eps=1e-5)
+        self.out_proj = nn.Linear(inner, channels, bias=False)
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self) -> None:
+        """Mamba initialisation: x_proj U(+-1/sqrt(D)), dt ~ logU(1e-3, 0.1), A_log = log(1..N), D = 1."""
+        if self.x_proj_weight.device.type == "meta":
+            return
+        k = self.directions
+        bound = 1.0 / math.sqrt(self.inner)
+        self.x_proj_weight.uniform_(-bound, bound)
+        self.dt_projs_weight.uniform_(-(self.rank**-0.5), self.rank**-0.5)
+        dt = torch.exp(torch.rand(k, self.inner) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
+        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.A_logs.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).repeat(k * self.inner, 1))
+        self.Ds.fill_(1.0)
+
+    def _gps_orders(self, scores: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pixel orders and inverses (B, L) on the scores' device, from one host transfer."""
+        if scores.device.type == "meta":  # shape-only runs (parameter/FLOP accounting)
+            order = torch.arange(height * width, device="meta").expand(scores.shape[0], -1)
+            return order, order
+        orders = gps_pixel_orders(scores.detach().float().cpu().numpy(), height, width, self.gps_patch)
+        both = torch.from_numpy(np.stack([orders, inverse_permutation(orders)])).to(scores.device)
+        return both[0], both[1]
+
+    def forward(self, x: torch.Tensor, memory: FeatureMemory | None) -> torch.Tensor:
+        """Args: x (B, H, W, C); memory: the pass's QCLAM memory (None without QCLAM).
+
+        Returns: (B, H, W, C).
+        """
+        batch, height, width, _ = x.shape
+        length = height * width
+        inner, rank, n = self.inner, self.rank, self.d_state
+        xa, z = self.in_proj(x).chunk(2, dim=-1)
+        xa = F.silu(self.conv2d(xa.permute(0, 3, 1, 2)))  # (B, D, H, W)
+        if self.lora_cache is not None:
+            assert memory is not None
+            tokens = self.lora_cache(xa.flatten(2).transpose(1, 2), memory)
+            xa = tokens.transpose(1, 2).reshape(batch, inner, height, width)
+        flat = xa.reshape(batch, inner, length)
+
+        sequences = []
+        if self.cross:
+            by_cols = xa.transpose(2, 3).reshape(batch, inner, length)
+            sequences += [flat, by_cols, flat.flip(-1), by_cols.flip(-1)]
+        if self.gps:
+            assert self.vit_score_map is not None
+            scores = self.vit_score_map(xa)
+            order, inverse = self._gps_orders(scores, height, width)
+            forward_seq = flat.gather(2, order[:, None, :].expand(-1, inner, -1))
+            sequences += [forward_seq, forward_seq.flip(-1)]
+        seqs = torch.stack(sequences, dim=1)  # (B, K, D, L)
+        k = self.directions
+
+        projected = torch.einsum("bkdl,kcd->bkcl", seqs, self.x_proj_weight)
+        dt_low, b_ssm, c_ssm = torch.split(projected, [rank, n, n], dim=2)
+        delta = torch.einsum("bkrl,kdr->bkdl", dt_low, self.dt_projs_weight)
+        y = run_selective_scan(
+            seqs.reshape(batch, k * inner, length),
+            delta.reshape(batch, k * inner, length),
+            -torch.exp(self.A_logs.float()),
+            b_ssm.contiguous(),
+            c_ssm.contiguous(),
+            self.Ds.float(),
+            self.dt_projs_bias.reshape(-1).float(),
+            self.scan_backend,
+        ).view(batch, k, inner, length)
+
+        merged = torch.zeros(batch, inner, length, dtype=y.dtype, device=y.device)
+        if self.cross:
+            rows = y[:, 0] + y[:, 2].flip(-1)
+            cols = y[:, 1] + y[:, 3].flip(-1)
+            merged = rows + cols.view(batch, inner, width, height).transpose(2, 3).reshape(batch, inner, length)
+        if self.gps:
+            # Reverse the reversed sequence first, then invert the permutation (official D7 fix).
+            steps = y[:, -2] + y[:, -1].flip(-1)
+            raster = steps.gather(2, inverse[:, None, :].expand(-1, inner, -1))
+            p = self.gps_patch
+            gate = 2.0 * scores.repeat_interleave(p, dim=1).repeat_interleave(p, dim=2)[:, :height, :width]
+            merged = merged + raster * gate.reshape(batch, 1, length).to(raster.dtype)
+
+        out = self.out_norm(merged.transpose(1, 2).reshape(batch, height, width, inner).to(x.dtype)) * F.silu(z)
+        return self.out_proj(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# CAB, RAMBlock, ResidualGroup
+
+
+class ChannelAttention(nn.Module):
+    """Squeeze-excitation: avg-pool, 1x1 C -> C/s, ReLU, 1x1 -> C, sigmoid, multiply."""
+
+    def __init__(self, channels: int, squeeze: int) -> None:
+        super().__init__()
+        hidden = max(channels // squeeze, 1)
+        self.attention = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, channels, 1), nn.Sigmoid()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.attention(x)
+
+
+class CAB(nn.Module):
+    """Channel attention block (``cab``); ``light`` is the pixelshuffledirect variant (spec 1.6)."""
+
+    def __init__(self, channels: int, *, light: bool) -> None:
+        super().__init__()
+        if light:
+            half = max(channels // 2, 1)
+            self.cab = nn.Sequential(
+                nn.Conv2d(channels, half, 1),
+                nn.Conv2d(half, half, 3, 1, 1, groups=half),
+                nn.GELU(),
+                nn.Conv2d(half, channels, 1),
+                nn.Conv2d(channels, channels, 3, 1, 2, dilation=2, groups=channels),
+                ChannelAttention(channels, 30),
+            )
+        else:
+            hidden = max(channels // 3, 1)
+            self.cab = nn.Sequential(
+                nn.Conv2d(channels, hidden, 3, 1, 1), nn.GELU(), nn.Conv2d(hidden, channels, 3, 1, 1), ChannelAttention(channels, 30)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cab(x)
+
+
+class RAMBlock(nn.Module):
+    """``x1 = x * skip_scale + DropPath(SS2D(ln_1 x))``; ``out = x1 * skip_scale2 + CAB(ln_2 x1)``."""
+
+    def __init__(self, *, channels: int, drop_path: float, light_cab: bool, ss2d: dict) -> None:
+        super().__init__()
+        self.skip_scale = nn.Parameter(torch.ones(channels))
+        self.skip_scale2 = nn.Parameter(torch.ones(channels))
+        self.ln_1 = nn.LayerNorm(channels, eps=1e-5)
+        self.self_attention = SS2D(channels=channels, **ss2d)
+        self.drop_path = DropPath(drop_path)
+        self.ln_2 = nn.LayerNorm(channels, eps=1e-5)
+        self.conv_blk = CAB(channels, light=light_cab)
+
+    def forward(self, x: torch.Tensor, memory: FeatureMemory | None) -> torch.Tensor:
+        """Args: x (B, H, W, C). Returns the same shape."""
+        x = x * self.skip_scale + self.drop_path(self.self_attention(self.ln_1(x), memory))
+        cab = self.conv_blk(self.ln_2(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return x * self.skip_scale2 + cab
+
+
+class ResidualGroup(nn.Module):
+    """RAMG: RAM blocks, a 3x3 conv and a residual connection."""
+
+    def __init__(self, *, channels: int, drop_paths: list[float], light_cab: bool, ss2d: dict) -> None:
+        super().__init__()
+        self.residual_group = nn.Module()
+        self.residual_group.blocks = nn.ModuleList(
+            RAMBlock(channels=channels, drop_path=rate, light_cab=light_cab, ss2d=ss2d) for rate in drop_paths
+        )
+        self.conv = nn.Conv2d(channels, channels, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor, memory: FeatureMemory | None) -> torch.Tensor:
+        """Args: x (B, H, W, C) channels-last. Returns the same shape."""
+        t = x
+        for block in self.residual_group.blocks:
+            t = block(t, memory)
+        return self.conv(t.permute(0, 3, 1, 2)).permute(0, 2, 3, 1) + x
+
+
+# ---------------------------------------------------------------------------------------------
+# network
+
+
+class VAMamba(nn.Module):
+    """VAMamba network. Input: float (B, in_chans, H, W) in [0, 1], any H, W >= 1.
+
+    Output: (B, in_chans, H * upscale, W * upscale), not clamped. ``forward`` keeps no state
+    between calls: the QCLAM memory is created and dropped inside each call.
+    """
+
+    def __init__(
+        self,
+        *,
+        upscale: int,
+        in_chans: int,
+        img_range: float,
+        embed_dim: int,
+        depths: tuple[int, ...],
+        d_state: int,
+        mlp_ratio: float,
+        upsampler: str,
+        resi_connection: str,
+        scan: str,
+        qclam: bool,
+        lora_rank: int,
+        cache_size: int,
+        gps_patch: int,
+        vit_dim: int,
+        vit_layers: int,
+        vit_heads: int,
+        drop_path_rate: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if upsampler not in UPSAMPLERS:
+            raise ValueError(f"upsampler must be one of {UPSAMPLERS}, got {upsampler!r}")
+        if resi_connection != "1conv":
+            raise ValueError(f"only resi_connection='1conv' is implemented, got {resi_connection!r}")
+        if upsampler == "" and upscale != 1:
+            raise ValueError(f"the same-size head needs upscale=1, got {upscale}")
+        if upsampler == "pixelshuffle" and upscale not in (2, 3, 4):
+            raise ValueError(f"pixelshuffle upsampling supports upscale 2, 3, 4, got {upscale}")
+        if cache_size < 1 or lora_rank < 1 or gps_patch < 1:
+            raise ValueError(f"cache_size, lora_rank and gps_patch must be >= 1, got {cache_size}, {lora_rank}, {gps_patch}")
+        self.upscale = upscale if upsampler else 1
+        self.in_chans = in_chans
+        self.img_range = img_range
+        self.upsampler = upsampler
+        self.qclam = qclam
+        self.cache_size = cache_size
+        mean = RGB_MEAN if in_chans == 3 else (0.0,) * in_chans
+        self.register_buffer("mean", torch.tensor(mean).view(1, in_chans, 1, 1), persistent=False)
+
+        self.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
+        self.patch_embed = nn.Module()
+        self.patch_embed.norm = nn.LayerNorm(embed_dim, eps=1e-5)
+        total = sum(depths)
+        rates = [drop_path_rate * i / (total - 1) if total > 1 else 0.0 for i in range(total)]
+        ss2d = {
+            "d_state": d_state, "mlp_ratio": mlp_ratio, "scan": scan, "qclam": qclam, "lora_rank": lora_rank,
+            "gps_patch": gps_patch, "vit_dim": vit_dim, "vit_layers": vit_layers, "vit_heads": vit_heads,
+        }  # fmt: skip
+        light_cab = upsampler == "pixelshuffledirect"
+        starts = [sum(depths[:i]) for i in range(len(depths))]
+        self.layers = nn.ModuleList(
+            ResidualGroup(channels=embed_dim, drop_paths=rates[s : s + d], light_cab=light_cab, ss2d=ss2d)
+            for s, d in zip(starts, depths)
+        )
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-5)
+        self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1)
+
+        if upsampler == "pixelshuffle":
+            features = 64
+            self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, features, 3, 1, 1), nn.LeakyReLU(inplace=True))
+            stages: list[nn.Module] = []
+            if upscale == 3:
+                stages += [nn.Conv2d(features, 9 * features, 3, 1, 1), nn.PixelShuffle(3)]
+            else:
+                for _ in range(upscale.bit_length() - 1):
+                    stages += [nn.Conv2d(features, 4 * features, 3, 1, 1), nn.PixelShuffle(2)]
+            self.upsample = nn.Sequential(*stages)
+            self.conv_last = nn.Conv2d(features, in_chans, 3, 1, 1)
+        elif upsampler == "pixelshuffledirect":
+            self.upsample = nn.Sequential(nn.Conv2d(embed_dim, in_chans * upscale * upscale, 3, 1, 1), nn.PixelShuffle(upscale))
+        else:
+            self.conv_last = nn.Conv2d(embed_dim, in_chans, 3, 1, 1)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """trunc_normal(0.02) Linear weights, zero biases, LayerNorm (1, 0), then the SSM and
+        adapter initialisations (after the global pass, so the adapter really starts at zero)."""
+        if self.conv_first.weight.device.type == "meta":
+            return
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        for module in self.modules():
+            if isinstance(module, SS2D):
+                module.reset_ssm_parameters()
+            elif isinstance(module, QCLAM):
+                module.reset_adapter()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Deep features: (B, C, H, W) -> (B, C, H, W); one QCLAM memory for the whole pass."""
+        memory = FeatureMemory(self.cache_size) if self.qclam else None
+        t = self.patch_embed.norm(x.permute(0, 2, 3, 1))
+        for layer in self.layers:
+            t = layer(t, memory)
+        return self.norm(t).permute(0, 3, 1, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = self.mean.to(x.dtype)
+        x = (x - mean) * self.img_range
+        f = self.conv_first(x)
+        body = self.conv_after_body(self.forward_features(f)) + f
+        if self.upsampler == "pixelshuffle":
+            y = self.conv_last(self.upsample(self.conv_before_upsample(body)))
+        elif self.upsampler == "pixelshuffledirect":
+            y = self.upsample(body)
+        else:
+            y = x + self.conv_last(body)
+        return y / self.img_range + mean
+
+
+def set_vamamba_scan_backend(module: nn.Module, backend: str | None) -> None:
+    """Pin the selective-scan backend of every SS2D in ``module`` (None: resolve per call)."""
+    for sub in module.modules():
+        if isinstance(sub, SS2D):
+            sub.scan_backend = backend
