@@ -110,6 +110,7 @@ CASES = [
     (1, 20, 333, 5, None, True, True, False),
     (3, 36, 130, 16, 4, False, True, True),
     (1, 40, 100, 2, 1, True, True, True),
+    (2, 64, 150, 16, 2, True, True, True),  # full 16-channel blocks, L not a multiple of 16
     (1, 8, 4999, 1, 4, True, True, True),
     (1, 8, 5000, 16, 4, True, True, True),
 ]
@@ -229,6 +230,7 @@ def test_compiled_gradients_gradcheck(cpu_impl: str, n_state: int, length: int, 
     ("case", "dtype"),
     [
         ((2, 36, 300, 16, 4, True, True, True), torch.float32),
+        ((1, 32, 100, 16, 2, True, True, True), torch.float32),  # full 16-channel blocks
         ((1, 20, 203, 1, None, True, True, True), torch.float32),
         ((2, 18, 130, 5, 3, False, True, True), torch.float64),
     ],
@@ -420,6 +422,16 @@ def test_concurrent_builds_compile_once(tmp_path: Path, monkeypatch: pytest.Monk
     assert log.read_text().count("call") == 1
     assert target.read_text() == "lib\n"
     assert [p.name for p in target.parent.iterdir() if p.name.startswith(".build-")] == []
+
+
+def test_portable_build_passes_self_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel built without -march=native (generic vector code instead of the AVX-512
+    paths) must agree with the reference too: _self_test checks outputs and gradients."""
+    if scan_cpu.cpu_kernel_status().implementation != "compiled":
+        pytest.skip("no compiler here")
+    source = (Path(scan_cpu.__file__).parent / "csrc" / "selective_scan_cpu.cpp").read_text()
+    path, _ = scan_cpu.compile_library(source, "selective_scan_cpu", scan_cpu.compiler_flag_sets()[-1])
+    scan_cpu._self_test(scan_cpu._open(path))
 
 
 def test_extensions_dir_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -414,7 +414,7 @@ def _self_test(lib: ctypes.CDLL) -> None:
     """Compare a small scan and its gradients with the reference; a miscompiled kernel
     (wrong flags, compiler bug) must not be used."""
     gen = torch.Generator().manual_seed(0)
-    batch, dim, length, groups = 2, 20, 37, 2
+    batch, dim, length, groups = 2, 40, 37, 2  # 20 channels a group: one full 16-lane block
     for n_state in (1, 16, 3):
 
         def rand(*shape: int) -> torch.Tensor:
