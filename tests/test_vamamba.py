@@ -1,0 +1,142 @@
+"""VAMamba: configs, determinism of the per-pass QCLAM memory, GPS-SS2D, heads, training (issue 7)."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import asdict, fields, replace
+
+import pytest
+import torch
+
+from restorecli import models
+from restorecli.inference import restore_tensor
+from restorecli.models.vamamba import VAMamba, VAMambaConfig
+from restorecli.tiling import TilePlan
+
+TINY = VAMambaConfig(
+    upscale=1, in_chans=3, img_range=1.0, embed_dim=16, depths=(2, 2), d_state=4, mlp_ratio=1.5,
+    upsampler="", resi_connection="1conv", scan="both", qclam=True, lora_rank=4, cache_size=2,
+    gps_patch=4, vit_dim=16, vit_layers=1, vit_heads=2, drop_path_rate=0.0,
+)  # fmt: skip
+VAMAMBA_NAMES = [n for n in models.names() if models.spec(n).arch == "vamamba"]
+
+
+def tiny(**changes: object) -> VAMamba:
+    torch.manual_seed(0)
+    return models.build_arch("vamamba", replace(TINY, **changes))
+
+
+def test_config_fields_equal_constructor_parameters() -> None:
+    params = inspect.signature(VAMamba.__init__).parameters
+    assert [f.name for f in fields(VAMambaConfig)] == [p for p in params if p != "self"]
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for name, p in params.items() if name != "self")
+
+
+def test_named_configs_are_the_papers_model() -> None:
+    assert VAMAMBA_NAMES == sorted(VAMAMBA_NAMES) and models.names() == sorted(models.names())
+    assert {"vamamba-base", "vamamba-light", "vamamba-base-sr-x4", "vamamba-light-sr-x3"} <= set(VAMAMBA_NAMES)
+    for name in VAMAMBA_NAMES:
+        entry = models.spec(name)
+        assert entry.config.scan == "both" and entry.config.qclam, name
+        assert entry.official_file == "" and entry.config.upscale == entry.scale
+        net = models.build(name, device="meta")
+        assert net.upscale == entry.scale and net.in_chans == 3
+    base = models.spec("vamamba-base").config
+    assert (base.embed_dim, base.depths, base.d_state, base.mlp_ratio, base.lora_rank, base.cache_size) == (
+        180, (6,) * 6, 16, 1.2, 16, 5,
+    )  # fmt: skip
+
+
+def test_config_from_mapping_rejects_unknown_keys() -> None:
+    mapping = asdict(TINY)
+    mapping["scna"] = "gps"
+    with pytest.raises(models.ConfigError, match="did you mean 'scan'"):
+        models.config_from_mapping("vamamba", mapping)
+
+
+def test_adapter_starts_at_zero_and_a_is_negative() -> None:
+    net = tiny()
+    for module in net.modules():
+        if type(module).__name__ == "QCLAM":
+            assert torch.count_nonzero(module.lora_up.weight) == 0
+    # A long GPS sequence stays finite because A = -exp(A_log) decays.
+    with torch.no_grad():
+        out = tiny(scan="gps", depths=(1,))(torch.rand(1, 3, 48, 40))
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("scan", ["cross", "gps", "both"])
+def test_output_independent_of_batch_order_history_and_repeats(scan: str) -> None:
+    net = tiny(scan=scan)
+    images = torch.rand(3, 3, 13, 11)
+    with torch.no_grad():
+        alone = net(images[:1])
+        net(images[1:])  # other images first: nothing may be remembered
+        after_others = net(images[:1])
+        batched = net(images[[2, 0, 1]])
+        twice = net(images[:1])
+    torch.testing.assert_close(after_others, alone, rtol=0, atol=0)
+    torch.testing.assert_close(twice, alone, rtol=0, atol=0)
+    torch.testing.assert_close(batched[1:2], alone, rtol=1e-5, atol=1e-5)
+
+
+def test_tiled_inference_is_independent_of_tile_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    net = tiny()
+    image = torch.rand(1, 3, 30, 26)
+    forward = restore_tensor(net, image, tile=16, overlap=4, device="cpu")
+    original = TilePlan.tiles
+    monkeypatch.setattr(TilePlan, "tiles", lambda self: iter(list(original(self))[::-1]))
+    backward = restore_tensor(net, image, tile=16, overlap=4, device="cpu")
+    torch.testing.assert_close(backward, forward, rtol=1e-5, atol=1e-5)
+    assert forward.shape == image.shape
+
+
+def test_gradients_reach_vit_adapter_and_fusion() -> None:
+    net = tiny().train()
+    net(torch.rand(2, 3, 12, 10)).square().mean().backward()
+    named = dict(net.named_parameters())
+    groups = {
+        "vit": [k for k in named if ".vit_score_map." in k],
+        "adapter": [k for k in named if ".lora_down." in k or ".lora_up." in k],
+        # The first block has no earlier features to read; every later block fuses.
+        "fusion": [k for k in named if ("feature_fusion" in k or "cache_weight" in k or "log_sharpness" in k)
+                   and not k.startswith("layers.0.residual_group.blocks.0.")],
+    }  # fmt: skip
+    for group, keys in groups.items():
+        assert keys, group
+        for key in keys:
+            grad = named[key].grad
+            assert grad is not None and torch.isfinite(grad).all(), key
+        assert any(named[k].grad.abs().sum() > 0 for k in keys), group
+    # The score head itself: scores enter the output differentiably through the patch gate.
+    heads = [k for k in named if k.endswith("score_head.weight")]
+    assert heads and all(named[k].grad.abs().sum() > 0 for k in heads)
+
+
+@pytest.mark.parametrize("scan", ["cross", "gps", "both"])
+@pytest.mark.parametrize(("upsampler", "scale"), [("", 1), ("pixelshuffle", 2), ("pixelshuffle", 3),
+                                                  ("pixelshuffle", 4), ("pixelshuffledirect", 2),
+                                                  ("pixelshuffledirect", 3), ("pixelshuffledirect", 4)])  # fmt: skip
+def test_every_head_on_odd_sizes(scan: str, upsampler: str, scale: int) -> None:
+    net = tiny(scan=scan, upsampler=upsampler, upscale=scale, depths=(1,), qclam=scan != "cross")
+    with torch.no_grad():
+        for height, width in ((7, 5), (1, 3)):
+            out = net(torch.rand(1, 3, height, width))
+            assert out.shape == (1, 3, height * scale, width * scale)
+            assert torch.isfinite(out).all()
+
+
+def test_tiny_vamamba_overfits_two_images() -> None:
+    net = tiny().train()
+    torch.manual_seed(1)
+    noisy = torch.rand(2, 3, 12, 12)
+    clean = (noisy + 0.3 * torch.sin(torch.arange(12.0))).clamp(0, 1)
+    optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
+    losses = []
+    for _ in range(60):
+        loss = (net(noisy) - clean).abs().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0], losses[::10]
