@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from dataclasses import asdict, fields, replace
 
 import pytest
@@ -140,3 +141,26 @@ def test_tiny_vamamba_overfits_two_images() -> None:
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.3 * losses[0], losses[::10]
+
+
+def test_restore_train_runs_a_tiny_vamamba_from_the_preset(tmp_path: Path) -> None:
+    import cv2
+    import numpy as np
+
+    from restorecli.train import load_config, train
+
+    hq = tmp_path / "hq"
+    hq.mkdir()
+    yy, xx = np.mgrid[0:32, 0:32] / 31.0
+    for i in range(2):
+        img = np.stack([np.sin(3 * xx + i), np.cos(2 * yy - i), xx * yy], axis=2) * 0.4 + 0.5
+        cv2.imwrite(str(hq / f"img{i}.png"), (img * 255).round().astype(np.uint8))
+    cfg = load_config(
+        "vamamba-light-x2-cpu",
+        [f"data.hq=[{hq}]", "data.patch=16", "data.batch=2", "schedule.iterations=4", "schedule.warmup=0",
+         f"output.dir={tmp_path / 'run'}", "model.config.embed_dim=8", "model.config.depths=[2]",
+         "model.config.vit_dim=8", "model.config.gps_patch=4"],
+    )  # fmt: skip
+    assert cfg.model.arch == "vamamba"
+    losses = train(cfg).losses
+    assert len(losses) == 4 and all(np.isfinite(losses))
