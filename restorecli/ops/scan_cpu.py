@@ -413,6 +413,12 @@ def _open(path: Path) -> ctypes.CDLL:
 def _self_test(lib: ctypes.CDLL) -> None:
     """Compare a small scan and its gradients with the reference; a miscompiled kernel
     (wrong flags, compiler bug) must not be used."""
+    # The first scan of a process may run under no_grad/inference_mode; the test needs autograd.
+    with torch.inference_mode(False), torch.enable_grad():
+        _self_test_with_grad(lib)
+
+
+def _self_test_with_grad(lib: ctypes.CDLL) -> None:
     gen = torch.Generator().manual_seed(0)
     batch, dim, length, groups = 2, 40, 37, 2  # 20 channels a group: one full 16-lane block
     for n_state in (1, 16, 3):
