@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     import torch
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-CPU_TILE_CAP = 512
-"""Largest automatic tile on the CPU: bigger tiles are no faster there and risk swapping."""
+CPU_TILE_CAP = 256
+"""Largest automatic tile on the CPU: past ~256² the cost per pixel rises (docs/benchmarks_cli.md)."""
 CPU_FALLBACK_TILE = 256
 """Automatic tile on a CPU whose memory cannot be measured."""
 PROBE_SIDE = {"cuda": 64, "cpu": 32}

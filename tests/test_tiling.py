@@ -143,9 +143,9 @@ def test_tile_from_budget() -> None:
 
 def test_auto_tile_on_cpu_is_bounded() -> None:
     restorer = ImageRestorer(ConvToy(2), device="cpu", tile=None)
-    assert 32 <= restorer.auto_tile() <= 512
+    assert 32 <= restorer.auto_tile() <= 256
     result = restorer.restore(torch.rand(1, 3, 40, 36))
-    assert restorer.tile == result.tile and 32 <= result.tile <= 512 and result.output.shape == (1, 3, 80, 72)
+    assert restorer.tile == result.tile and 32 <= result.tile <= 256 and result.output.shape == (1, 3, 80, 72)
 
 
 def test_images_smaller_than_the_probe_skip_it() -> None:
