@@ -136,18 +136,20 @@ def drop_earlier_outputs(items: Sequence[InputFile], suffix: str) -> tuple[list[
     return kept, dropped
 
 
-def _walk(folder: Path, recursive: bool) -> Iterable[tuple[Path, str]]:
+def _walk(folder: Path, recursive: bool, seen: set[Path] | None = None) -> Iterable[tuple[Path, str]]:
+    """(path, "file" | "folder") below a folder, sorted; ``seen`` breaks symlink loops."""
+    seen = set() if seen is None else seen
+    seen.add(folder.resolve())
     try:
         entries = sorted(folder.iterdir())
     except OSError as error:
         raise UsageError(f"cannot list folder {folder}: {error.strerror or error}") from None
     for entry in entries:
         if entry.is_dir():
-            if recursive:
-                if not entry.name.startswith("."):
-                    yield from _walk(entry, recursive)
-            else:
+            if not recursive:
                 yield entry, "folder"
+            elif not entry.name.startswith(".") and entry.resolve() not in seen:
+                yield from _walk(entry, recursive, seen)
         elif entry.is_file():
             yield entry, "file"
 
@@ -207,7 +209,8 @@ class OutputRule:
         name = item.path.stem + self.suffix + extension
         if self.folder is None:
             return item.path.parent / name
-        relative = item.path.parent.resolve().relative_to(item.base.resolve())
+        # textual, not resolved: a symlinked subfolder keeps its place in the mirrored tree
+        relative = item.path.parent.relative_to(item.base)
         return self.folder / relative / name
 
 

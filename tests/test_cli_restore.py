@@ -207,6 +207,21 @@ def test_output_tree_is_mirrored_and_reruns_skip_own_outputs(tmp_path: Path, wei
     assert "looks like an output of this command" in err
 
 
+def test_discovery_sorts_skips_and_survives_symlink_loops(tmp_path: Path) -> None:
+    from restorecli.batch import OutputRule, discover_inputs
+
+    write_png(tmp_path / "b.png")
+    write_png(tmp_path / "a" / "z.png")
+    (tmp_path / "a" / "loop").symlink_to(tmp_path, target_is_directory=True)
+    (tmp_path / "noext").write_bytes((tmp_path / "b.png").read_bytes())  # an image by content
+    (tmp_path / "notes.md").write_text("# hi")
+    images, skipped = discover_inputs([str(tmp_path)], recursive=True)
+    assert [p.path.relative_to(tmp_path).as_posix() for p in images] == ["a/z.png", "b.png", "noext"]
+    assert [s.path.name for s in skipped] == ["notes.md"]
+    rule = OutputRule(tmp_path / "out", "_x2", "same")
+    assert [rule.path_for(p).relative_to(tmp_path).as_posix() for p in images] == ["out/a/z_x2.png", "out/b_x2.png", "out/noext_x2.png"]
+
+
 def test_quiet_means_nothing_on_stderr(tmp_path: Path, weights: dict[str, Path], capsys, monkeypatch) -> None:
     write_png(tmp_path / "a.png")
     (tmp_path / "b.png").write_bytes(b"")
