@@ -773,6 +773,10 @@ def resolve_weights(
     if real:
         variant = "real"
     loaded = load_manifest(manifest)
+    if model is not None and model not in loaded:
+        return _resolve_unpublished(
+            model, weights, loaded, task, scale, sigma, variant, allow_unverified, cache_dir, progress
+        )
     if weights is not None:
         return _resolve_explicit(
             weights,
@@ -824,6 +828,42 @@ def _resolve_explicit(
         return ResolvedWeights(path, None, None, None, digest, source)
     _check_fits(entry, task, scale, sigma, variant)
     return ResolvedWeights(path, entry.name, entry.arch, entry.config_dict(), digest, source)
+
+
+def _resolve_unpublished(
+    model: str,
+    weights: str | None,
+    loaded: Manifest,
+    task: str,
+    scale: int | None,
+    sigma: int | None,
+    variant: str | None,
+    allow_unverified: bool,
+    cache: Path | None,
+    progress: bool,
+) -> ResolvedWeights:
+    """A name of the model table without manifest entry (no published weights, e.g. VAMamba):
+    the network comes from the table, the file must come from ``weights``."""
+    from restorecli import models
+
+    try:
+        spec = models.spec(model)
+    except UnknownModelError:
+        loaded.get(model)  # raises with suggestions from the manifest's names
+        raise
+    wanted = {"scale": scale, "sigma": sigma, "variant": variant}
+    given = {"scale": spec.scale if task == "sr" else None, "sigma": spec.sigma, "variant": spec.variant}
+    if spec.task != task or any(wanted[k] is not None and wanted[k] != given[k] for k in wanted):
+        raise UsageError(
+            f"model {model!r} does {spec.task} (scale {spec.scale}, sigma {spec.sigma}, variant {spec.variant}); "
+            f"expected a model for {task} with {', '.join(f'{k} {v}' for k, v in wanted.items() if v is not None) or 'defaults'}"
+        )
+    if weights is None:
+        raise DownloadError(
+            f"no published weights for {model!r}; train them with `restore train` and pass the file with --weights"
+        )
+    resolved = _resolve_explicit(weights, None, loaded, task, None, None, None, allow_unverified, cache, progress)
+    return ResolvedWeights(resolved.path, spec.name, spec.arch, asdict(spec.config), resolved.sha256, resolved.source)
 
 
 def _fetch_url(url: str, allow_unverified: bool, cache: Path | None, progress: bool) -> tuple[Path, str]:

@@ -364,3 +364,18 @@ def test_weights_url(server: FileServer) -> None:
         hub.resolve_weights(
             "sr", model=None, weights=server.add("/w/other.pth", PAYLOAD) + "#sha256=" + "0" * 64, progress=False
         )
+
+
+def test_table_model_without_published_weights_needs_a_file(tmp_path: Path) -> None:
+    # VAMamba has no published weights: the network comes from the model table, the file from --weights.
+    with pytest.raises(DownloadError, match="no published weights"):
+        hub.resolve_weights("sr", model="vamamba-light-sr-x2", weights=None)
+    weights = tmp_path / "trained.pth"
+    weights.write_bytes(b"not inspected by resolution")
+    resolved = hub.resolve_weights("sr", model="vamamba-light-sr-x2", weights=str(weights), scale=2)
+    assert (resolved.name, resolved.arch, resolved.source) == ("vamamba-light-sr-x2", "vamamba", "file")
+    assert resolved.config["upscale"] == 2
+    with pytest.raises(UsageError, match="scale 4"):
+        hub.resolve_weights("sr", model="vamamba-light-sr-x2", weights=str(weights), scale=4)
+    with pytest.raises(UsageError, match="expected a model for denoise"):
+        hub.resolve_weights("denoise", model="vamamba-light-sr-x2", weights=str(weights))

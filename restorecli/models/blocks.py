@@ -232,7 +232,10 @@ class ResidualMambaBlock(nn.Module):
 
 
 def set_scan_backend(module: nn.Module, backend: str | None) -> None:
-    """Pin the selective-scan backend of every mixer in ``module`` (None: resolve per call)."""
+    """Pin the selective-scan backend of every scanning layer in ``module`` (None: resolve per call).
+
+    Scanning layers of every architecture declare a ``scan_backend`` attribute.
+    """
     for sub in module.modules():
-        if isinstance(sub, MambaMixer2D):
+        if hasattr(sub, "scan_backend"):
             sub.scan_backend = backend

@@ -536,10 +536,3 @@ class VAMamba(nn.Module):
         else:
             y = x + self.conv_last(body)
         return y / self.img_range + mean
-
-
-def set_vamamba_scan_backend(module: nn.Module, backend: str | None) -> None:
-    """Pin the selective-scan backend of every SS2D in ``module`` (None: resolve per call)."""
-    for sub in module.modules():
-        if isinstance(sub, SS2D):
-            sub.scan_backend = backend
