@@ -21,7 +21,7 @@ import torch
 
 from restorecli import models
 
-SCAN_OP_MARKERS = ("selective_scan", "scan_fwd", "scanfwd", "restorecli")
+SCAN_OP_MARKERS = ("kernelscan", "selective_scan", "scan_sequential", "scan_torch")
 GATHER_OPS = ("aten::index_select", "aten::gather", "aten::index")
 
 
