@@ -208,10 +208,9 @@ class ImageRestorer:
         if image.dim() != 4 or image.shape[0] != 1:
             raise ValueError(f"expected a (1, C, H, W) tensor, got shape {tuple(image.shape)}")
         started = time.perf_counter()
-        probe_side = PROBE_SIDE.get(self.device.type, 64)
-        if self._tile is None and max(image.shape[-2:]) > probe_side:
+        # An image no larger than the probe fits whenever the probe did: no need to measure yet.
+        if self._tile is None and max(image.shape[-2:]) > PROBE_SIDE.get(self.device.type, 64):
             self._tile = self.auto_tile()
-        # (an image no larger than the probe fits whenever the probe did: no need to measure)
         passes = 8 if self.ensemble else 1
         state: dict[str, Any] = {"pass": 0, "result": None}
 
