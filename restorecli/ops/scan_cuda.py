@@ -11,6 +11,7 @@ Environment:
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -44,6 +45,7 @@ class CudaKernelStatus:
 # (selective_scan_fn or None, why not); None until the first attempt.
 _mamba: tuple[Callable[..., torch.Tensor] | None, str] | None = None
 _mamba_lock = threading.Lock()
+_log = logging.getLogger(__name__)
 
 
 def unavailable_reason() -> str | None:
@@ -72,6 +74,7 @@ def _load_mamba() -> tuple[Callable[..., torch.Tensor] | None, str]:
                 _mamba = (_import_selective_scan_fn(), "mamba_ssm selective_scan_fn")
             except Exception as error:  # noqa: BLE001 -- ABI/driver errors surface as anything
                 _mamba = (None, f"mamba_ssm is not importable ({type(error).__name__}: {error})")
+            _log.info("CUDA selective scan: %s", _mamba[1])
         return _mamba
 
 
