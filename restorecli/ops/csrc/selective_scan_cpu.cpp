@@ -428,19 +428,26 @@ void tile_forward_avx512(int64_t N_runtime, int64_t tl, const float* __restrict 
     const float* Ct = Cg + t * N;
     const __m512 dt = _mm512_load_ps(dtt + t * W);
     const __m512 du = _mm512_load_ps(dtu + t * W);
+    // Two accumulators for y halve its serial dependency chain over n.
     __m512 y = _mm512_mul_ps(d_l, _mm512_load_ps(ut + t * W));
+    __m512 y_odd = _mm512_setzero_ps();
+#pragma GCC unroll 16
     for (int64_t n = 0; n < N; ++n) {
       const __m512 a = exp2_avx512(_mm512_mul_ps(dt, _mm512_load_ps(A2_l + n * W)));
       const __m512 hv =
           _mm512_fmadd_ps(a, _mm512_load_ps(h + n * W), _mm512_mul_ps(du, _mm512_set1_ps(Bt[n])));
       _mm512_store_ps(h + n * W, hv);
-      y = _mm512_fmadd_ps(hv, _mm512_set1_ps(Ct[n]), y);
+      if (n & 1) {
+        y_odd = _mm512_fmadd_ps(hv, _mm512_set1_ps(Ct[n]), y_odd);
+      } else {
+        y = _mm512_fmadd_ps(hv, _mm512_set1_ps(Ct[n]), y);
+      }
       if (kRecord) {
         _mm512_store_ps(as + (t * N + n) * W, a);
         _mm512_store_ps(hs + (t * N + n) * W, hv);
       }
     }
-    if (!kRecord) _mm512_store_ps(yt + t * W, y);
+    if (!kRecord) _mm512_store_ps(yt + t * W, _mm512_add_ps(y, y_odd));
   }
 }
 #else
