@@ -106,6 +106,7 @@ def save_atomic(obj: Any, path: Path) -> None:
     os.close(handle)
     try:
         torch.save(obj, temporary)
+        os.chmod(temporary, 0o644)  # mkstemp makes 0600; a checkpoint is an ordinary file
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
