@@ -336,6 +336,30 @@ def test_official_checkpoint_recognised_from_its_keys(tmp_path: Path, capsys, mo
     assert document["model"] == "mair-light-t-x2" and document["scale"] == 2
 
 
+def test_model_name_resolved_through_a_manifest(tmp_path: Path, weights: dict[str, Path], capsys, monkeypatch) -> None:
+    import hashlib
+
+    checkpoint = weights["sr2"]
+    entry = {
+        "name": "tiny-sr-x2", "arch": "mair", "task": "sr", "scale": 2,
+        "config": {**TINY_MAIR, "upscale": 2, "upsampler": "pixelshuffledirect"},
+        "files": [{"filename": "tiny.safetensors", "url": checkpoint.as_uri(),
+                   "sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(), "size": checkpoint.stat().st_size}],
+    }  # fmt: skip
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"version": 1, "models": [entry]}))
+    source = write_png(tmp_path / "a.png", 8, 8)
+    args = ["sr", source, "--model", "tiny-sr-x2", "--manifest", manifest, "--cache-dir", tmp_path / "cache", "--json", "--overwrite"]
+    sources = []
+    for _ in range(2):  # downloaded (file:// works offline), then found in the cache
+        code, out, err = run_cli(args, capsys, monkeypatch)
+        assert code == 0, err
+        document = json.loads(out)
+        assert document["model"] == "tiny-sr-x2" and document["files"][0]["out_width"] == 16
+        sources.append(document["weights_source"])
+    assert sources == ["download", "cache"]
+
+
 # --- several processes (torchrun) ---------------------------------------------------------------
 
 
