@@ -31,14 +31,24 @@ for _module in (restore_cmds, models_cmds, eval_cmd, env_cmd, train_cmd):
     _module.register(app)
 
 
-def main() -> None:
-    """Console entry point: run the app, print library errors as one line on stderr.
+def _usage_error_line(error: Exception) -> str | None:
+    """One-line text of a command-line parsing error (Typer's vendored Click exception), else None."""
+    format_message = getattr(error, "format_message", None)
+    if not callable(format_message) or not isinstance(getattr(error, "exit_code", None), int):
+        return None
+    context = getattr(error, "ctx", None)
+    command = f" (see `{context.command_path} --help`)" if context is not None else ""
+    return " ".join(str(format_message()).split()) + command
 
-    Usage errors are handled by Typer (exit code 2); a RestoreError becomes ``Error: ...``
-    with its exit code; set RESTORECLI_DEBUG=1 for the traceback.
+
+def main() -> None:
+    """Console entry point.
+
+    Library errors (RestoreError) and command-line usage errors are printed as one ``Error: ...``
+    line on stderr with their exit code (usage: 2); set RESTORECLI_DEBUG=1 for the traceback.
     """
     try:
-        app()
+        result = app(standalone_mode=False)
     except RestoreError as error:
         sys.stderr.write(f"Error: {error}\n")
         if os.environ.get("RESTORECLI_DEBUG"):
@@ -47,3 +57,15 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.stderr.write("Interrupted.\n")
         sys.exit(130)
+    except Exception as error:
+        if type(error).__name__ == "NoArgsIsHelpError":  # help was printed already
+            sys.exit(2)
+        if type(error).__name__ == "Abort":
+            sys.stderr.write("Aborted.\n")
+            sys.exit(130)
+        line = _usage_error_line(error)
+        if line is None:
+            raise
+        sys.stderr.write(f"Error: {line}\n")
+        sys.exit(error.exit_code)  # type: ignore[attr-defined]
+    sys.exit(result if isinstance(result, int) else 0)

@@ -1,0 +1,36 @@
+"""The console entry point: usage errors are one line on stderr with exit code 2; --help is instant."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "restorecli", *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("sr", "--scale", "abc", "x.png"), "--scale"),
+        (("sr", "--scale", "5", "x.png"), "expected 2, 3 or 4, got 5"),
+        (("frobnicate",), "No such command"),
+        (("sr", "--no-such-option", "x.png"), "--no-such-option"),
+    ],
+)
+def test_usage_errors_are_one_line_with_exit_code_2(args: tuple[str, ...], message: str) -> None:
+    done = _run(*args)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], done.stderr
+    assert done.stdout == ""
+
+
+def test_help_does_not_import_torch() -> None:
+    code = "import sys; from restorecli.cli import app; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "False"
+    assert _run("--help").returncode == 0
