@@ -133,11 +133,19 @@ def test_default_after_import_is_the_cached_model(tmp_path: Path, monkeypatch: p
 
 
 def test_nothing_obtainable_explains_how_to_get_weights() -> None:
-    assert hub.default_model("sr", scale=4) is None
+    # x2 has no bundled model: nothing is obtainable on a fresh machine.
+    assert hub.default_model("sr", scale=2) is None
     with pytest.raises(DownloadError) as info:
-        hub.resolve_weights("sr", model=None, weights=None, scale=4)
+        hub.resolve_weights("sr", model=None, weights=None, scale=2)
     message = str(info.value)
-    assert DRIVE in message and "MaIR_SR_x4.pth" in message and "restore models import" in message
+    assert DRIVE in message and "MaIR_SR_x2.pth" in message and "restore models import" in message
+
+
+def test_bundled_default_works_offline_on_a_fresh_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESTORECLI_OFFLINE", "1")
+    resolved = hub.resolve_weights("sr", model=None, weights=None, scale=4)
+    assert (resolved.name, resolved.source, resolved.arch) == ("restorecli-light-x4", "bundled", "mair")
+    assert resolved.path.parent == hub.BUNDLED_DIR and hub.sha256_file(resolved.path) == resolved.sha256
 
 
 def test_no_model_for_request_is_a_usage_error() -> None:
@@ -268,7 +276,8 @@ def test_offline_mode_never_downloads(server: FileServer, tmp_path: Path, monkey
     url = server.add("/private.safetensors", PAYLOAD)
     manifest = write_manifest(tmp_path / "m.json", [private_model(url)])
     monkeypatch.setenv("RESTORECLI_OFFLINE", "1")
-    assert hub.default_model("sr", scale=4, manifest=manifest) is None
+    # The private model cannot be fetched offline, so the default falls through to the bundled one.
+    assert hub.default_model("sr", scale=4, manifest=manifest) == "restorecli-light-x4"
     with pytest.raises(DownloadError, match="offline mode"):
         hub.fetch("private-sr-x4", manifest=manifest)
     assert server.requests == []
@@ -300,9 +309,10 @@ def test_corrupted_cache_file_is_detected(server: FileServer, tmp_path: Path) ->
     with pytest.raises(ChecksumError, match=f"expected sha256 {DIGEST}"):
         hub.fetch("private-sr-x4", manifest=manifest)
     results = hub.verify_cache(manifest=manifest)
-    assert [(r.name, r.ok) for r in results] == [("private-sr-x4", False)]
+    cached = [(r.name, r.ok) for r in results if r.name != "restorecli-light-x4"]  # the bundled file is checked too
+    assert cached == [("private-sr-x4", False)]
     hub.remove_cached("private-sr-x4")
-    assert hub.verify_cache(manifest=manifest) == []
+    assert [r.name for r in hub.verify_cache(manifest=manifest)] == ["restorecli-light-x4"]
 
 
 def test_zero_byte_cache_file_is_detected(server: FileServer, tmp_path: Path) -> None:
