@@ -93,9 +93,23 @@ inline float exp2_approx(float y) {
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
+// ln 2 = kLn2Hi + kLn2Lo, kLn2Hi with few mantissa bits so n * kLn2Hi is exact.
+constexpr float kLn2Hi = 0.693359375f;
+constexpr float kLn2Lo = -2.12194440e-4f;
 
-// exp(x) for x <= 0 (all our callers pass -|x|).
-inline float exp_neg_approx(float x) { return exp2_approx<false>(x * kLog2e); }
+// exp(x) for x <= 0 (all our callers pass -|x|). Unlike exp2(x * log2 e), the reduction
+// x - n ln 2 is done in two exact-ish steps, so the error stays ~1 ulp for large |x|
+// (the rounding of x * log2 e alone would cost |x| * 6e-8 relative).
+inline float exp_neg_approx(float x) {
+  x = x < -86.0f ? -86.0f : x;  // keeps 2^n normal below
+  const float fl = std::floor(x * kLog2e);
+  const float r = (x - fl * kLn2Hi) - fl * kLn2Lo;  // in about [0, ln 2)
+  const float f = r * kLog2e;
+  float p = kExp2Poly[0];
+  for (int k = 1; k < 7; ++k) p = p * f + kExp2Poly[k];
+  const uint32_t n = static_cast<uint32_t>(static_cast<int32_t>(fl));
+  return bits_as_float(float_as_bits(p) + (n << 23));
+}
 
 // log(1 + z) for z in [0, 1]: log(m) = 2 atanh(s), s = (m - 1) / (m + 1), after
 // reducing 1 + z to m in [0.707, 1.414]; the small-z branch uses z itself (exact).
@@ -139,6 +153,18 @@ inline __m512 exp2_avx512(__m512 y) {
   return _mm512_scalef_ps(p, fl);
 }
 
+// exp(x) for x <= 0 with the two-step reduction of exp_neg_approx().
+inline __m512 exp_neg_avx512(__m512 x) {
+  const __m512 fl = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)),
+                                         _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(fl, _mm512_set1_ps(kLn2Hi), x);
+  r = _mm512_fnmadd_ps(fl, _mm512_set1_ps(kLn2Lo), r);
+  const __m512 f = _mm512_mul_ps(r, _mm512_set1_ps(kLog2e));
+  __m512 p = _mm512_set1_ps(kExp2Poly[0]);
+  for (int k = 1; k < 7; ++k) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExp2Poly[k]));
+  return _mm512_scalef_ps(p, fl);
+}
+
 // 1 / x: 14-bit estimate refined by one Newton step (about 1 ulp; vdivps is far slower).
 inline __m512 recip_avx512(__m512 x) {
   const __m512 r = _mm512_rcp14_ps(x);
@@ -150,7 +176,7 @@ inline __m512 recip_avx512(__m512 x) {
 inline __m512 softplus_avx512(__m512 x, __m512* grad) {
   const __m512 one = _mm512_set1_ps(1.0f);
   const __m512 two = _mm512_set1_ps(2.0f);
-  const __m512 e = exp2_avx512(_mm512_mul_ps(_mm512_abs_ps(x), _mm512_set1_ps(-kLog2e)));
+  const __m512 e = exp_neg_avx512(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(x)));
   const __mmask16 hi = _mm512_cmp_ps_mask(e, _mm512_set1_ps(0.41421356f), _CMP_GT_OQ);
   const __m512 f = _mm512_mask_mul_ps(e, hi, _mm512_sub_ps(e, one), _mm512_set1_ps(0.5f));
   const __m512 s = _mm512_mul_ps(f, recip_avx512(_mm512_add_ps(two, f)));
