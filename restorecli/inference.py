@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 CPU_TILE_CAP = 256
-"""Largest automatic tile on the CPU: past ~256² the cost per pixel rises (docs/benchmarks_cli.md)."""
+"""Largest automatic tile on the CPU: past ~256² the cost per pixel rises (docs/benchmarks.md, "restore sr end to end")."""
 CPU_FALLBACK_TILE = 256
 """Automatic tile on a CPU whose memory cannot be measured."""
 PROBE_SIDE = {"cuda": 64, "cpu": 32}
