@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from restorecli.cli import env_cmd, eval_cmd, models_cmds, restore_cmds, train_cmd
+from restorecli.cli import bench_cmd, env_cmd, eval_cmd, models_cmds, restore_cmds, train_cmd
 from restorecli.errors import RestoreError
 
 app = typer.Typer(
@@ -27,7 +27,7 @@ def _root() -> None:
     """Image restoration with Mamba-based networks. Run `restore COMMAND --help` for details."""
 
 
-for _module in (restore_cmds, models_cmds, eval_cmd, env_cmd, train_cmd):
+for _module in (restore_cmds, models_cmds, eval_cmd, train_cmd, bench_cmd, env_cmd):
     _module.register(app)
 
 
