@@ -263,6 +263,16 @@ def test_compiled_gradients_with_several_threads(cpu_impl: str) -> None:
         assert rel_err(b, a) <= 1e-6
 
 
+def test_backward_thread_count_bounds_partial_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 64)
+    small_u = torch.empty(1, 8, 16, device="meta")
+    big_b = torch.empty(1, 4, 1 << 20, 16, device="meta")  # 256 MiB: dB + dC cost 512 MiB a thread
+    assert scan_cpu._backward_threads(small_u, big_b) == 1
+    assert scan_cpu._backward_threads(small_u, torch.empty(1, 4, 4096, 16, device="meta")) == 64
+    big_u = torch.empty(1, 64, 1 << 22, device="meta")  # 1 GiB: the budget grows with the input
+    assert scan_cpu._backward_threads(big_u, big_b) == 4
+
+
 def test_no_grad_inputs_skip_checkpoints() -> None:
     inputs = make_inputs(1, 8, 70, 16, 2)
     with torch.no_grad():

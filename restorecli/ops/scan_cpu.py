@@ -171,6 +171,14 @@ def _call(lib: ctypes.CDLL, name: str, dtype: torch.dtype, *args: object) -> Non
         raise RuntimeError(f"CPU scan kernel {name} failed with status {status}")
 
 
+def _backward_threads(u: torch.Tensor, b_t: torch.Tensor) -> int:
+    """Threads for the backward: each needs its own dB and dC buffers, so cap their total at
+    max(256 MiB, twice the size of u) -- a many-core machine must not multiply a large B."""
+    per_thread = 2 * b_t.numel() * b_t.element_size()
+    budget = max(1 << 28, 2 * u.numel() * u.element_size())
+    return max(1, min(torch.get_num_threads(), budget // max(per_thread, 1)))
+
+
 class _KernelScan(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
@@ -214,7 +222,7 @@ class _KernelScan(torch.autograd.Function):
         delta_softplus, tile, lib = ctx.meta  # type: ignore[attr-defined]
         batch, dim, length = u.shape
         groups, n_state = b_t.shape[1], A.shape[1]
-        threads = torch.get_num_threads()
+        threads = _backward_threads(u, b_t)
         dy = dy.to(u.dtype).contiguous()
         du, ddelta = torch.empty_like(u), torch.empty_like(u)
         # Per-batch (dA, dD, dbias) and per-thread (dB, dC) partial sums: no two workers
