@@ -185,10 +185,11 @@ def test_growing_modes_and_overflow(cpu_impl: str) -> None:
     assert not torch.isfinite(y[0, 0]).all() and torch.isfinite(y[0, 1:]).all()
 
 
-def test_empty_sequence() -> None:
-    inputs = make_inputs(1, 4, 0, 16, 2)
+@pytest.mark.parametrize(("batch", "dim", "length"), [(1, 4, 0), (0, 4, 9), (1, 0, 9)])
+def test_empty_inputs(batch: int, dim: int, length: int) -> None:
+    inputs = make_inputs(batch, dim, length, 16, 1)
     for backend in ("ref", "cpu"):
-        assert selective_scan(**inputs, backend=backend).shape == (1, 4, 0)
+        assert selective_scan(**inputs, backend=backend).shape == (batch, dim, length)
 
 
 # --- gradients --------------------------------------------------------------------------
