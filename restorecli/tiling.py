@@ -284,8 +284,6 @@ def run_with_backoff(
     Raises:
         OutOfMemoryError: Still out of memory with one tile of ``min_tile`` (or smaller image) pixels.
     """
-    import torch
-
     _, _, height, width = image.shape
     while True:
         plan = TilePlan.for_image(height, width, tile=tile, overlap=overlap, scale=scale)

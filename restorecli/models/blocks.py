@@ -55,6 +55,66 @@ def run_selective_scan(
     return selective_scan(u, delta, a, b, c, D=d, delta_bias=delta_bias, delta_softplus=True, backend=backend)
 
 
+class SelectiveScanLayer(nn.Module):
+    """Parameters of a K-direction selective scan under the official names, their Mamba
+    initialisation, and the projection + scan shared by every scanning layer.
+
+    ``x_proj_weight`` (K, R+2N, Di) holds Δ, B and C rows; ``dt_projs_weight`` (K, Di, R);
+    ``dt_projs_bias`` (K, Di); ``A_logs`` (K*Di, N) and ``Ds`` (K*Di) are k-major.
+    """
+
+    def __init__(self, *, directions: int, inner: int, rank: int, d_state: int) -> None:
+        super().__init__()
+        self.directions, self.inner, self.rank, self.d_state = directions, inner, rank, d_state
+        self.scan_backend: str | None = None  # None: resolved per call (explicit > env > auto)
+        # Registered first so the state_dict order matches the official files.
+        self.x_proj_weight = nn.Parameter(torch.empty(directions, rank + 2 * d_state, inner))
+        self.dt_projs_weight = nn.Parameter(torch.empty(directions, inner, rank))
+        self.dt_projs_bias = nn.Parameter(torch.empty(directions, inner))
+        self.A_logs = nn.Parameter(torch.empty(directions * inner, d_state))
+        self.Ds = nn.Parameter(torch.empty(directions * inner))
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self) -> None:
+        """Mamba initialisation (spec section 3.6): x_proj U(±1/sqrt(Di)), dt_proj U(±R^-0.5),
+        Δ bias = softplus⁻¹(dt) with dt log-uniform in [1e-3, 0.1], A_log = log(1..N), D = 1."""
+        if self.x_proj_weight.device.type == "meta":
+            return
+        bound = 1.0 / math.sqrt(self.inner)  # nn.Linear's default kaiming-uniform bound
+        self.x_proj_weight.uniform_(-bound, bound)
+        self.dt_projs_weight.uniform_(-(self.rank**-0.5), self.rank**-0.5)
+        dt = torch.exp(torch.rand(self.directions, self.inner) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+        dt = dt.clamp(min=1e-4)
+        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        log_a = torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32))
+        self.A_logs.copy_(log_a.repeat(self.directions * self.inner, 1))
+        self.Ds.fill_(1.0)
+
+    def scan_sequences(self, sequences: torch.Tensor) -> torch.Tensor:
+        """Project and scan K sequences.
+
+        Args:
+            sequences: (B, K, Di, L) contiguous, direction k in row k.
+
+        Returns:
+            (B, K, Di, L) float32 scan outputs (softplus Δ, D skip included).
+        """
+        batch, directions, inner, length = sequences.shape
+        projected = torch.einsum("bkdl,kcd->bkcl", sequences, self.x_proj_weight)
+        dt_low, b_ssm, c_ssm = torch.split(projected, [self.rank, self.d_state, self.d_state], dim=2)
+        delta = torch.einsum("bkrl,kdr->bkdl", dt_low, self.dt_projs_weight)
+        return run_selective_scan(
+            sequences.reshape(batch, directions * inner, length),
+            delta.reshape(batch, directions * inner, length),
+            -torch.exp(self.A_logs.float()),
+            b_ssm.contiguous(),
+            c_ssm.contiguous(),
+            self.Ds.float(),
+            self.dt_projs_bias.reshape(-1).float(),
+            self.scan_backend,
+        ).view(batch, directions, inner, length)
+
+
 class ShuffleGate(nn.Module):
     """Holder of the SSA gate parameters under the official names ``gating.gating.1.*``.
 
@@ -87,26 +147,16 @@ class ShuffleGate(nn.Module):
         return torch.sigmoid(logits)
 
 
-class MambaMixer2D(nn.Module):
+class MambaMixer2D(SelectiveScanLayer):
     """The VMM / "self_attention" module: 4-direction NSS selective scan fused by SSA.
 
     Input and output are channels-last (B, H, W, C). ``shift`` selects the shifted NSS variant.
     """
 
     def __init__(self, *, channels: int, d_state: int, ssm_ratio: float, scan_len: int, shift: int) -> None:
-        super().__init__()
         inner = inner_width(channels, ssm_ratio)
-        rank = dt_rank(channels)
-        self.channels, self.inner, self.rank, self.d_state = channels, inner, rank, d_state
-        self.scan_len, self.shift = scan_len, shift
-        self.scan_backend: str | None = None  # None: resolved per call (explicit > env > auto)
-
-        # Registered first so the state_dict order matches the official files.
-        self.x_proj_weight = nn.Parameter(torch.empty(DIRECTIONS, rank + 2 * d_state, inner))
-        self.dt_projs_weight = nn.Parameter(torch.empty(DIRECTIONS, inner, rank))
-        self.dt_projs_bias = nn.Parameter(torch.empty(DIRECTIONS, inner))
-        self.A_logs = nn.Parameter(torch.empty(DIRECTIONS * inner, d_state))
-        self.Ds = nn.Parameter(torch.empty(DIRECTIONS * inner))
+        super().__init__(directions=DIRECTIONS, inner=inner, rank=dt_rank(channels), d_state=d_state)
+        self.channels, self.scan_len, self.shift = channels, scan_len, shift
         self.in_proj = nn.Linear(channels, 2 * inner, bias=False)
         self.conv2d = nn.Conv2d(inner, inner, kernel_size=3, padding=1, groups=inner, bias=True)
         self.out_norm = nn.LayerNorm(inner, eps=1e-5)
@@ -114,25 +164,11 @@ class MambaMixer2D(nn.Module):
         self.gating = ShuffleGate(inner)
         self.reset_ssm_parameters()
 
-    @torch.no_grad()
-    def reset_ssm_parameters(self) -> None:
-        """Mamba initialisation of the SSM parameters (spec section 3.6)."""
-        if self.x_proj_weight.device.type == "meta":
-            return
-        bound = 1.0 / math.sqrt(self.inner)  # nn.Linear's default kaiming-uniform bound
-        self.x_proj_weight.uniform_(-bound, bound)
-        self.dt_projs_weight.uniform_(-(self.rank**-0.5), self.rank**-0.5)
-        dt = torch.exp(torch.rand(DIRECTIONS, self.inner) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
-        dt = dt.clamp(min=1e-4)
-        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
-        self.A_logs.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).repeat(DIRECTIONS * self.inner, 1))
-        self.Ds.fill_(1.0)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x (B, H, W, C). Returns: (B, H, W, C)."""
         batch, height, width, _ = x.shape
         length = height * width
-        inner, rank, n = self.inner, self.rank, self.d_state
+        inner = self.inner
         xa, z = self.in_proj(x).chunk(2, dim=-1)
         xa = F.silu(self.conv2d(xa.permute(0, 3, 1, 2)))  # (B, Di, H, W)
 
@@ -144,20 +180,7 @@ class MambaMixer2D(nn.Module):
             xa.reshape(batch, 1, inner, length).expand(shape), 3, order.scan.view(1, DIRECTIONS, 1, length).expand(shape)
         )
 
-        projected = torch.einsum("bkdl,kcd->bkcl", sequences, self.x_proj_weight)
-        dt_low, b_ssm, c_ssm = torch.split(projected, [rank, n, n], dim=2)
-        delta = torch.einsum("bkrl,kdr->bkdl", dt_low, self.dt_projs_weight)
-
-        y = run_selective_scan(
-            sequences.view(batch, DIRECTIONS * inner, length),
-            delta.reshape(batch, DIRECTIONS * inner, length),
-            -torch.exp(self.A_logs.float()),
-            b_ssm.contiguous(),
-            c_ssm.contiguous(),
-            self.Ds.float(),
-            self.dt_projs_bias.reshape(-1).float(),
-            self.scan_backend,
-        ).view(batch, DIRECTIONS, inner, length)
+        y = self.scan_sequences(sequences)
 
         # SSA: the pooled mean is order-independent, so it is taken before un-scanning.
         gates = self.gating.gate(y.mean(dim=-1))  # (B, 4, Di)

@@ -11,9 +11,7 @@ import torch
 from torch import nn
 
 from restorecli.models.blocks import ResidualMambaBlock
-
-RGB_MEAN = (0.4488, 0.4371, 0.4040)
-UPSAMPLERS = ("pixelshuffle", "pixelshuffledirect", "")
+from restorecli.models.heads import add_head, check_head, init_linear_and_norm, register_input_mean, run_head
 
 
 @dataclass(frozen=True)
@@ -101,21 +99,13 @@ class MaIR(nn.Module):
         drop_path_rate: float = 0.1,
     ) -> None:
         super().__init__()
-        if upsampler not in UPSAMPLERS:
-            raise ValueError(f"upsampler must be one of {UPSAMPLERS}, got {upsampler!r}")
-        if resi_connection != "1conv":
-            raise ValueError(f"only resi_connection='1conv' is used by MaIR, got {resi_connection!r}")
-        if upsampler == "" and upscale != 1:
-            raise ValueError(f"the same-size head needs upscale=1, got {upscale}")
-        if upsampler == "pixelshuffle" and upscale not in (2, 3, 4):
-            raise ValueError(f"pixelshuffle upsampling supports upscale 2, 3, 4, got {upscale}")
+        check_head(upsampler, upscale, resi_connection)
         self.upscale = upscale if upsampler else 1
         self.in_chans = in_chans
         self.img_range = img_range
         self.upsampler = upsampler
         self.scan_len = scan_len
-        mean = RGB_MEAN if in_chans == 3 else (0.0,) * in_chans
-        self.register_buffer("mean", torch.tensor(mean).view(1, in_chans, 1, 1), persistent=False)
+        register_input_mean(self, in_chans)
 
         self.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
         self.patch_embed = nn.Module()
@@ -143,37 +133,13 @@ class MaIR(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=1e-5)
         self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1)
 
-        if upsampler == "pixelshuffle":
-            features = 64
-            self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, features, 3, 1, 1), nn.LeakyReLU(inplace=True))
-            stages: list[nn.Module] = []
-            if upscale == 3:
-                stages += [nn.Conv2d(features, 9 * features, 3, 1, 1), nn.PixelShuffle(3)]
-            else:
-                for _ in range(upscale.bit_length() - 1):  # log2(upscale) stages of x2
-                    stages += [nn.Conv2d(features, 4 * features, 3, 1, 1), nn.PixelShuffle(2)]
-            self.upsample = nn.Sequential(*stages)
-            self.conv_last = nn.Conv2d(features, in_chans, 3, 1, 1)
-        elif upsampler == "pixelshuffledirect":
-            self.upsample = nn.Sequential(
-                nn.Conv2d(embed_dim, in_chans * upscale * upscale, 3, 1, 1), nn.PixelShuffle(upscale)
-            )
-        else:
-            self.conv_last = nn.Conv2d(embed_dim, in_chans, 3, 1, 1)
+        add_head(self, upsampler=upsampler, upscale=upscale, embed_dim=embed_dim, in_chans=in_chans)
         self._init_weights()
 
     def _init_weights(self) -> None:
         """trunc_normal(0.02) Linear weights, zero biases, LayerNorm (1, 0); convs keep defaults."""
-        if self.conv_first.weight.device.type == "meta":
-            return
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        if self.conv_first.weight.device.type != "meta":
+            init_linear_and_norm(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Deep features: (B, C, H, W) -> (B, C, H, W)."""
@@ -185,15 +151,6 @@ class MaIR(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mean = self.mean.to(x.dtype)
         x = (x - mean) * self.img_range
-        if self.upsampler == "pixelshuffle":
-            f = self.conv_first(x)
-            y = self.conv_after_body(self.forward_features(f)) + f
-            y = self.conv_last(self.upsample(self.conv_before_upsample(y)))
-        elif self.upsampler == "pixelshuffledirect":
-            f = self.conv_first(x)
-            y = self.upsample(self.conv_after_body(self.forward_features(f)) + f)
-        else:
-            f = self.conv_first(x)
-            y = x + self.conv_last(self.conv_after_body(self.forward_features(f)) + f)
-        return y / self.img_range + mean
-
+        f = self.conv_first(x)
+        body = self.conv_after_body(self.forward_features(f)) + f
+        return run_head(self, self.upsampler, x, body) / self.img_range + mean

@@ -31,11 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from restorecli.models.blocks import DropPath, dt_rank, inner_width, run_selective_scan
+from restorecli.models.blocks import DropPath, SelectiveScanLayer, dt_rank, inner_width
+from restorecli.models.heads import add_head, check_head, init_linear_and_norm, register_input_mean, run_head
 from restorecli.ops.gps_order import gps_pixel_orders, inverse_permutation
 
-RGB_MEAN = (0.4488, 0.4371, 0.4040)
-UPSAMPLERS = ("pixelshuffle", "pixelshuffledirect", "")
 SCANS = ("cross", "gps", "both")
 CROSS_DIRECTIONS = 4
 GPS_DIRECTIONS = 2
@@ -195,7 +194,7 @@ class ScoreViT(nn.Module):
 # SS2D
 
 
-class SS2D(nn.Module):
+class SS2D(SelectiveScanLayer):
     """VAMamba's SS2D (``self_attention``): conv, QCLAM, cross and/or GPS selective scans, gate.
 
     Sequences k = 0..3 are the cross scan (row-major, column-major, their reverses) when enabled,
@@ -217,24 +216,14 @@ class SS2D(nn.Module):
         vit_layers: int,
         vit_heads: int,
     ) -> None:
-        super().__init__()
         if scan not in SCANS:
             raise ValueError(f"scan must be one of {SCANS}, got {scan!r}")
         inner = inner_width(channels, mlp_ratio)
-        rank = dt_rank(inner)  # official: ceil(D / 16) from d_inner
-        self.inner, self.rank, self.d_state, self.scan = inner, rank, d_state, scan
-        self.cross = scan in ("cross", "both")
-        self.gps = scan in ("gps", "both")
-        self.directions = CROSS_DIRECTIONS * self.cross + GPS_DIRECTIONS * self.gps
-        self.gps_patch = gps_patch
-        self.scan_backend: str | None = None  # None: resolved per call (explicit > env > auto)
-
-        k = self.directions
-        self.x_proj_weight = nn.Parameter(torch.empty(k, rank + 2 * d_state, inner))
-        self.dt_projs_weight = nn.Parameter(torch.empty(k, inner, rank))
-        self.dt_projs_bias = nn.Parameter(torch.empty(k, inner))
-        self.A_logs = nn.Parameter(torch.empty(k * inner, d_state))
-        self.Ds = nn.Parameter(torch.empty(k * inner))
+        cross, gps = scan in ("cross", "both"), scan in ("gps", "both")
+        directions = CROSS_DIRECTIONS * cross + GPS_DIRECTIONS * gps
+        # official: dt rank = ceil(D / 16) from d_inner
+        super().__init__(directions=directions, inner=inner, rank=dt_rank(inner), d_state=d_state)
+        self.scan, self.cross, self.gps, self.gps_patch = scan, cross, gps, gps_patch
         self.in_proj = nn.Linear(channels, 2 * inner, bias=False)
         self.conv2d = nn.Conv2d(inner, inner, kernel_size=3, padding=1, groups=inner, bias=True)
         self.lora_cache = QCLAM(channels=inner, rank=lora_rank) if qclam else None
@@ -243,20 +232,6 @@ class SS2D(nn.Module):
         )
         self.out_norm = nn.LayerNorm(inner, eps=1e-5)
         self.out_proj = nn.Linear(inner, channels, bias=False)
-
-    @torch.no_grad()
-    def reset_ssm_parameters(self) -> None:
-        """Mamba initialisation: x_proj U(+-1/sqrt(D)), dt ~ logU(1e-3, 0.1), A_log = log(1..N), D = 1."""
-        if self.x_proj_weight.device.type == "meta":
-            return
-        k = self.directions
-        bound = 1.0 / math.sqrt(self.inner)
-        self.x_proj_weight.uniform_(-bound, bound)
-        self.dt_projs_weight.uniform_(-(self.rank**-0.5), self.rank**-0.5)
-        dt = torch.exp(torch.rand(k, self.inner) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
-        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
-        self.A_logs.copy_(torch.log(torch.arange(1, self.d_state + 1, dtype=torch.float32)).repeat(k * self.inner, 1))
-        self.Ds.fill_(1.0)
 
     def _gps_orders(self, scores: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Pixel orders and inverses (B, L) on the scores' device, from one host transfer."""
@@ -274,7 +249,7 @@ class SS2D(nn.Module):
         """
         batch, height, width, _ = x.shape
         length = height * width
-        inner, rank, n = self.inner, self.rank, self.d_state
+        inner = self.inner
         xa, z = self.in_proj(x).chunk(2, dim=-1)
         xa = F.silu(self.conv2d(xa.permute(0, 3, 1, 2)))  # (B, D, H, W)
         if self.lora_cache is not None:
@@ -294,21 +269,7 @@ class SS2D(nn.Module):
             forward_seq = flat.gather(2, order[:, None, :].expand(-1, inner, -1))
             sequences += [forward_seq, forward_seq.flip(-1)]
         seqs = torch.stack(sequences, dim=1)  # (B, K, D, L)
-        k = self.directions
-
-        projected = torch.einsum("bkdl,kcd->bkcl", seqs, self.x_proj_weight)
-        dt_low, b_ssm, c_ssm = torch.split(projected, [rank, n, n], dim=2)
-        delta = torch.einsum("bkrl,kdr->bkdl", dt_low, self.dt_projs_weight)
-        y = run_selective_scan(
-            seqs.reshape(batch, k * inner, length),
-            delta.reshape(batch, k * inner, length),
-            -torch.exp(self.A_logs.float()),
-            b_ssm.contiguous(),
-            c_ssm.contiguous(),
-            self.Ds.float(),
-            self.dt_projs_bias.reshape(-1).float(),
-            self.scan_backend,
-        ).view(batch, k, inner, length)
+        y = self.scan_sequences(seqs)
 
         merged = torch.zeros(batch, inner, length, dtype=y.dtype, device=y.device)
         if self.cross:
@@ -443,14 +404,7 @@ class VAMamba(nn.Module):
         drop_path_rate: float = 0.1,
     ) -> None:
         super().__init__()
-        if upsampler not in UPSAMPLERS:
-            raise ValueError(f"upsampler must be one of {UPSAMPLERS}, got {upsampler!r}")
-        if resi_connection != "1conv":
-            raise ValueError(f"only resi_connection='1conv' is implemented, got {resi_connection!r}")
-        if upsampler == "" and upscale != 1:
-            raise ValueError(f"the same-size head needs upscale=1, got {upscale}")
-        if upsampler == "pixelshuffle" and upscale not in (2, 3, 4):
-            raise ValueError(f"pixelshuffle upsampling supports upscale 2, 3, 4, got {upscale}")
+        check_head(upsampler, upscale, resi_connection)
         if cache_size < 1 or lora_rank < 1 or gps_patch < 1:
             raise ValueError(f"cache_size, lora_rank and gps_patch must be >= 1, got {cache_size}, {lora_rank}, {gps_patch}")
         self.upscale = upscale if upsampler else 1
@@ -459,8 +413,7 @@ class VAMamba(nn.Module):
         self.upsampler = upsampler
         self.qclam = qclam
         self.cache_size = cache_size
-        mean = RGB_MEAN if in_chans == 3 else (0.0,) * in_chans
-        self.register_buffer("mean", torch.tensor(mean).view(1, in_chans, 1, 1), persistent=False)
+        register_input_mean(self, in_chans)
 
         self.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
         self.patch_embed = nn.Module()
@@ -480,21 +433,7 @@ class VAMamba(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=1e-5)
         self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1)
 
-        if upsampler == "pixelshuffle":
-            features = 64
-            self.conv_before_upsample = nn.Sequential(nn.Conv2d(embed_dim, features, 3, 1, 1), nn.LeakyReLU(inplace=True))
-            stages: list[nn.Module] = []
-            if upscale == 3:
-                stages += [nn.Conv2d(features, 9 * features, 3, 1, 1), nn.PixelShuffle(3)]
-            else:
-                for _ in range(upscale.bit_length() - 1):
-                    stages += [nn.Conv2d(features, 4 * features, 3, 1, 1), nn.PixelShuffle(2)]
-            self.upsample = nn.Sequential(*stages)
-            self.conv_last = nn.Conv2d(features, in_chans, 3, 1, 1)
-        elif upsampler == "pixelshuffledirect":
-            self.upsample = nn.Sequential(nn.Conv2d(embed_dim, in_chans * upscale * upscale, 3, 1, 1), nn.PixelShuffle(upscale))
-        else:
-            self.conv_last = nn.Conv2d(embed_dim, in_chans, 3, 1, 1)
+        add_head(self, upsampler=upsampler, upscale=upscale, embed_dim=embed_dim, in_chans=in_chans)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -502,14 +441,7 @@ class VAMamba(nn.Module):
         adapter initialisations (after the global pass, so the adapter really starts at zero)."""
         if self.conv_first.weight.device.type == "meta":
             return
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_linear_and_norm(self)
         for module in self.modules():
             if isinstance(module, SS2D):
                 module.reset_ssm_parameters()
@@ -529,10 +461,5 @@ class VAMamba(nn.Module):
         x = (x - mean) * self.img_range
         f = self.conv_first(x)
         body = self.conv_after_body(self.forward_features(f)) + f
-        if self.upsampler == "pixelshuffle":
-            y = self.conv_last(self.upsample(self.conv_before_upsample(body)))
-        elif self.upsampler == "pixelshuffledirect":
-            y = self.upsample(body)
-        else:
-            y = x + self.conv_last(body)
+        y = run_head(self, self.upsampler, x, body)
         return y / self.img_range + mean
