@@ -12,10 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import spec_reference
 from restorecli import models
 from restorecli.errors import CheckpointError, ConfigError, UnknownModelError
 from restorecli.models.blocks import MambaMixer2D
-from restorecli.ops.scan_order import mair_scan_order
 
 KEYS_DIR = Path(__file__).parent / "data" / "official_keys"
 KEY_FILES = {
@@ -148,51 +148,6 @@ def test_mair_training_step_backpropagates() -> None:
     assert net.layers[0].residual_group.blocks[0].self_attention.A_logs.grad.abs().sum() > 0
 
 
-def _scan_float64(u, delta, a, b, c, d, delta_bias):
-    """Plain recurrence in float64 (independent of the library's scan code)."""
-    batch, dim, length = u.shape
-    groups = b.shape[1]
-    delta = F.softplus(delta + delta_bias[:, None])
-    b = b.repeat_interleave(dim // groups, dim=1)
-    c = c.repeat_interleave(dim // groups, dim=1)
-    h = torch.zeros(batch, dim, a.shape[1], dtype=torch.float64)
-    ys = []
-    for t in range(length):
-        h = torch.exp(delta[:, :, t, None] * a) * h + (delta[:, :, t] * u[:, :, t])[..., None] * b[:, :, :, t]
-        ys.append((h * c[:, :, :, t]).sum(-1) + d * u[:, :, t])
-    return torch.stack(ys, dim=-1)
-
-
-def _literal_mixer(mixer: MambaMixer2D, x: torch.Tensor) -> torch.Tensor:
-    """Specification section 3.1 step by step, in float64, with the official SSA channel shuffles."""
-    mixer = mixer.double()
-    x = x.double()
-    batch, height, width, _ = x.shape
-    length, inner, rank, n = height * width, mixer.inner, mixer.rank, mixer.d_state
-    xz = mixer.in_proj(x)
-    xa, z = xz[..., :inner], xz[..., inner:]
-    xc = F.silu(mixer.conv2d(xa.permute(0, 3, 1, 2))).reshape(batch, inner, length)
-    order = mair_scan_order(height, width, mixer.scan_len, mixer.shift, "cpu")
-    u = torch.cat([xc[:, :, order.scan[k]] for k in range(4)], dim=1)  # channel k*Di + d
-    dts, bs, cs = [], [], []
-    for k in range(4):
-        proj = torch.einsum("cd,bdl->bcl", mixer.x_proj_weight[k], u[:, k * inner : (k + 1) * inner])
-        dts.append(torch.einsum("dr,brl->bdl", mixer.dt_projs_weight[k], proj[:, :rank]))
-        bs.append(proj[:, rank : rank + n])
-        cs.append(proj[:, rank + n :])
-    y = _scan_float64(
-        u, torch.cat(dts, 1), -torch.exp(mixer.A_logs), torch.stack(bs, 1), torch.stack(cs, 1), mixer.Ds,
-        mixer.dt_projs_bias.reshape(-1),
-    )
-    y = torch.cat([y[:, k * inner : (k + 1) * inner][:, :, order.inverse[k]] for k in range(4)], dim=1)
-    y = y.view(batch, 4 * inner, height, width)
-    shuffled = y.view(batch, 4, inner, height, width).transpose(1, 2).reshape(batch, 4 * inner, height, width)
-    gate = mixer.gating.gating(shuffled)  # pool, grouped conv, sigmoid: channel 4d + j
-    gate = gate.view(batch, inner, 4, 1, 1).transpose(1, 2).reshape(batch, 4 * inner, 1, 1)  # back to j*Di + d
-    fused = (y * gate).view(batch, 4, inner, height, width).sum(1).permute(0, 2, 3, 1)
-    return mixer.out_proj(mixer.out_norm(fused) * F.silu(z))
-
-
 @pytest.mark.parametrize(("d_state", "shift", "height", "width"), [(1, 0, 5, 7), (4, 2, 6, 9), (16, 4, 8, 8), (2, 4, 3, 2)])
 def test_fast_mixer_equals_literal_specification(d_state: int, shift: int, height: int, width: int) -> None:
     mixer = MambaMixer2D(channels=20, d_state=d_state, ssm_ratio=1.3, scan_len=8 if shift == 4 else 4, shift=shift)
@@ -201,7 +156,8 @@ def test_fast_mixer_equals_literal_specification(d_state: int, shift: int, heigh
             p.add_(0.1 * torch.randn_like(p))
         x = torch.randn(2, height, width, 20)
         fast = mixer(x)
-        literal = _literal_mixer(mixer, x)
+        state = {k: v.double() for k, v in mixer.state_dict().items()}
+        literal = spec_reference.mixer(state, "", x.double(), mixer.scan_len, mixer.shift)
     assert (fast.double() - literal).abs().max().item() < 1e-5 * max(1.0, literal.abs().max().item())
 
 
