@@ -774,9 +774,8 @@ def resolve_weights(
         variant = "real"
     loaded = load_manifest(manifest)
     if model is not None and model not in loaded:
-        return _resolve_unpublished(
-            model, weights, loaded, task, scale, sigma, variant, allow_unverified, cache_dir, progress
-        )
+        wanted = {"scale": scale, "sigma": sigma, "variant": variant}
+        return _resolve_unpublished(model, weights, loaded, task, wanted, (allow_unverified, cache_dir, progress))
     if weights is not None:
         return _resolve_explicit(
             weights,
@@ -815,14 +814,7 @@ def _resolve_explicit(
     cache: Path | None,
     progress: bool,
 ) -> ResolvedWeights:
-    if urlsplit(weights).scheme.lower() in ("http", "https", "file"):
-        path, digest = _fetch_url(weights, allow_unverified, cache, progress)
-        source = "url"
-    else:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise CheckpointError(f"weights file not found: expected a file at {path}")
-        digest, source = sha256_file(path), "file"
+    path, digest, source = _weights_file(weights, allow_unverified, cache, progress)
     entry = entry or loaded.find_sha256(digest)
     if entry is None:
         return ResolvedWeights(path, None, None, None, digest, source)
@@ -830,20 +822,26 @@ def _resolve_explicit(
     return ResolvedWeights(path, entry.name, entry.arch, entry.config_dict(), digest, source)
 
 
+def _weights_file(weights: str, allow_unverified: bool, cache: Path | None, progress: bool) -> tuple[Path, str, str]:
+    """A ``--weights`` path or URL as (local path, sha256, source)."""
+    if urlsplit(weights).scheme.lower() in ("http", "https", "file"):
+        path, digest = _fetch_url(weights, allow_unverified, cache, progress)
+        return path, digest, "url"
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: expected a file at {path}")
+    return path, sha256_file(path), "file"
+
+
 def _resolve_unpublished(
-    model: str,
-    weights: str | None,
-    loaded: Manifest,
-    task: str,
-    scale: int | None,
-    sigma: int | None,
-    variant: str | None,
-    allow_unverified: bool,
-    cache: Path | None,
-    progress: bool,
+    model: str, weights: str | None, loaded: Manifest, task: str, wanted: dict[str, Any], fetch_options: tuple[bool, Path | None, bool]
 ) -> ResolvedWeights:
     """A name of the model table without manifest entry (no published weights, e.g. VAMamba):
-    the network comes from the table, the file must come from ``weights``."""
+    the network comes from the table, the file must come from ``weights``.
+
+    ``wanted`` holds the scale/sigma/variant the user asked for (None where not given);
+    ``fetch_options`` is (allow_unverified, cache, progress).
+    """
     from restorecli import models
 
     try:
@@ -851,7 +849,6 @@ def _resolve_unpublished(
     except UnknownModelError:
         loaded.get(model)  # raises with suggestions from the manifest's names
         raise
-    wanted = {"scale": scale, "sigma": sigma, "variant": variant}
     given = {"scale": spec.scale if task == "sr" else None, "sigma": spec.sigma, "variant": spec.variant}
     if spec.task != task or any(wanted[k] is not None and wanted[k] != given[k] for k in wanted):
         raise UsageError(
@@ -862,8 +859,8 @@ def _resolve_unpublished(
         raise DownloadError(
             f"no published weights for {model!r}; train them with `restore train` and pass the file with --weights"
         )
-    resolved = _resolve_explicit(weights, None, loaded, task, None, None, None, allow_unverified, cache, progress)
-    return ResolvedWeights(resolved.path, spec.name, spec.arch, asdict(spec.config), resolved.sha256, resolved.source)
+    path, digest, source = _weights_file(weights, *fetch_options)
+    return ResolvedWeights(path, spec.name, spec.arch, asdict(spec.config), digest, source)
 
 
 def _fetch_url(url: str, allow_unverified: bool, cache: Path | None, progress: bool) -> tuple[Path, str]:
