@@ -50,30 +50,23 @@ def load_model(
 
     Kept small and separate so that tests can replace it and the hub can change under it.
     """
-    from restorecli import hub, models
-    from restorecli.errors import CheckpointError
     from restorecli.evaluate import ModelInfo
+    from restorecli.inference import load_network
 
-    resolved = hub.resolve_weights(
+    # The same resolution as the restore commands: arch from the file, the manifest, --model, or
+    # recognised from the keys of an official checkpoint; scale/sigma checked against the network.
+    loaded = load_network(
         task,
         model=model,
         weights=weights,
         scale=scale,
         sigma=int(sigma) if sigma is not None else None,
-        manifest=manifest,
+        manifest=str(manifest) if manifest else None,
         allow_unverified=allow_unverified,
+        progress=True,
     )
-    arch, config, name = resolved.arch, resolved.config, resolved.name
-    if arch is None or config is None:
-        checkpoint = models.read_checkpoint(resolved.path)  # files written by `restore train` say what they are
-        arch, config, name = checkpoint.arch, checkpoint.config, name or checkpoint.name
-        if arch is None or config is None:
-            raise CheckpointError(
-                f"{resolved.path} does not say which network it holds; add --model NAME to give its architecture"
-            )
-    module = models.build_arch(arch, config)
-    models.load_checkpoint(module, resolved.path)
-    return module, ModelInfo(name or resolved.path.name, resolved.sha256, arch)
+    name = loaded.name or Path(loaded.weights_path).name
+    return loaded.module, ModelInfo(name, loaded.weights_sha256, loaded.arch)
 
 
 def _model_spec(name: str) -> Any:
