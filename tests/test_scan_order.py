@@ -74,15 +74,16 @@ def test_permutations_and_inverses_for_all_small_maps() -> None:
                     assert (np.take_along_axis(orders, inverse, axis=1) == np.arange(length)).all()
 
 
-def test_device_cache_returns_same_tensors_and_flat_views() -> None:
+def test_device_cache_returns_same_tensors_and_inverse_gathers_back() -> None:
     first = mair_scan_order(7, 9, 4, 2, "cpu")
     again = mair_scan_order(7, 9, 4, 2, torch.device("cpu"))
     assert first is again
     length = 63
     x = torch.randn(2, 5, length)
-    scanned = x.index_select(2, first.scan_flat).view(2, 5, 4, length)
+    shape = (2, 4, 5, length)
+    scanned = torch.gather(x[:, None].expand(shape), 3, first.scan[None, :, None].expand(shape))
     for k in range(4):
-        assert torch.equal(scanned[:, :, k], x[:, :, first.scan[k]])
-    restored = scanned.reshape(2, 5, 4 * length).index_select(2, first.inverse_flat).view(2, 5, 4, length)
+        assert torch.equal(scanned[:, k], x[:, :, first.scan[k]])
+    restored = torch.gather(scanned, 3, first.inverse[None, :, None].expand(shape))
     for k in range(4):
-        assert torch.equal(restored[:, :, k], x)
+        assert torch.equal(restored[:, k], x)

@@ -100,16 +100,10 @@ class ScanOrder:
     Attributes:
         scan: (4, L) int64, raster index visited at step t of direction k.
         inverse: (4, L) int64, step at which direction k visits raster index p.
-        scan_flat: (4L,) scan with direction offsets k*L removed (plain concatenation), for a single
-            ``index_select`` that produces all four sequences.
-        inverse_flat: (4L,) inverse offset by k*L, to un-scan a (..., 4, L) tensor viewed as (..., 4L)
-            with one ``index_select``.
     """
 
     scan: torch.Tensor
     inverse: torch.Tensor
-    scan_flat: torch.Tensor
-    inverse_flat: torch.Tensor
 
 
 @lru_cache(maxsize=64)
@@ -141,10 +135,7 @@ def mair_scan_order(height: int, width: int, scan_len: int, shift: int, device: 
     if cached is not None:
         return cached
     orders, inverse = _orders_numpy(height, width, scan_len, shift)
-    length = height * width
-    offsets = (np.arange(4, dtype=np.int64) * length)[:, None]
-    host = [torch.from_numpy(a.copy()) for a in (orders, inverse, orders.reshape(-1), (inverse + offsets).reshape(-1))]
-    order = ScanOrder(*(t.to(device) for t in host))
+    order = ScanOrder(torch.from_numpy(orders.copy()).to(device), torch.from_numpy(inverse.copy()).to(device))
     with _device_cache_lock:
         if len(_device_cache) >= _DEVICE_CACHE_LIMIT:
             _device_cache.pop(next(iter(_device_cache)))  # drop the oldest entry
