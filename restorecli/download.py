@@ -22,7 +22,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -189,8 +189,7 @@ def download(
             f"no sha256 is known for {url}, so it cannot be verified; allow unverified downloads "
             "(--allow-unverified) to fetch it anyway and pin the sha256 that is printed"
         )
-    already = dest.is_file() and expected is not None and (size is None or dest.stat().st_size == size)
-    if already and sha256_file(dest) == expected:
+    if _already_verified(dest, expected, size):
         return DownloadResult(dest, expected, dest.stat().st_size, verified=True)
 
     scheme = urlsplit(url).scheme.lower()
@@ -204,25 +203,113 @@ def download(
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    resumed = part.is_file() and part.stat().st_size > 0
-    while True:
-        if scheme == "file":
-            _copy_local(url, part)
-        else:
-            _fetch_with_retries(url, part, size, progress, timeout, retries, backoff, session)
-        try:
-            got, got_size = _verify(part, url, expected, size)
-            break
-        except ChecksumError:
-            if not resumed:
-                raise
-            # The bytes kept from an earlier run may belong to another version of the file.
-            logger.info("resumed download of %s failed verification; downloading it again from the start", url)
-            resumed = False
-    os.replace(part, dest)
+    # Two processes fetching the same file (a batch script started twice, torchrun ranks) would
+    # append to one .part; the second waits here and then finds the first one's verified file.
+    with _exclusive_lock(dest.with_name(dest.name + ".lock"), url):
+        if _already_verified(dest, expected, size):  # fetched by the process we waited for
+            return DownloadResult(dest, expected, dest.stat().st_size, verified=True)
+        resumed = part.is_file() and part.stat().st_size > 0
+        while True:
+            if scheme == "file":
+                _copy_local(url, part)
+            else:
+                _fetch_with_retries(url, part, size, progress, timeout, retries, backoff, session)
+            try:
+                got, got_size = _verify(part, url, expected, size)
+                break
+            except ChecksumError:
+                if not resumed:
+                    raise
+                # The bytes kept from an earlier run may belong to another version of the file.
+                logger.info("resumed download of %s failed verification; downloading it again from the start", url)
+                resumed = False
+        os.replace(part, dest)
     if expected is None:
         logger.warning("unverified download %s: sha256 %s (%d bytes); pin it to verify later", url, got, got_size)
     return DownloadResult(dest, got, got_size, verified=expected is not None)
+
+
+def _already_verified(dest: Path, expected: str | None, size: int | None) -> bool:
+    if expected is None or not dest.is_file() or (size is not None and dest.stat().st_size != size):
+        return False
+    return sha256_file(dest) == expected
+
+
+@contextmanager
+def _exclusive_lock(lock_path: Path, url: str) -> Iterator[None]:
+    """Hold an advisory exclusive lock on ``lock_path`` for the duration; remove the file after.
+
+    The lock belongs to the open file, so the operating system releases it when a process dies
+    (a lock file left by a killed process blocks nobody and is removed by the next holder). The
+    holder unlinks the file before unlocking, so a waiter that locked the unlinked file sees that
+    the path no longer names it and starts over on a fresh one.
+    """
+    announced = False
+    while True:
+        handle = open(lock_path, "a+b")  # noqa: SIM115 (kept open for the lock's lifetime)
+        if not _try_lock(handle):
+            if not announced:
+                logger.info("waiting for another process that is downloading %s", url)
+                announced = True
+            _lock(handle)
+        if _names_open_file(lock_path, handle):
+            break
+        handle.close()
+    try:
+        yield
+    finally:
+        if sys.platform != "win32":
+            lock_path.unlink(missing_ok=True)
+        _unlock(handle)
+        handle.close()
+        if sys.platform == "win32":
+            with suppress(OSError):  # another process may hold it open already
+                lock_path.unlink(missing_ok=True)
+
+
+def _names_open_file(path: Path, handle: IO[bytes]) -> bool:
+    try:
+        on_disk = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(handle.fileno())
+    return (on_disk.st_dev, on_disk.st_ino) == (opened.st_dev, opened.st_ino)
+
+
+if sys.platform == "win32":
+    import msvcrt
+
+    def _try_lock(handle: IO[bytes]) -> bool:
+        handle.seek(0)  # msvcrt locks bytes from the current position
+        try:
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+
+    def _lock(handle: IO[bytes]) -> None:
+        while not _try_lock(handle):
+            time.sleep(0.5)
+
+    def _unlock(handle: IO[bytes]) -> None:
+        handle.seek(0)
+        msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
+
+else:
+    import fcntl
+
+    def _try_lock(handle: IO[bytes]) -> bool:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def _lock(handle: IO[bytes]) -> None:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+
+    def _unlock(handle: IO[bytes]) -> None:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _verify(part: Path, url: str, expected: str | None, size: int | None) -> tuple[str, int]:

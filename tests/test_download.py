@@ -274,3 +274,57 @@ def test_progress_bar_on_a_terminal(server: FileServer, tmp_path: Path, monkeypa
     url = server.add("/w.bin", PAYLOAD, "cut")
     dl.download(url, tmp_path / "w.bin", sha256=DIGEST, progress=True, backoff=0.0)
     assert (tmp_path / "w.bin").read_bytes() == PAYLOAD
+
+
+def test_concurrent_download_waits_and_reuses_the_first_ones_file(server: FileServer, tmp_path: Path) -> None:
+    """A second downloader of the same file waits for the lock, then finds the verified file."""
+    url = server.add("/w.bin", PAYLOAD)
+    dest = tmp_path / "cache" / "w.bin"
+    dest.parent.mkdir(parents=True)
+    results: list[dl.DownloadResult] = []
+    with dl._exclusive_lock(dest.with_name("w.bin.lock"), url):  # another process, mid-download
+        waiter = threading.Thread(target=lambda: results.append(dl.download(url, dest, sha256=DIGEST, **FAST)))
+        waiter.start()
+        waiter.join(0.5)
+        assert waiter.is_alive() and not results and server.requests == []
+        dest.write_bytes(PAYLOAD)  # the holder finishes its verified file
+    waiter.join(10)
+    assert results and results[0].verified and results[0].path == dest
+    assert server.requests == []  # nothing transferred twice
+
+
+def test_concurrent_download_takes_over_after_a_failed_holder(server: FileServer, tmp_path: Path) -> None:
+    url = server.add("/w.bin", PAYLOAD)
+    dest = tmp_path / "cache" / "w.bin"
+    dest.parent.mkdir(parents=True)
+    results: list[dl.DownloadResult] = []
+    with dl._exclusive_lock(dest.with_name("w.bin.lock"), url):
+        waiter = threading.Thread(target=lambda: results.append(dl.download(url, dest, sha256=DIGEST, **FAST)))
+        waiter.start()
+        waiter.join(0.3)
+        assert waiter.is_alive()
+    waiter.join(10)
+    assert results and dest.read_bytes() == PAYLOAD and len(server.requests) == 1
+
+
+def test_two_processes_transfer_the_file_once(server: FileServer, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    url = server.add("/w.bin", PAYLOAD, "stall")  # the first transfer hangs until released
+    dest = tmp_path / "cache" / "w.bin"
+    script = (
+        "import sys; from restorecli import download as dl; "
+        "r = dl.download(sys.argv[1], sys.argv[2], sha256=sys.argv[3], progress=False, backoff=0.0, timeout=2.0); "
+        "print(r.sha256)"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, url, str(dest), DIGEST], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0] and outputs == [DIGEST, DIGEST]
+    assert dest.read_bytes() == PAYLOAD
+    # One stalled request plus its resume; the waiting process found the verified file.
+    assert len(server.requests) == 2 and server.requests[1][1] == "bytes=10-"
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["w.bin"]
