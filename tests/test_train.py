@@ -39,15 +39,20 @@ output: {{dir: {out}, log_every: 2, save_every: 6, tensorboard: false}}
 """
 
 
+def smooth_images(folder: Path, count: int) -> Path:
+    """Write ``count`` smooth 32x32 colour images ``img{i}.png`` into a new ``folder``."""
+    folder.mkdir()
+    yy, xx = np.mgrid[0:32, 0:32] / 31.0
+    for i in range(count):
+        img = np.stack([np.sin(3 * xx + i), np.cos(2 * yy - i), xx * yy], axis=2) * 0.4 + 0.5
+        cv2.imwrite(str(folder / f"img{i}.png"), (img * 255).round().astype(np.uint8))
+    return folder
+
+
 @pytest.fixture
 def tiny(tmp_path: Path) -> Path:
     """A config file for a tiny x2 MaIR on two smooth 32x32 images."""
-    hq = tmp_path / "hq"
-    hq.mkdir()
-    yy, xx = np.mgrid[0:32, 0:32] / 31.0
-    for i in range(2):
-        img = np.stack([np.sin(3 * xx + i), np.cos(2 * yy - i), xx * yy], axis=2) * 0.4 + 0.5
-        cv2.imwrite(str(hq / f"img{i}.png"), (img * 255).round().astype(np.uint8))
+    hq = smooth_images(tmp_path / "hq", 2)
     path = tmp_path / "tiny.yml"
     path.write_text(TINY_YAML.format(dim=8, depths="[1]", hq=hq, out=tmp_path / "run"), encoding="utf-8")
     return path
@@ -163,11 +168,15 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_torchrun_two_gloo_processes(tiny: Path, tmp_path: Path) -> None:
-    """2 ranks through torchrun on the CPU (Gloo): both train, rank 0 alone writes one checkpoint."""
+    """2 ranks through torchrun on the CPU (Gloo): both train, rank 0 alone writes one checkpoint.
+
+    With two progressive stages (per-process batch 2 then 1, patch 8 then 16) and mixup on every batch.
+    """
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
         f"--master_port={_free_port()}", "-m", "restorecli", "train", "--config", str(tiny),
         "--set", "val.every=0", "--set", "output.save_every=0", "--set", "schedule.iterations=4", "-q",
+        "--set", "data.progressive={iterations: [2, 2], patch: [8, 16], batch: [2, 1]}", "--set", "data.mixup.prob=1",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)

@@ -48,11 +48,37 @@ class ModelSection:
 
 
 @dataclass(frozen=True)
+class ProgressiveSection:
+    """Progressive patch sizes (the official real-denoising/deblurring recipes); empty lists = off.
+
+    Stage *k* lasts ``iterations[k]`` iterations with LQ patch side ``patch[k]`` and ``batch[k]``
+    samples per process; iterations past the last span stay in the last stage.
+    """
+
+    iterations: tuple[int, ...] = ()
+    patch: tuple[int, ...] = ()
+    batch: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class MixupSection:
+    """Batch mixup (official RealDN): with probability ``prob`` per batch (0 = off), mix LQ and HQ.
+
+    λ ~ Beta(``alpha``, ``alpha``) and one permutation of the batch are drawn per mixed batch, and
+    both LQ and HQ become ``λ·x + (1 − λ)·x[perm]``.
+    """
+
+    prob: float = 0.0
+    alpha: float = 1.2
+
+
+@dataclass(frozen=True)
 class DataSection:
     """Training images. ``hq`` folders (required); ``lq`` folders for paired data (same order).
 
-    ``patch`` is the LQ patch side, ``batch`` the batch per process, ``in_memory`` None = auto
-    (decode once and keep when the files total under 1 GiB).
+    ``patch`` is the LQ patch side, ``batch`` the batch per process (with ``progressive`` stages:
+    the largest stage's, as the official ``gt_size``/``batch_size_per_gpu``), ``in_memory`` None =
+    auto (decode once and keep when the files total under 1 GiB).
     """
 
     hq: tuple[str, ...]
@@ -63,6 +89,8 @@ class DataSection:
     flip: bool = True
     rot90: bool = True
     in_memory: bool | None = None
+    progressive: ProgressiveSection = field(default_factory=ProgressiveSection)
+    mixup: MixupSection = field(default_factory=MixupSection)
 
 
 @dataclass(frozen=True)
@@ -353,6 +381,35 @@ def _check_values(config: TrainConfig) -> None:
         raise ConfigError(f"degradation.blur_size must be odd, got {config.degradation.blur_size}")
     if list(config.schedule.milestones) != sorted(config.schedule.milestones):
         raise ConfigError(f"schedule.milestones must increase, got {list(config.schedule.milestones)}")
+    _check_progressive(config.data)
+    mixup = config.data.mixup
+    if not 0.0 <= mixup.prob <= 1.0:
+        raise ConfigError(f"data.mixup.prob must be in [0, 1] (0 = off), got {mixup.prob}")
+    if mixup.alpha <= 0:
+        raise ConfigError(f"data.mixup.alpha must be positive, got {mixup.alpha}")
+
+
+def _check_progressive(data: DataSection) -> None:
+    """Stages: equal-length lists of positive numbers; data.patch/batch are the largest stage's."""
+    stages = data.progressive
+    lists = {"iterations": stages.iterations, "patch": stages.patch, "batch": stages.batch}
+    if not any(lists.values()):
+        return
+    for name, values in lists.items():
+        if len(values) != len(stages.iterations):
+            raise ConfigError(
+                f"data.progressive.{name} has {len(values)} stages but data.progressive.iterations has "
+                f"{len(stages.iterations)}; give one value per stage"
+            )
+        for i, value in enumerate(values):
+            if value <= 0:
+                raise ConfigError(f"data.progressive.{name}[{i}] must be positive, got {value}")
+    for name, largest in (("patch", max(stages.patch)), ("batch", max(stages.batch))):
+        if getattr(data, name) != largest:
+            raise ConfigError(
+                f"data.{name} is {getattr(data, name)} but the largest data.progressive.{name} is {largest}; "
+                f"set data.{name}={largest} (with stages it is the largest stage's, as the official recipes)"
+            )
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -2,9 +2,15 @@
 
 Every random choice of a training sample (crop, flips, degradation parameters) comes from a NumPy
 generator seeded by ``(seed, rank, epoch, index)``, never from global or per-worker RNG state. So
-a sample is a pure function of its position in the data order, loading is identical with any
-number of workers, and resuming at iteration *i* only needs the data order, which
-:class:`ResumableSampler` recomputes from the seed.
+a sample is a pure function of its position in the data order (and the patch side of its stage),
+loading is identical with any number of workers, and resuming at iteration *i* only needs the data
+order, which :class:`ResumableSampler` recomputes from the seed.
+
+Progressive patch sizes (``data.progressive``) are batches whose size and patch side follow the
+stage of their iteration: :class:`StageBatchSampler` hands the loader lists of ``(epoch, index,
+patch)`` keys, each stage taking exactly its batch of keys from the rank's data order. Batch
+mixup draws from a generator seeded by ``(seed, rank, iteration)`` (:func:`mixup_rng`), so it too
+is recomputed, not stored, on resume.
 
 Images are uint8 HWC RGB in memory; samples float32 CHW arrays; batches float32 NCHW RGB tensors in [0, 1] (noise is not clipped
 unless asked, as the official denoising data).
@@ -12,6 +18,7 @@ unless asked, as the official denoising data).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -28,7 +35,12 @@ from restorecli.io import read_image
 if TYPE_CHECKING:
     import torch
 
-    from restorecli.train.config import DataSection, DegradationSection, ValSet
+    from restorecli.train.config import (
+        DataSection,
+        DegradationSection,
+        MixupSection,
+        ValSet,
+    )
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 IN_MEMORY_LIMIT = 1 << 30
@@ -249,11 +261,14 @@ class TrainDataset:
             return hq, bicubic_lr(hq, self.scale)
         return hq, None
 
-    def sample(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """One (lq, hq) pair of float32 HWC arrays for position ``index`` of epoch ``epoch``."""
+    def sample(self, epoch: int, index: int, patch: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One (lq, hq) pair of float32 HWC arrays for position ``index`` of epoch ``epoch``.
+
+        ``patch`` is the LQ patch side (default ``data.patch``; a progressive stage passes its own).
+        """
         rng = np.random.default_rng((self.seed, self.rank, epoch, index))
         hq, lq = self._cache[index] if self._cache is not None else self._load(index)
-        s, p = self.scale, self.data.patch
+        s, p = self.scale, self.data.patch if patch is None else patch
         if lq is not None:
             lq = _pad_to(lq, p)
             hq = _pad_to(hq, p * s)
@@ -269,8 +284,8 @@ class TrainDataset:
         lq_patch, hq_patch = augment(lq_patch, hq_patch, rng, self.data.flip, self.data.rot90)
         return np.ascontiguousarray(lq_patch), np.ascontiguousarray(hq_patch)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """(lq, hq) float32 CHW arrays (batched into tensors by :func:`collate`)."""
+    def __getitem__(self, key: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """(lq, hq) float32 CHW arrays for ``(epoch, index)`` or ``(epoch, index, patch)``."""
         lq, hq = self.sample(*key)
         return np.ascontiguousarray(lq.transpose(2, 0, 1)), np.ascontiguousarray(hq.transpose(2, 0, 1))
 
@@ -315,21 +330,111 @@ class ResumableSampler:
             epoch, offset = epoch + 1, 0
 
 
-def make_loader(dataset: TrainDataset, batch: int, workers: int, seed: int, rank: int, world: int, start_iteration: int) -> Iterator:
-    """An endless iterator of (lq, hq) batches starting at ``start_iteration``."""
+@dataclass(frozen=True)
+class Stage:
+    """A stretch of training from iteration ``start`` with one LQ patch side and batch per process."""
+
+    start: int
+    patch: int
+    batch: int
+
+
+def stages(data: DataSection) -> list[Stage]:
+    """The progressive stages in order; one stage (``data.patch``, ``data.batch``) without them."""
+    spans = data.progressive
+    if not spans.iterations:
+        return [Stage(0, data.patch, data.batch)]
+    starts = itertools.accumulate(spans.iterations[:-1], initial=0)
+    return [Stage(start, p, b) for start, p, b in zip(starts, spans.patch, spans.batch)]
+
+
+def stage_index(data: DataSection, iteration: int) -> int:
+    """The stage of the update at 0-based ``iteration`` (past the last span: the last stage)."""
+    return sum(1 for stage in stages(data)[1:] if iteration >= stage.start)
+
+
+def samples_before(data: DataSection, iteration: int) -> int:
+    """How many samples of its data order a process uses before 0-based ``iteration``."""
+    bounds = stages(data)
+    ends = [stage.start for stage in bounds[1:]] + [iteration]
+    return sum(max(0, min(iteration, end) - stage.start) * stage.batch for stage, end in zip(bounds, ends))
+
+
+class StageBatchSampler:
+    """Endless batches of ``(epoch, index, patch)`` keys, one per iteration from ``start_iteration``.
+
+    The keys are this rank's :class:`ResumableSampler` order, cut into batches of the size of each
+    iteration's stage; so the keys of iteration *i* depend only on the seed, rank, world size and
+    stages, and a resumed loader starts at key :func:`samples_before` (i).
+    """
+
+    def __init__(self, data: DataSection, size: int, seed: int, rank: int = 0, world: int = 1, start_iteration: int = 0) -> None:
+        self.data, self.start_iteration = data, start_iteration
+        self.order = ResumableSampler(size, seed, rank, world, start=samples_before(data, start_iteration))
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        bounds = stages(self.data)
+        keys = iter(self.order)
+        for iteration in itertools.count(self.start_iteration):
+            stage = bounds[stage_index(self.data, iteration)]
+            yield [(epoch, index, stage.patch) for epoch, index in itertools.islice(keys, stage.batch)]
+
+
+def make_loader(dataset: TrainDataset, world: int, start_iteration: int) -> Iterator:
+    """An endless iterator of (lq, hq) batches, one per iteration from ``start_iteration``.
+
+    Batch size and patch side follow ``data.progressive`` (else ``data.batch``/``data.patch``);
+    ``data.workers`` loader processes; this rank's shard of the data order.
+    """
     from torch.utils.data import DataLoader
 
-    sampler = ResumableSampler(len(dataset), seed, rank, world, start=start_iteration * batch)
+    batches = StageBatchSampler(dataset.data, len(dataset), dataset.seed, dataset.rank, world, start_iteration)
+    workers = dataset.data.workers
     loader = DataLoader(
         dataset,  # type: ignore[arg-type]
-        batch_size=batch,
-        sampler=sampler,  # type: ignore[arg-type]
+        batch_sampler=batches,  # type: ignore[arg-type]
         num_workers=workers,
         collate_fn=collate,
         persistent_workers=workers > 0,
-        drop_last=True,
     )
     return iter(loader)
+
+
+MIXUP_STREAM = 1
+"""Spawn key that keeps the mixup generators apart from the sample generators."""
+
+
+def mixup_rng(seed: int, rank: int, iteration: int) -> np.random.Generator:
+    """The generator of the mixup draw of ``iteration`` on ``rank`` (recomputed on resume)."""
+    return np.random.default_rng(np.random.SeedSequence((seed, rank, iteration), spawn_key=(MIXUP_STREAM,)))
+
+
+def draw_mixup(mixup: MixupSection, batch: int, rng: np.random.Generator) -> tuple[float, np.ndarray] | None:
+    """None (no mixing, probability 1 − ``prob``) or λ ~ Beta(alpha, alpha) and a permutation of the batch."""
+    if rng.random() >= mixup.prob:
+        return None
+    return float(rng.beta(mixup.alpha, mixup.alpha)), rng.permutation(batch)
+
+
+def apply_mixup(
+    lq: torch.Tensor, hq: torch.Tensor, mixup: MixupSection, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mix a batch with a permutation of itself (same λ and permutation for LQ and HQ), or return it as is.
+
+    Args:
+        lq: (N, C, h, w) LQ batch.
+        hq: (N, C, H, W) HQ batch.
+        mixup: probability and Beta parameter.
+        rng: the draw's generator (:func:`mixup_rng`).
+    """
+    import torch
+
+    draw = draw_mixup(mixup, lq.shape[0], rng)
+    if draw is None:
+        return lq, hq
+    lam, perm = draw
+    order = torch.from_numpy(perm).to(lq.device)
+    return lam * lq + (1.0 - lam) * lq[order], lam * hq + (1.0 - lam) * hq[order]
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,11 @@ A training checkpoint is a dict readable with ``torch.load(weights_only=True)``:
 
 so ``restore sr --weights latest.pth`` loads it directly (``params_ema`` is preferred).
 
-Resume is exact: the learning rate is a pure function of the iteration, the data order and every
-sample are pure functions of (seed, rank, epoch, index) (see ``restorecli.train.data``), and the
-torch RNG (drop-path) is restored per rank. So stopping at iteration *i* and resuming gives the
-same loss sequence as an uninterrupted run (on the same device, thread count and backend).
+Resume is exact: the learning rate and the progressive stage are pure functions of the iteration,
+the data order and every sample are pure functions of (seed, rank, epoch, index), the mixup draw
+of (seed, rank, iteration) (see ``restorecli.train.data``), and the torch RNG (drop-path) is
+restored per rank. So stopping at iteration *i* and resuming gives the same loss sequence as an
+uninterrupted run (on the same device, thread count and backend).
 """
 
 from __future__ import annotations
@@ -36,8 +37,22 @@ from torch import nn
 
 from restorecli.errors import CheckpointError, ConfigError
 from restorecli.train import distributed as dist_utils
-from restorecli.train.config import ScheduleSection, TrainConfig, config_from_mapping, config_to_mapping
-from restorecli.train.data import TrainDataset, ValImage, load_val_set, make_loader
+from restorecli.train.config import (
+    ScheduleSection,
+    TrainConfig,
+    config_from_mapping,
+    config_to_mapping,
+)
+from restorecli.train.data import (
+    TrainDataset,
+    ValImage,
+    apply_mixup,
+    load_val_set,
+    make_loader,
+    mixup_rng,
+    stage_index,
+    stages,
+)
 from restorecli.train.losses import make_loss
 
 logger = logging.getLogger(__name__)
@@ -354,9 +369,9 @@ def _train(
     dataset = TrainDataset(config.data, config.degradation, config.seed, info.rank)
     if len(dataset) < config.data.batch:
         raise ConfigError(f"data has {len(dataset)} images, fewer than data.batch = {config.data.batch}")
-    batches: Iterator = make_loader(
-        dataset, config.data.batch, config.data.workers, config.seed, info.rank, info.world, start
-    )
+    batches: Iterator = make_loader(dataset, info.world, start)
+    stage_list = stages(config.data)
+    stage = -1
     val_sets = {v.name: load_val_set(v, config.degradation) for v in config.val.sets} if info.is_main else {}
     crop = config.val.crop_border if config.val.crop_border >= 0 else config.degradation.scale
     loss_fn = make_loss(config.optim.loss, config.optim.charbonnier_eps)
@@ -422,8 +437,16 @@ def _train(
     its = 0.0
     with _StopFlag() as stop:
         while iteration < end:
+            if info.is_main and len(stage_list) > 1 and stage_index(config.data, iteration) != stage:
+                stage = stage_index(config.data, iteration)
+                logger.info(
+                    "iter %d: progressive stage %d of %d, patch %d, batch %d per process",
+                    iteration, stage + 1, len(stage_list), stage_list[stage].patch, stage_list[stage].batch,
+                )
             lq, hq = next(batches)
             lq, hq = lq.to(device, non_blocking=True), hq.to(device, non_blocking=True)
+            if config.data.mixup.prob > 0:
+                lq, hq = apply_mixup(lq, hq, config.data.mixup, mixup_rng(config.seed, info.rank, iteration))
             lr = learning_rate(config, iteration)
             for group in optimizer.param_groups:
                 group["lr"] = lr
