@@ -4,6 +4,9 @@ Reading goes through ``cv2.imdecode`` on the file's bytes (safe for Unicode path
 with ``IMREAD_UNCHANGED`` so that 16-bit samples, grey and alpha survive. That flag makes OpenCV
 ignore the EXIF orientation of JPEG, PNG and WebP files, so the orientation is read here and
 applied explicitly (OpenCV's TIFF decoder applies it itself; that is detected, not assumed).
+The embedded ICC colour profile of a PNG, JPEG or WebP file is kept on the image and written
+into PNG, JPEG and WebP outputs (``restorecli.icc``); EXIF is not carried over, since the pixels
+are already in display orientation.
 
 Writing encodes in memory and then writes a temporary file in the destination folder that is
 renamed over the target, so a crash or Ctrl-C never leaves a partial output.
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import struct
 import tempfile
@@ -22,6 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from restorecli import icc
 from restorecli.errors import ImageReadError, ImageWriteError
 
 if TYPE_CHECKING:
@@ -47,6 +52,8 @@ FORMAT_NAMES = "PNG, JPEG, WebP, BMP or TIFF"
 DEFAULT_QUALITY = 95
 """JPEG and WebP quality of written files."""
 
+_log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Image:
@@ -57,12 +64,15 @@ class Image:
         alpha: (H, W) alpha samples of the same dtype, or None.
         source_format: ``png|jpeg|webp|bmp|tiff`` of the file it came from ("" if made in memory).
         orientation: EXIF orientation (1-8) that was applied while reading; 1 = none.
+        icc_profile: The embedded ICC colour profile of the file, or None (none, unreadable, or
+            a format whose profile is not read: BMP, TIFF).
     """
 
     color: np.ndarray
     alpha: np.ndarray | None = None
     source_format: str = ""
     orientation: int = 1
+    icc_profile: bytes | None = None
 
     def __post_init__(self) -> None:
         if self.color.dtype not in (np.uint8, np.uint16):
@@ -73,6 +83,8 @@ class Image:
             self.alpha.shape != self.color.shape[:2] or self.alpha.dtype != self.color.dtype
         ):
             raise ValueError("alpha must be (H, W) with the dtype of color")
+        if self.icc_profile is not None and not isinstance(self.icc_profile, bytes):
+            raise TypeError(f"icc_profile must be bytes or None, got {type(self.icc_profile).__name__}")
 
     @property
     def height(self) -> int:
@@ -130,7 +142,8 @@ def read_image(path: str | os.PathLike[str]) -> Image:
         path: PNG, JPEG, WebP, BMP or TIFF file; 8 or 16 bits; grey, RGB or RGBA.
 
     Returns:
-        The image, EXIF orientation applied.
+        The image, EXIF orientation applied, with its ICC profile if it has a readable one (a
+        malformed profile is ignored and logged at DEBUG level).
 
     Raises:
         ImageReadError: Missing, empty, not an image, truncated or corrupt, or an unsupported mode.
@@ -169,7 +182,12 @@ def read_image(path: str | os.PathLike[str]) -> Image:
     if orientation != 1 and not (fmt == "tiff" and _tiff_decoder_orients()):
         decoded = apply_orientation(decoded, orientation)
     color, alpha = _split_channels(decoded, path)
-    return Image(color=color, alpha=alpha, source_format=fmt, orientation=orientation)
+    try:
+        profile = icc.find_profile(data, fmt)
+    except icc.ProfileError as error:
+        _log.debug("%s: ignoring its ICC profile: %s", path, error)
+        profile = None
+    return Image(color=color, alpha=alpha, source_format=fmt, orientation=orientation, icc_profile=profile)
 
 
 @functools.lru_cache(maxsize=1)
@@ -234,46 +252,19 @@ def exif_orientation(data: bytes, fmt: str) -> int:
 
 
 def _jpeg_exif(data: bytes) -> bytes | None:
-    pos = 2
-    while pos + 4 <= len(data) and data[pos] == 0xFF:
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            pos += 2
-            continue
-        if marker in (0xDA, 0xD9):  # start of scan / end of image: no more metadata
-            return None
-        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
-        segment = data[pos + 4 : pos + 2 + length]
-        if marker == 0xE1 and segment.startswith(b"Exif\x00\x00"):
-            return segment[6:]
-        pos += 2 + length
+    for segment in icc.jpeg_segments(data):
+        if segment.marker == 0xE1 and segment.body.startswith(b"Exif\x00\x00"):
+            return segment.body[6:]
     return None
 
 
 def _png_exif(data: bytes) -> bytes | None:
-    pos = 8
-    while pos + 8 <= len(data):
-        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
-        if kind == b"eXIf":
-            return data[pos + 8 : pos + 8 + length]
-        if kind == b"IEND":
-            return None
-        pos += 12 + length
-    return None
+    return next((chunk.body for chunk in icc.png_chunks(data) if chunk.kind == b"eXIf"), None)
 
 
 def _webp_exif(data: bytes) -> bytes | None:
-    pos = 12
-    while pos + 8 <= len(data):
-        kind, length = struct.unpack("<4sI", data[pos : pos + 8])
-        if kind == b"EXIF":
-            blob = data[pos + 8 : pos + 8 + length]
-            return blob[6:] if blob.startswith(b"Exif\x00\x00") else blob
-        pos += 8 + length + (length & 1)
-    return None
+    blob = next((chunk.body for chunk in icc.riff_chunks(data) if chunk.kind == b"EXIF"), None)
+    return blob[6:] if blob is not None and blob.startswith(b"Exif\x00\x00") else blob
 
 
 def _tiff_orientation(blob: bytes) -> int:
@@ -333,8 +324,8 @@ def tensor_to_image(tensor: torch.Tensor, like: Image) -> Image:
 
     Args:
         tensor: (1, 3, sH, sW) float RGB, any range (clamped to [0, 1]); consumed (modified in place).
-        like: The input image; its bit depth and grey/colour mode are kept, its alpha is resized
-            to the output size (bicubic) or passed through when the size is unchanged.
+        like: The input image; its bit depth, grey/colour mode and ICC profile are kept, its alpha
+            is resized to the output size (bicubic) or passed through when the size is unchanged.
 
     Returns:
         The output image.
@@ -356,7 +347,7 @@ def tensor_to_image(tensor: torch.Tensor, like: Image) -> Image:
     alpha = like.alpha
     if alpha is not None and alpha.shape != color.shape[:2]:
         alpha = cv2.resize(alpha, (color.shape[1], color.shape[0]), interpolation=cv2.INTER_CUBIC)
-    return Image(color=color, alpha=alpha, source_format=like.source_format)
+    return Image(color=color, alpha=alpha, source_format=like.source_format, icc_profile=like.icc_profile)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,6 +394,8 @@ def _to_8_bit(samples: np.ndarray) -> np.ndarray:
 def encode_image(image: Image, fmt: str, *, quality: int = DEFAULT_QUALITY) -> tuple[bytes, list[str]]:
     """Encode an image as ``fmt`` in memory.
 
+    The image's ICC profile goes into PNG, JPEG and WebP files; elsewhere it is left out with a note.
+
     Returns:
         The file's bytes and notes on anything the format could not hold.
     """
@@ -427,7 +420,14 @@ def encode_image(image: Image, fmt: str, *, quality: int = DEFAULT_QUALITY) -> t
         raise ImageWriteError(f"cannot encode a {image.mode} {image.bit_depth}-bit image as {fmt.upper()}: {error}") from None
     if not ok:
         raise ImageWriteError(f"cannot encode a {image.mode} {image.bit_depth}-bit image as {fmt.upper()}")
-    return buffer.tobytes(), notes
+    data = buffer.tobytes()
+    if image.icc_profile is not None:
+        problem = icc.unfit_reason(image.icc_profile, fmt, grey=pixels.ndim == 2)
+        if problem is None:
+            data = icc.embed_profile(data, fmt, image.icc_profile)
+        else:
+            notes.append(problem)
+    return data, notes
 
 
 def write_image(
@@ -446,7 +446,7 @@ def write_image(
         quality: JPEG/WebP quality.
 
     Returns:
-        Notes on anything the format could not hold (bit depth, alpha).
+        Notes on anything the format could not hold (bit depth, alpha, ICC profile).
 
     Raises:
         ImageWriteError: Unknown extension, existing file, unwritable folder, encoder failure.

@@ -156,6 +156,24 @@ def test_depth_grey_alpha_and_exif_orientation_survive(tmp_path: Path, weights: 
     assert notes["portrait.jpg"] == ["EXIF orientation 6 applied"]
 
 
+def test_icc_profile_is_carried_to_png_and_jpeg_outputs(tmp_path: Path, weights: dict[str, Path], capsys, monkeypatch) -> None:
+    from restorecli import io
+
+    header = bytearray(128)
+    header[:4], header[16:20], header[36:40] = (136).to_bytes(4, "big"), b"RGB ", b"acsp"
+    profile = bytes(header) + b"tagdata!"
+    pixels = np.random.default_rng(2).integers(0, 256, (10, 14, 3), dtype=np.uint8)
+    for name in ("p3.png", "p3.jpg"):
+        io.write_image(tmp_path / "in" / name, io.Image(color=pixels, icc_profile=profile))
+
+    code, out, err = run_cli(["denoise", tmp_path / "in", "-o", tmp_path / "out", "--weights", weights["same"], "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    assert io.read_image(tmp_path / "out" / "p3_denoised.png").icc_profile == profile
+    assert io.read_image(tmp_path / "out" / "p3_denoised.jpg").icc_profile == profile
+    notes = {Path(entry["input"]).name: entry["notes"] for entry in json.loads(out)["files"]}
+    assert notes == {"p3.png": [], "p3.jpg": []}
+
+
 def test_rgba_to_jpg_is_written_as_png(tmp_path: Path, weights: dict[str, Path], capsys, monkeypatch) -> None:
     source = write_png(tmp_path / "logo.png", 8, 8, 4)
     code, out, _ = run_cli(["sr", source, "--weights", weights["sr2"], "--ext", "jpg", "--json", "-q"], capsys, monkeypatch)
