@@ -168,8 +168,11 @@ def test_download_path_verify_remove(
     assert path.read_bytes() == PAYLOAD
     assert restore(capsys, monkeypatch, "models", "path", "private-dn")[1].strip() == str(path)
     code, out, _ = restore(capsys, monkeypatch, "models", "verify", "--json")
-    bundled = {"name": "restorecli-light-x4", "path": str(hub.BUNDLED_DIR / "restorecli-light-x4.safetensors"), "ok": True, "detail": "ok (bundled)"}
-    assert code == 0 and json.loads(out) == [bundled, {"name": "private-dn", "path": str(path), "ok": True, "detail": "ok"}]
+    bundled = [
+        {"name": name, "path": str(hub.BUNDLED_DIR / f"{name}.safetensors"), "ok": True, "detail": "ok (bundled)"}
+        for name in ("restorecli-light-x4", "restorecli-light-x2")
+    ]
+    assert code == 0 and json.loads(out) == [*bundled, {"name": "private-dn", "path": str(path), "ok": True, "detail": "ok"}]
     path.write_bytes(PAYLOAD[::-1])
     code, out, err = restore(capsys, monkeypatch, "models", "verify")
     assert code == 1 and "FAILED" in out and "corrupt" in err
@@ -196,8 +199,9 @@ def test_unknown_names(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.M
 def test_list_table_and_json(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     code, out, _ = restore(capsys, monkeypatch, "models", "list", "--json")
     rows = json.loads(out)
-    assert code == 0 and len(rows) == 18  # 17 official + the bundled restorecli-light-x4
-    assert {r["name"]: r["where"] for r in rows}["restorecli-light-x4"] == "bundled"
+    assert code == 0 and len(rows) == 19  # 17 official + the bundled restorecli-light-x4 and -x2
+    where = {r["name"]: r["where"] for r in rows}
+    assert where["restorecli-light-x4"] == where["restorecli-light-x2"] == "bundled"
     assert {"name", "task", "scale", "sigma", "params", "source", "where", "size"} <= set(rows[0])
     code, out, _ = restore(capsys, monkeypatch, "models", "list", "--task", "dehaze")
     assert code == 0 and "mair-dehaze-r6k" in out and "mair-sr-x4" not in out

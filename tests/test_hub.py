@@ -133,19 +133,21 @@ def test_default_after_import_is_the_cached_model(tmp_path: Path, monkeypatch: p
 
 
 def test_nothing_obtainable_explains_how_to_get_weights() -> None:
-    # x2 has no bundled model: nothing is obtainable on a fresh machine.
-    assert hub.default_model("sr", scale=2) is None
+    # x3 has no bundled model: nothing is obtainable on a fresh machine.
+    assert hub.default_model("sr", scale=3) is None
     with pytest.raises(DownloadError) as info:
-        hub.resolve_weights("sr", model=None, weights=None, scale=2)
+        hub.resolve_weights("sr", model=None, weights=None, scale=3)
     message = str(info.value)
-    assert DRIVE in message and "MaIR_SR_x2.pth" in message and "restore models import" in message
+    assert DRIVE in message and "MaIR_SR_x3.pth" in message and "restore models import" in message
 
 
 def test_bundled_default_works_offline_on_a_fresh_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RESTORECLI_OFFLINE", "1")
-    resolved = hub.resolve_weights("sr", model=None, weights=None, scale=4)
-    assert (resolved.name, resolved.source, resolved.arch) == ("restorecli-light-x4", "bundled", "mair")
-    assert resolved.path.parent == hub.BUNDLED_DIR and hub.sha256_file(resolved.path) == resolved.sha256
+    for scale in (4, 2):
+        resolved = hub.resolve_weights("sr", model=None, weights=None, scale=scale)
+        assert (resolved.name, resolved.source, resolved.arch) == (f"restorecli-light-x{scale}", "bundled", "mair")
+        assert resolved.path.parent == hub.BUNDLED_DIR and hub.sha256_file(resolved.path) == resolved.sha256
+        assert resolved.config is not None and resolved.config["upscale"] == scale
 
 
 def test_no_model_for_request_is_a_usage_error() -> None:
@@ -309,10 +311,11 @@ def test_corrupted_cache_file_is_detected(server: FileServer, tmp_path: Path) ->
     with pytest.raises(ChecksumError, match=f"expected sha256 {DIGEST}"):
         hub.fetch("private-sr-x4", manifest=manifest)
     results = hub.verify_cache(manifest=manifest)
-    cached = [(r.name, r.ok) for r in results if r.name != "restorecli-light-x4"]  # the bundled file is checked too
+    bundled = ["restorecli-light-x4", "restorecli-light-x2"]  # the bundled files are checked too
+    cached = [(r.name, r.ok) for r in results if r.name not in bundled]
     assert cached == [("private-sr-x4", False)]
     hub.remove_cached("private-sr-x4")
-    assert [r.name for r in hub.verify_cache(manifest=manifest)] == ["restorecli-light-x4"]
+    assert [r.name for r in hub.verify_cache(manifest=manifest)] == bundled
 
 
 def test_zero_byte_cache_file_is_detected(server: FileServer, tmp_path: Path) -> None:
