@@ -170,7 +170,7 @@ def test_download_path_verify_remove(
     code, out, _ = restore(capsys, monkeypatch, "models", "verify", "--json")
     bundled = [
         {"name": name, "path": str(hub.BUNDLED_DIR / f"{name}.safetensors"), "ok": True, "detail": "ok (bundled)"}
-        for name in ("restorecli-light-x4", "restorecli-light-x2")
+        for name in ("restorecli-light-x4", "restorecli-light-x2", "restorecli-light-dn")
     ]
     assert code == 0 and json.loads(out) == [*bundled, {"name": "private-dn", "path": str(path), "ok": True, "detail": "ok"}]
     path.write_bytes(PAYLOAD[::-1])
@@ -199,9 +199,9 @@ def test_unknown_names(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.M
 def test_list_table_and_json(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     code, out, _ = restore(capsys, monkeypatch, "models", "list", "--json")
     rows = json.loads(out)
-    assert code == 0 and len(rows) == 19  # 17 official + the bundled restorecli-light-x4 and -x2
+    assert code == 0 and len(rows) == 20  # 17 official + the bundled restorecli-light-x4, -x2 and -dn
     where = {r["name"]: r["where"] for r in rows}
-    assert where["restorecli-light-x4"] == where["restorecli-light-x2"] == "bundled"
+    assert where["restorecli-light-x4"] == where["restorecli-light-x2"] == where["restorecli-light-dn"] == "bundled"
     assert {"name", "task", "scale", "sigma", "params", "source", "where", "size"} <= set(rows[0])
     code, out, _ = restore(capsys, monkeypatch, "models", "list", "--task", "dehaze")
     assert code == 0 and "mair-dehaze-r6k" in out and "mair-sr-x4" not in out

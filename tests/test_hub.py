@@ -109,8 +109,11 @@ def test_bundled_folder_claims_only_what_exists() -> None:
 def test_defaults_only_pick_obtainable_models(monkeypatch: pytest.MonkeyPatch) -> None:
     manifest = hub.load_manifest()
     assert hub.default_candidates("sr", scale=4)[0] == "mair-sr-x4"
-    assert hub.default_candidates("denoise", sigma=25) == ["mair-dn-s25"]
+    # The bundled blind denoiser backs up every Gaussian level, never real camera noise.
+    assert hub.default_candidates("denoise", sigma=25) == ["mair-dn-s25", "restorecli-light-dn"]
     assert hub.default_candidates("denoise", real=True) == ["mair-realdn"]
+    assert hub.default_model("denoise", sigma=50) == "restorecli-light-dn"
+    assert hub.default_model("denoise", real=True) is None
     assert hub.default_candidates("dehaze", variant="indoor") == ["mair-dehaze-its"]
     for rule in manifest.defaults:
         task = rule.task
@@ -311,7 +314,7 @@ def test_corrupted_cache_file_is_detected(server: FileServer, tmp_path: Path) ->
     with pytest.raises(ChecksumError, match=f"expected sha256 {DIGEST}"):
         hub.fetch("private-sr-x4", manifest=manifest)
     results = hub.verify_cache(manifest=manifest)
-    bundled = ["restorecli-light-x4", "restorecli-light-x2"]  # the bundled files are checked too
+    bundled = ["restorecli-light-x4", "restorecli-light-x2", "restorecli-light-dn"]  # bundled files are checked too
     cached = [(r.name, r.ok) for r in results if r.name not in bundled]
     assert cached == [("private-sr-x4", False)]
     hub.remove_cached("private-sr-x4")
