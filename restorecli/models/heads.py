@@ -27,10 +27,27 @@ def check_head(upsampler: str, upscale: int, resi_connection: str) -> None:
         raise ValueError(f"pixelshuffle upsampling supports upscale 2, 3, 4, got {upscale}")
 
 
-def register_input_mean(net: nn.Module, in_chans: int) -> None:
-    """The RGB mean subtracted from inputs, as a non-persistent buffer (not in checkpoints)."""
+def add_stem(net: nn.Module, *, in_chans: int, embed_dim: int) -> None:
+    """The input mean, shallow conv and patch-embedding LayerNorm under the official names.
+
+    The mean (RGB, or zeros for other channel counts) is a non-persistent buffer: not in checkpoints.
+    """
     mean = RGB_MEAN if in_chans == 3 else (0.0,) * in_chans
     net.register_buffer("mean", torch.tensor(mean).view(1, in_chans, 1, 1), persistent=False)
+    net.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
+    net.patch_embed = nn.Module()
+    net.patch_embed.norm = nn.LayerNorm(embed_dim, eps=1e-5)
+
+
+def drop_path_rates(rate: float, depths: tuple[int, ...] | list[int]) -> list[list[float]]:
+    """Per-group drop-path rates, linearly spaced over all blocks as torch.linspace(0, rate, n).
+
+    Computed in Python: the network may be built under a meta-device context.
+    """
+    total = sum(depths)
+    rates = [rate * i / (total - 1) if total > 1 else 0.0 for i in range(total)]
+    starts = [sum(depths[:i]) for i in range(len(depths))]
+    return [rates[start : start + depth] for start, depth in zip(starts, depths)]
 
 
 def add_head(net: nn.Module, *, upsampler: str, upscale: int, embed_dim: int, in_chans: int) -> None:
@@ -52,16 +69,21 @@ def add_head(net: nn.Module, *, upsampler: str, upscale: int, embed_dim: int, in
         net.conv_last = nn.Conv2d(embed_dim, in_chans, 3, 1, 1)
 
 
-def run_head(net: nn.Module, upsampler: str, x: torch.Tensor, body: torch.Tensor) -> torch.Tensor:
-    """Reconstruct from ``body`` = conv_after_body(features) + shallow features.
-
-    ``x`` is the normalised input, used by the same-size head's global residual.
+def reconstruct(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The whole forward pass around ``net.forward_features``: normalise, shallow conv, deep
+    features with the body's residual, head (the same-size head adds the input back), de-normalise.
     """
-    if upsampler == "pixelshuffle":
-        return net.conv_last(net.upsample(net.conv_before_upsample(body)))
-    if upsampler == "pixelshuffledirect":
-        return net.upsample(body)
-    return x + net.conv_last(body)
+    mean = net.mean.to(x.dtype)
+    x = (x - mean) * net.img_range
+    shallow = net.conv_first(x)
+    body = net.conv_after_body(net.forward_features(shallow)) + shallow
+    if net.upsampler == "pixelshuffle":
+        out = net.conv_last(net.upsample(net.conv_before_upsample(body)))
+    elif net.upsampler == "pixelshuffledirect":
+        out = net.upsample(body)
+    else:
+        out = x + net.conv_last(body)
+    return out / net.img_range + mean
 
 
 def init_linear_and_norm(net: nn.Module) -> None:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from restorecli.models.blocks import ResidualMambaBlock
-from restorecli.models.heads import add_head, check_head, init_linear_and_norm, register_input_mean, run_head
+from restorecli.models.heads import add_head, add_stem, check_head, drop_path_rates, init_linear_and_norm, reconstruct
 
 
 @dataclass(frozen=True)
@@ -105,31 +105,19 @@ class MaIR(nn.Module):
         self.img_range = img_range
         self.upsampler = upsampler
         self.scan_len = scan_len
-        register_input_mean(self, in_chans)
-
-        self.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
-        self.patch_embed = nn.Module()
-        self.patch_embed.norm = nn.LayerNorm(embed_dim, eps=1e-5)
-        total_blocks = sum(depths)
-        # Linearly spaced over all blocks, as torch.linspace(0, rate, n) (computed in Python: the
-        # module may be built under a meta-device context).
-        rates = [drop_path_rate * i / (total_blocks - 1) if total_blocks > 1 else 0.0 for i in range(total_blocks)]
-        layers = []
-        start = 0
-        for depth in depths:
-            layers.append(
-                ResidualMambaGroup(
-                    channels=embed_dim,
-                    depth=depth,
-                    d_state=d_state,
-                    ssm_ratio=ssm_ratio,
-                    mlp_ratio=mlp_ratio,
-                    scan_len=scan_len,
-                    drop_paths=rates[start : start + depth],
-                )
+        add_stem(self, in_chans=in_chans, embed_dim=embed_dim)
+        self.layers = nn.ModuleList(
+            ResidualMambaGroup(
+                channels=embed_dim,
+                depth=depth,
+                d_state=d_state,
+                ssm_ratio=ssm_ratio,
+                mlp_ratio=mlp_ratio,
+                scan_len=scan_len,
+                drop_paths=rates,
             )
-            start += depth
-        self.layers = nn.ModuleList(layers)
+            for depth, rates in zip(depths, drop_path_rates(drop_path_rate, depths))
+        )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-5)
         self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1)
 
@@ -149,8 +137,4 @@ class MaIR(nn.Module):
         return self.norm(t).permute(0, 3, 1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = self.mean.to(x.dtype)
-        x = (x - mean) * self.img_range
-        f = self.conv_first(x)
-        body = self.conv_after_body(self.forward_features(f)) + f
-        return run_head(self, self.upsampler, x, body) / self.img_range + mean
+        return reconstruct(self, x)

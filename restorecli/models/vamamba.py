@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from restorecli.models.blocks import DropPath, SelectiveScanLayer, dt_rank, inner_width
-from restorecli.models.heads import add_head, check_head, init_linear_and_norm, register_input_mean, run_head
+from restorecli.models.heads import add_head, add_stem, check_head, drop_path_rates, init_linear_and_norm, reconstruct
 from restorecli.ops.gps_order import gps_pixel_orders, inverse_permutation
 
 SCANS = ("cross", "gps", "both")
@@ -413,22 +413,15 @@ class VAMamba(nn.Module):
         self.upsampler = upsampler
         self.qclam = qclam
         self.cache_size = cache_size
-        register_input_mean(self, in_chans)
-
-        self.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
-        self.patch_embed = nn.Module()
-        self.patch_embed.norm = nn.LayerNorm(embed_dim, eps=1e-5)
-        total = sum(depths)
-        rates = [drop_path_rate * i / (total - 1) if total > 1 else 0.0 for i in range(total)]
+        add_stem(self, in_chans=in_chans, embed_dim=embed_dim)
         ss2d = {
             "d_state": d_state, "mlp_ratio": mlp_ratio, "scan": scan, "qclam": qclam, "lora_rank": lora_rank,
             "gps_patch": gps_patch, "vit_dim": vit_dim, "vit_layers": vit_layers, "vit_heads": vit_heads,
         }  # fmt: skip
         light_cab = upsampler == "pixelshuffledirect"
-        starts = [sum(depths[:i]) for i in range(len(depths))]
         self.layers = nn.ModuleList(
-            ResidualGroup(channels=embed_dim, drop_paths=rates[s : s + d], light_cab=light_cab, ss2d=ss2d)
-            for s, d in zip(starts, depths)
+            ResidualGroup(channels=embed_dim, drop_paths=rates, light_cab=light_cab, ss2d=ss2d)
+            for rates in drop_path_rates(drop_path_rate, depths)
         )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-5)
         self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1)
@@ -457,9 +450,4 @@ class VAMamba(nn.Module):
         return self.norm(t).permute(0, 3, 1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = self.mean.to(x.dtype)
-        x = (x - mean) * self.img_range
-        f = self.conv_first(x)
-        body = self.conv_after_body(self.forward_features(f)) + f
-        y = run_head(self, self.upsampler, x, body)
-        return y / self.img_range + mean
+        return reconstruct(self, x)

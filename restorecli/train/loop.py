@@ -437,8 +437,9 @@ def _train(
     its = 0.0
     with _StopFlag() as stop:
         while iteration < end:
-            if info.is_main and len(stage_list) > 1 and stage_index(config.data, iteration) != stage:
-                stage = stage_index(config.data, iteration)
+            current = stage_index(config.data, iteration)
+            if info.is_main and len(stage_list) > 1 and current != stage:
+                stage = current
                 logger.info(
                     "iter %d: progressive stage %d of %d, patch %d, batch %d per process",
                     iteration, stage + 1, len(stage_list), stage_list[stage].patch, stage_list[stage].batch,
