@@ -13,10 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from restorecli.ops.scan_gather import merge_scans, scatter_to_scans
 from restorecli.ops.scan_order import mair_scan_order
 
 DIRECTIONS = 4
+# Positions per run of the position-wise layers in streamed inference (ResidualMambaBlock):
+# their activations (a few hundred bytes per position) then stay in the core's L2 cache.
+STREAM_ROWS = 1024
 
 
 def inner_width(channels: int, ssm_ratio: float) -> int:
@@ -168,25 +170,84 @@ class MambaMixer2D(SelectiveScanLayer):
         self.reset_ssm_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Args: x (B, H, W, C). Returns: (B, H, W, C)."""
+        """Args: x (B, H, W, C). Returns: (B, H, W, C).
+
+        Activations stay channels-last from in_proj to out_proj: the x_proj GEMM runs on the map
+        itself (it acts on each position alone, so it commutes with the scan orders) and the
+        ordered scan reads and writes raster positions (``restorecli.ops.ordered_scan``).
+        """
         batch, height, width, _ = x.shape
-        length = height * width
-        inner = self.inner
-        xa, z = self.in_proj(x).chunk(2, dim=-1)
-        xa = F.silu(self.conv2d(xa.permute(0, 3, 1, 2)))  # (B, Di, H, W)
+        xa, z = self.project_in(x)
+        y, gates = self.scan_and_gate(xa)
+        return self.project_out(y, gates, z.view(batch, height * width, self.inner)).view(batch, height, width, -1)
 
-        order = mair_scan_order(height, width, self.scan_len, self.shift, x.device)
-        sequences = scatter_to_scans(xa.reshape(batch, inner, length), order.scan, order.inverse)  # (B, 4, Di, L)
+    def project_in(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """in_proj: (..., C) -> scan input xa and gate z, each (..., Di) and contiguous.
 
-        y = self.scan_sequences(sequences)
+        Two GEMMs instead of one and a split: a contiguous xa's NCHW view is channels-last, so
+        the depthwise conv runs without a layout copy (2x faster measured).
+        """
+        weight = self.in_proj.weight
+        return F.linear(x, weight[: self.inner]), F.linear(x, weight[self.inner :])
 
-        # SSA: the pooled mean is order-independent, so it is taken before un-scanning.
-        gates = self.gating.gate(y.mean(dim=-1))  # (B, 4, Di)
-        fused = merge_scans(y, gates, order.scan, order.inverse)  # (B, Di, L)
-        fused = fused.transpose(1, 2).reshape(batch, height, width, inner)
+    def scan_and_gate(self, xa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Depthwise conv, SiLU, x_proj, the K ordered scans and the SSA gates.
 
-        out = self.out_norm(fused.to(x.dtype)) * F.silu(z)
-        return self.out_proj(out)
+        Args:
+            xa: (B, H, W, Di) contiguous.
+
+        Returns:
+            y (B, L, K, Di) in raster order and gates (B, K, Di).
+        """
+        batch, height, width, inner = xa.shape
+        xs = F.silu(self.conv2d(xa.permute(0, 3, 1, 2))).permute(0, 2, 3, 1).reshape(batch, height * width, inner)
+        proj = F.linear(xs, self.x_proj_weight.view(-1, inner))  # (B, L, K * (R + 2N))
+        y, pooled = self._scan(xs, proj, height, width)
+        # SSA: the pooled mean is order-independent, so the scan takes it on the way.
+        return y, self.gating.gate(pooled)
+
+    def project_out(self, y: torch.Tensor, gates: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """SSA merge, out_norm, SiLU gate and out_proj on any run of positions.
+
+        Args:
+            y: (B, n, K, Di) scan outputs of n positions; gates: (B, K, Di); z: (B, n, Di).
+
+        Returns:
+            (B, n, C).
+        """
+        fused = self._merge(y, gates)
+        return self.out_proj(self.out_norm(fused.to(z.dtype)) * F.silu(z))
+
+    def _merge(self, y: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        if y.device.type == "meta":
+            return torch.einsum("blkd,bkd->bld", y, gates)  # counted by the flop counter
+        from restorecli.ops.ordered_scan import merge_directions
+
+        return merge_directions(y, gates, backend=self.scan_backend)
+
+    def _scan(self, xs: torch.Tensor, proj: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, length, inner = xs.shape
+        if xs.device.type == "meta":
+            # Shape-only runs (parameter/FLOP accounting): the Δ projection the scan fuses is
+            # still issued so the flop counter sees it; the scan's own cost is added by
+            # ``restorecli.models.stats``.
+            torch.matmul(self.dt_projs_weight, proj.new_empty(batch, self.directions, self.rank, length))
+            y = xs.new_empty(batch, length, self.directions, inner, dtype=torch.float32)
+            return y, y.mean(dim=1)
+        from restorecli.ops.ordered_scan import ordered_selective_scan
+
+        order = mair_scan_order(height, width, self.scan_len, self.shift, xs.device)
+        return ordered_selective_scan(
+            xs,
+            proj,
+            self.dt_projs_weight,
+            self.dt_projs_bias.reshape(-1),
+            -torch.exp(self.A_logs.float()),
+            self.Ds.float(),
+            order.scan,
+            order.inverse,
+            backend=self.scan_backend,
+        )
 
 
 class ChannelMLP(nn.Module):
@@ -248,8 +309,39 @@ class ResidualMambaBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(channels, eps=1e-5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, height, width, _ = x.shape
+        if not torch.is_grad_enabled() and x.device.type == "cpu" and height * width > STREAM_ROWS:
+            return self._forward_streamed(x)
         a = x * self.skip_scale + self.drop_path(self.self_attention(self.ln_1(x)))
         return a * self.skip_scale2 + getattr(self, self.mlp_name)(self.ln_2(a))
+
+    def _forward_streamed(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference on the CPU: the position-wise layers run on runs of ``STREAM_ROWS`` positions
+        whose activations stay in cache, instead of on whole-map tensors that do not (on a
+        256² map a GEMM ran at half the speed it reaches in cache); the same maths as ``forward``.
+        """
+        batch, height, width, channels = x.shape
+        length = height * width
+        mixer = self.self_attention
+        inner = mixer.inner
+        rows_in = x.reshape(batch * length, channels)
+        xa = x.new_empty(batch, height, width, inner)
+        z = x.new_empty(batch * length, inner)
+        xa_rows = xa.view(batch * length, inner)
+        for start in range(0, batch * length, STREAM_ROWS):
+            run = slice(start, start + STREAM_ROWS)
+            xa_rows[run], z[run] = mixer.project_in(self.ln_1(rows_in[run]))
+        y, gates = mixer.scan_and_gate(xa)
+        out = torch.empty_like(rows_in)
+        mlp = getattr(self, self.mlp_name)
+        for image in range(batch):
+            for start in range(image * length, (image + 1) * length, STREAM_ROWS):
+                run = slice(start, min(start + STREAM_ROWS, (image + 1) * length))
+                local = slice(run.start - image * length, run.stop - image * length)
+                mixed = mixer.project_out(y[image : image + 1, local], gates[image : image + 1], z[run].unsqueeze(0))[0]
+                a = rows_in[run] * self.skip_scale + mixed
+                out[run] = a * self.skip_scale2 + mlp(self.ln_2(a))
+        return out.view(batch, height, width, channels)
 
 
 def set_scan_backend(module: nn.Module, backend: str | None) -> None:

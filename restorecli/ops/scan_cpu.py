@@ -40,14 +40,14 @@ import torch
 
 from restorecli.errors import BackendUnavailableError
 from restorecli.ops import scan_ref
-from restorecli.ops.scan_ref import ScanInputs
+from restorecli.ops.scan_ref import OrderedScanInputs, ScanInputs
 
 ENV_IMPL = "RESTORECLI_CPU_SCAN"
 ENV_EXTENSIONS_DIR = "RESTORECLI_EXTENSIONS_DIR"
 IMPLEMENTATIONS = ("auto", "torch", "compiled")
 
 _SOURCE = "selective_scan_cpu.cpp"
-_ABI_VERSION = 1
+_ABI_VERSION = 2
 _BUILD_TIMEOUT_S = 300
 _LOCK_WAIT_S = 300
 # Above this state size the chunked torch scan's (batch, dim, L, N) temporaries cost
@@ -131,17 +131,27 @@ def selective_scan_cpu(x: ScanInputs) -> torch.Tensor:
     Raises:
         BackendUnavailableError: ``RESTORECLI_CPU_SCAN=compiled`` and no kernel.
     """
+    lib = _usable_kernel(x.u.numel() > 0)
+    return scan_torch(x) if lib is None else _KernelScan.apply(*x, lib)
+
+
+def _usable_kernel(has_work: bool) -> ctypes.CDLL | None:
+    """The loaded kernel, or None where the torch formulation runs instead: the fallback is
+    requested, the input is empty (nothing for the kernel to do), or the kernel is unavailable.
+
+    Raises:
+        BackendUnavailableError: ``RESTORECLI_CPU_SCAN=compiled`` and no kernel.
+    """
     requested = requested_implementation()
-    if requested != "torch" and x.u.numel() > 0:  # empty inputs: nothing for the kernel to do
-        kernel = _load_kernel()
-        if kernel.lib is not None:
-            return _KernelScan.apply(*x, kernel.lib)
-        if requested == "compiled":
-            raise BackendUnavailableError(
-                f"{ENV_IMPL}=compiled but the CPU scan kernel is unavailable: {kernel.detail}. "
-                "Install a C++ compiler (g++ or clang++, or set CXX) or unset the variable."
-            )
-    return scan_torch(x)
+    if requested == "torch" or not has_work:
+        return None
+    kernel = _load_kernel()
+    if kernel.lib is None and requested == "compiled":
+        raise BackendUnavailableError(
+            f"{ENV_IMPL}=compiled but the CPU scan kernel is unavailable: {kernel.detail}. "
+            "Install a C++ compiler (g++ or clang++, or set CXX) or unset the variable."
+        )
+    return kernel.lib
 
 
 def scan_torch(x: ScanInputs) -> torch.Tensor:
@@ -243,6 +253,151 @@ class _KernelScan(torch.autograd.Function):
         d_d = None if dd_part is None else dd_part.sum(0)
         d_bias = None if dbias_part is None else dbias_part.sum(0)
         return du, ddelta, da_part.sum(0), d_b, d_c, d_d, d_bias, None, None
+
+
+def ordered_scan_kernel(inputs: OrderedScanInputs) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``ordered_selective_scan`` on the compiled kernel (inputs checked and cast there).
+
+    Returns:
+        The (B, L, K, Di) output and its mean over L (B, K, Di), or None where the kernel does
+        not run (see :func:`_usable_kernel`): the caller then runs the reference formulation.
+
+    Raises:
+        BackendUnavailableError: ``RESTORECLI_CPU_SCAN=compiled`` and no kernel.
+    """
+    lib = _usable_kernel(inputs.x.numel() > 0)
+    if lib is None:
+        return None
+    return _OrderedKernelScan.apply(*inputs[:7], lib)
+
+
+class _OrderedKernelScan(torch.autograd.Function):
+    """The fused kernel (``rcs_oscan_*``): inputs read through the orders, y written in place.
+
+    The mean of y over the positions is a second output summed by the kernel as it goes, and
+    its gradient is added to every step's dy inside the backward kernel: no full-size pass
+    for the mean, forward or backward.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        x: torch.Tensor,
+        proj: torch.Tensor,
+        dt_weight: torch.Tensor,
+        dt_bias: torch.Tensor,
+        A: torch.Tensor,  # noqa: N803
+        D: torch.Tensor,  # noqa: N803
+        order: torch.Tensor,
+        lib: ctypes.CDLL,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, length, inner = x.shape
+        directions, _, rank = dt_weight.shape
+        n_state = A.shape[1]
+        tile = _tile_steps(n_state)
+        x, proj, dt_weight, A = x.contiguous(), proj.contiguous(), dt_weight.contiguous(), A.contiguous()  # noqa: N806
+        dt_bias, D, order = dt_bias.contiguous(), D.contiguous(), order.contiguous()  # noqa: N806
+        order_stride = 0 if order.dim() == 2 else directions * length
+        y = x.new_empty(batch, length, directions, inner)
+        y_sum = x.new_empty(batch, directions * inner)
+        needs_grad = any(ctx.needs_input_grad[:6])  # type: ignore[attr-defined]
+        tiles = -(-length // tile)
+        ckpt = x.new_empty(batch, directions * inner, tiles, n_state) if needs_grad else None
+        _call_ordered(
+            lib, "fwd", x.dtype, _ptr(order), order_stride, _ptr(x), _ptr(proj), proj.shape[2], rank,
+            _ptr(dt_weight), _ptr(A), _ptr(D), _ptr(dt_bias), 1, batch, inner, length, n_state,
+            directions, tile, _ptr(y), _ptr(y_sum), _ptr(ckpt), torch.get_num_threads(),
+        )  # fmt: skip
+        if needs_grad:
+            ctx.save_for_backward(x, proj, dt_weight, dt_bias, A, D, order, ckpt)
+            ctx.meta = (tile, order_stride, lib)  # type: ignore[attr-defined]
+        return y, y_sum.view(batch, directions, inner) / length
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx, dy: torch.Tensor, dmean: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        x, proj, dt_weight, dt_bias, A, D, order, ckpt = ctx.saved_tensors  # type: ignore[attr-defined]  # noqa: N806
+        tile, order_stride, lib = ctx.meta  # type: ignore[attr-defined]
+        batch, length, inner = x.shape
+        directions, _, rank = dt_weight.shape
+        n_state = A.shape[1]
+        dim = directions * inner
+        # Each thread adds into its own proj-shaped buffer (gradients of dt_low, B, C are shared
+        # by a direction's channels); cap their total like the plain backward's dB/dC buffers.
+        threads = _backward_threads(x, proj)
+        dy = dy.to(x.dtype).contiguous()
+        dy_shift = (dmean.to(x.dtype) / length).reshape(batch, dim).contiguous()
+        dx_dirs = x.new_empty(batch, length, directions, inner)
+        dproj_part = x.new_zeros(threads, *proj.shape)
+        da_part = x.new_empty(batch, dim, n_state)
+        dd_part = x.new_empty(batch, dim)
+        dbias_part = x.new_empty(batch, dim)
+        ddtw_part = x.new_empty(batch, dim, rank)
+        _call_ordered(
+            lib, "bwd", x.dtype, _ptr(order), order_stride, _ptr(x), _ptr(proj), proj.shape[2], rank,
+            _ptr(dt_weight), _ptr(A), _ptr(D), _ptr(dt_bias), 1, batch, inner, length, n_state,
+            directions, tile, _ptr(ckpt), _ptr(dy), _ptr(dy_shift), _ptr(dx_dirs), _ptr(dproj_part), _ptr(da_part),
+            _ptr(dd_part), _ptr(dbias_part), _ptr(ddtw_part), threads,
+        )  # fmt: skip
+        return (
+            dx_dirs.sum(2),
+            dproj_part.sum(0) if threads > 1 else dproj_part[0],
+            ddtw_part.sum(0).view(directions, inner, rank),
+            dbias_part.sum(0),
+            da_part.sum(0),
+            dd_part.sum(0),
+            None,
+            None,
+        )
+
+
+def merge_kernel(y: torch.Tensor, gates: torch.Tensor) -> torch.Tensor | None:
+    """``merge_directions`` on the compiled kernel, or None where the kernel does not run."""
+    lib = _usable_kernel(y.numel() > 0)
+    if lib is None:
+        return None
+    dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
+    return _MergeKernel.apply(y.to(dtype), gates.to(dtype), lib)
+
+
+class _MergeKernel(torch.autograd.Function):
+    """out = sum_k gates[:, k] * y[:, :, k] (``rcs_merge_*``), one pass over y each way."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, y: torch.Tensor, gates: torch.Tensor, lib: ctypes.CDLL) -> torch.Tensor:  # type: ignore[override]
+        y, gates = y.contiguous(), gates.contiguous()
+        batch, length, directions, inner = y.shape
+        out = y.new_empty(batch, length, inner)
+        _call_merge(lib, "fwd", y.dtype, _ptr(y), _ptr(gates), batch, length, directions, inner, _ptr(out), torch.get_num_threads())
+        ctx.save_for_backward(y, gates)
+        ctx.lib = lib  # type: ignore[attr-defined]
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx, dout: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        y, gates = ctx.saved_tensors  # type: ignore[attr-defined]
+        batch, length, directions, inner = y.shape
+        threads = torch.get_num_threads()
+        dout = dout.to(y.dtype).contiguous()
+        dy = torch.empty_like(y)
+        dg_part = y.new_zeros(threads, batch, directions, inner)
+        _call_merge(ctx.lib, "bwd", y.dtype, _ptr(y), _ptr(gates), _ptr(dout), batch, length, directions, inner, _ptr(dy), _ptr(dg_part), threads)  # type: ignore[attr-defined]
+        return dy, dg_part.sum(0), None
+
+
+def _call_merge(lib: ctypes.CDLL, name: str, dtype: torch.dtype, *args: object) -> None:
+    suffix = "f64" if dtype == torch.float64 else "f32"
+    status = getattr(lib, f"rcs_merge_{name}_{suffix}")(*args)
+    if status != 0:
+        raise RuntimeError(f"CPU merge kernel {name} failed with status {status}")
+
+
+def _call_ordered(lib: ctypes.CDLL, name: str, dtype: torch.dtype, *args: object) -> None:
+    suffix = "f64" if dtype == torch.float64 else "f32"
+    status = getattr(lib, f"rcs_oscan_{name}_{suffix}")(*args)
+    if status != 0:
+        raise RuntimeError(f"CPU ordered scan kernel {name} failed with status {status}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -420,6 +575,20 @@ def _open(path: Path) -> ctypes.CDLL:
         bwd = getattr(lib, f"rcs_scan_bwd_{suffix}")
         bwd.argtypes = [ptr] * 7 + sizes + [ptr] * 9 + [ctypes.c_int]
         bwd.restype = ctypes.c_int
+        # order, order stride, x, proj, P, R, dt_w, A, D, bias, softplus, batch, inner, L, N, G, tile
+        head = [ptr, i64, ptr, ptr, i64, i64, ptr, ptr, ptr, ptr, ctypes.c_int] + [i64] * 6
+        ofwd = getattr(lib, f"rcs_oscan_fwd_{suffix}")
+        ofwd.argtypes = head + [ptr, ptr, ptr, ctypes.c_int]
+        ofwd.restype = ctypes.c_int
+        obwd = getattr(lib, f"rcs_oscan_bwd_{suffix}")
+        obwd.argtypes = head + [ptr] * 9 + [ctypes.c_int]
+        obwd.restype = ctypes.c_int
+        mfwd = getattr(lib, f"rcs_merge_fwd_{suffix}")
+        mfwd.argtypes = [ptr, ptr, i64, i64, i64, i64, ptr, ctypes.c_int]
+        mfwd.restype = ctypes.c_int
+        mbwd = getattr(lib, f"rcs_merge_bwd_{suffix}")
+        mbwd.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, ptr, ptr, ctypes.c_int]
+        mbwd.restype = ctypes.c_int
     return lib
 
 

@@ -135,7 +135,10 @@ def mair_scan_order(height: int, width: int, scan_len: int, shift: int, device: 
     if cached is not None:
         return cached
     orders, inverse = _orders_numpy(height, width, scan_len, shift)
-    order = ScanOrder(torch.from_numpy(orders.copy()).to(device), torch.from_numpy(inverse.copy()).to(device))
+    # Built outside inference mode: a cached inference tensor could not be saved for the
+    # backward of a later training step in the same process.
+    with torch.inference_mode(False):
+        order = ScanOrder(torch.from_numpy(orders.copy()).to(device), torch.from_numpy(inverse.copy()).to(device))
     with _device_cache_lock:
         if len(_device_cache) >= _DEVICE_CACHE_LIMIT:
             _device_cache.pop(next(iter(_device_cache)))  # drop the oldest entry

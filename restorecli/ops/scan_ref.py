@@ -61,6 +61,30 @@ class ScanInputs(NamedTuple):
         return y if self.D is None else y + self.D[:, None] * self.u
 
 
+class OrderedScanInputs(NamedTuple):
+    """Checked inputs of an ordered scan (``restorecli.ops.ordered_scan``), one float dtype.
+
+    Attributes:
+        x: (B, L, Di) scan input in raster order.
+        proj: (B, L, P): direction k's ``dt_low (R) | B (N) | C (N)`` at column ``k * (R + 2N)``.
+        dt_weight: (K, Di, R) Δ projection.
+        dt_bias: (K * Di,) Δ bias, k-major.
+        A: (K * Di, N) state matrix.
+        D: (K * Di,) skip weight.
+        order: (K, L) or (B, K, L) int64, raster position visited at step t of direction k.
+        inverse: the inverse permutations of ``order``.
+    """
+
+    x: torch.Tensor
+    proj: torch.Tensor
+    dt_weight: torch.Tensor
+    dt_bias: torch.Tensor
+    A: torch.Tensor
+    D: torch.Tensor
+    order: torch.Tensor
+    inverse: torch.Tensor
+
+
 def scan_sequential(x: ScanInputs) -> torch.Tensor:
     """Reference scan: ``h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t``, ``y_t = <C_t, h_t> + D u_t``.
 
