@@ -12,6 +12,7 @@ import typer
 
 from restorecli.cli import bench_cmd, env_cmd, eval_cmd, models_cmds, restore_cmds, train_cmd
 from restorecli.errors import RestoreError
+from restorecli.heap import reuse_freed_memory
 
 app = typer.Typer(
     name="restore",
@@ -46,7 +47,9 @@ def main() -> None:
 
     Library errors (RestoreError) and command-line usage errors are printed as one ``Error: ...``
     line on stderr with their exit code (usage: 2); set RESTORECLI_DEBUG=1 for the traceback.
+    Freed memory is kept for reuse (``restorecli.heap``).
     """
+    reuse_freed_memory()
     try:
         result = app(standalone_mode=False)
     except RestoreError as error:
