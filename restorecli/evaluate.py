@@ -11,6 +11,13 @@ Metrics on RGB (the literature's headline) and on Y (what MaIR's own test config
 
 Inference (spec §5): ``tiled-official`` is MaIR's ``MambaIRModel.test`` tiling, ``whole`` one
 forward pass, ``blended`` the tool's own overlapping tiles; ``ensemble`` is the 8-fold self-ensemble.
+The network runs without autograd (``torch.no_grad``; not ``inference_mode``, whose tensors, once
+cached by a model, would break a later training step in the same process, for no measurable gain).
+The time of an image is its inference alone (not reading, imresize or metrics); one-time costs
+(loading or compiling the scan kernel, a warm-up pass, the blended protocol's tile measurement)
+come first and are reported as ``setup_seconds``. Each image also reports its forward passes
+(``forwards``): 1 for ``whole``, one per tile for the tiled protocols, times 8 under the
+self-ensemble.
 """
 
 from __future__ import annotations
@@ -20,7 +27,8 @@ import io
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -119,6 +127,8 @@ class ImageResult:
     seconds: float
     height: int
     width: int
+    forwards: int = 0
+    """Forward passes of the network for this image (tiles, times 8 under the self-ensemble)."""
 
 
 @dataclass
@@ -230,54 +240,83 @@ def tiled_official(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
     return out[..., : h * scale, : w * scale]
 
 
-def make_runner(model: torch.nn.Module, config: EvalConfig, device: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The inference function of a protocol: (1, C, H, W) CPU float32 → (1, C, sH, sW) CPU float32.
+class ProtocolRunner:
+    """The inference of a protocol: (1, C, H, W) CPU float32 → (1, C, sH, sW) CPU float32.
+
+    One runner serves a whole evaluation, so the blended protocol's tiler, and the tile side it
+    measures, are made once rather than for every image.
 
     Args:
         model: The network, already on ``device`` and in eval mode.
         config: Protocol, ensemble and tiling options.
         device: Resolved torch device string.
     """
-    import torch
 
-    from restorecli import inference
+    def __init__(self, model: torch.nn.Module, config: EvalConfig, device: str) -> None:
+        import torch
 
-    scale = config.scale if config.task == "sr" else 1
-    if config.protocol == "blended":
-        overlap = inference.DEFAULT_OVERLAP if config.overlap is None else config.overlap
+        from restorecli import inference
 
-        def run(x: torch.Tensor) -> torch.Tensor:
-            return inference.restore_tensor(
+        self.model = model
+        self.protocol = config.protocol
+        self.ensemble = config.ensemble
+        self.scale = config.scale if config.task == "sr" else 1
+        self.device = torch.device(device)
+        self.restorer: inference.ImageRestorer | None = None
+        self._dtype = inference.resolve_precision(config.precision, self.device)
+        if config.protocol == "blended":
+            self.restorer = inference.ImageRestorer(
                 model,
-                x,
-                tile=config.tile,
-                overlap=overlap,
                 device=device,
                 precision=config.precision,
+                tile=config.tile,
+                overlap=inference.DEFAULT_OVERLAP if config.overlap is None else config.overlap,
                 ensemble=config.ensemble,
             )
 
-        return run
+    @property
+    def tile(self) -> int | None:
+        """Tile side of the blended protocol in input pixels (0: whole image, None: not measured
+        yet, or another protocol)."""
+        return None if self.restorer is None else self.restorer.tile
 
-    dtype = inference.resolve_precision(config.precision, torch.device(device))
+    def warm_up(self) -> None:
+        """One forward pass on a small input, and the blended protocol's tile measurement.
 
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(torch.device(device).type, dtype=dtype, enabled=dtype is not None):
-            return model(x.to(device)).float().cpu()
+        Run before timing: the first pass of a process loads (or compiles) the scan kernel.
+        """
+        import torch
 
-    if config.protocol == "tiled-official":
+        from restorecli.inference import PROBE_SIDE
 
-        def single(x: torch.Tensor) -> torch.Tensor:
-            return tiled_official(forward, x, scale)
-    else:
+        if self.restorer is not None:
+            self.restorer.warm_up()
+            return
+        side = PROBE_SIDE.get(self.device.type, 64)
+        self._forward(torch.rand(1, _model_channels(self.model), side, side))
 
-        def single(x: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                return forward(x)
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        from restorecli.inference import self_ensemble
 
-    if not config.ensemble:
-        return single
-    return lambda x: inference.self_ensemble(single, x)
+        if self.restorer is not None:
+            return self.restorer.restore(x).output
+        single = self._tiled if self.protocol == "tiled-official" else self._forward
+        return self_ensemble(single, x) if self.ensemble else single(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        autocast = torch.autocast(self.device.type, dtype=self._dtype, enabled=self._dtype is not None)
+        with torch.no_grad(), autocast:
+            return self.model(x.to(self.device)).float().cpu()
+
+    def _tiled(self, x: torch.Tensor) -> torch.Tensor:
+        return tiled_official(self._forward, x, self.scale)
+
+
+def make_runner(model: torch.nn.Module, config: EvalConfig, device: str) -> ProtocolRunner:
+    """The runner of ``config``'s protocol (see :class:`ProtocolRunner`)."""
+    return ProtocolRunner(model, config, device)
 
 
 def _synchronise(device: str) -> None:
@@ -369,45 +408,97 @@ def evaluate(
         raise UsageError("evaluate either a model or a baseline (--baseline), not both or neither")
     grey = bool(dataset and dataset.grey)
     samples = list(samples)[: config.limit] if config.limit else list(samples)
-    device = "cpu"
-    run = None
-    if model is not None:
-        from restorecli.inference import resolve_device
-
-        device = str(resolve_device(config.device))
-        model = model.to(device).eval()
-        run = make_runner(model, config, device)
+    setup = _prepare(model, config) if model is not None else None
     channels = _model_channels(model) if model is not None else 3
     results: list[ImageResult] = []
-    crops: list[_Crops] = []
+    shown: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, dict[str, float]]] = []
     lr_sources: set[str] = set()
-    for done, sample in enumerate(samples, 1):
-        gt = read_image(sample.gt, grey=grey)
-        if config.task == "sr":
-            gt, lr, source = _sr_pair(sample, gt, config, grey)
-            lr_sources.add(source)
-            shown_input = imresize(lr, config.scale)
-        else:
-            noisy = add_noise(gt, config.sigma or 0.0)
-            shown_input = to_uint8(noisy)
-        start = time.perf_counter()
-        if run is None:
-            out = shown_input  # the baseline: bicubic upscaling of the LR, or the noisy image itself
-        else:
-            x = lr.astype(np.float32) / 255.0 if config.task == "sr" else noisy
-            out = _infer(run, x, channels)
-            _synchronise(device)
-        seconds = time.perf_counter() - start
-        if out.shape != gt.shape:
-            raise ImageReadError(f"{sample.name}: output is {out.shape} but the ground truth is {gt.shape}")
-        scores = _metrics(out, gt, config.border)
-        results.append(ImageResult(sample.name, seconds=seconds, height=gt.shape[0], width=gt.shape[1], **scores))
-        if len(crops) < _COMPARISON_IMAGES:
-            crops.append(_comparison_crops(sample.name, shown_input, out, gt, config, scores, baseline=run is None))
-        if progress is not None:
-            progress(done, len(samples), sample.name)
-    meta = _meta(config, model_info, dataset, model, lr_sources, device)
+    with _count_forwards(model) as forwards:
+        for done, sample in enumerate(samples, 1):
+            gt = read_image(sample.gt, grey=grey)
+            if config.task == "sr":
+                gt, degraded, source = _sr_pair(sample, gt, config, grey)
+                lr_sources.add(source)
+            else:
+                degraded = add_noise(gt, config.sigma or 0.0)
+            if setup is None:  # the baseline: bicubic upscaling of the LR, or the noisy image itself
+                out, seconds = _shown_input(degraded, config), 0.0
+            else:
+                start = time.perf_counter()
+                x = degraded.astype(np.float32) / 255.0 if config.task == "sr" else degraded
+                out = _infer(setup.run, x, channels)
+                _synchronise(setup.device)
+                seconds = time.perf_counter() - start
+            if out.shape != gt.shape:
+                raise ImageReadError(f"{sample.name}: output is {out.shape} but the ground truth is {gt.shape}")
+            scores = _metrics(out, gt, config.border)
+            size = {"height": gt.shape[0], "width": gt.shape[1]}
+            results.append(ImageResult(sample.name, seconds=seconds, **size, forwards=forwards(), **scores))
+            if len(shown) < _COMPARISON_IMAGES:
+                shown.append((sample.name, degraded, out, gt, scores))
+            if progress is not None:
+                progress(done, len(samples), sample.name)
+    # After the loop: imresize's BLAS threads stay busy for a while after a call, and would
+    # compete with the next image's forward pass for the cores.
+    crops = []
+    for name, degraded, out, gt, scores in shown:
+        shown_input = out if setup is None else _shown_input(degraded, config)
+        crops.append(_comparison_crops(name, shown_input, out, gt, config, scores, baseline=setup is None))
+    meta = _meta(config, model_info, dataset, setup, lr_sources, results)
     return EvalReport(meta, results, crops)
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """The inference side of an evaluation, prepared before the first image is timed."""
+
+    run: ProtocolRunner
+    device: str
+    backend: str | None
+    """Scan backend label (see ``restorecli.inference.scan_backend_label``)."""
+    seconds: float
+    """Moving the model, loading the scan kernel, the warm-up pass and the tile measurement."""
+
+
+def _prepare(model: torch.nn.Module, config: EvalConfig) -> _Setup:
+    """Device, runner, scan backend and a warm-up pass: the one-time costs, timed apart from the
+    images so that the time per image is what a forward pass of that size costs."""
+    from restorecli.inference import resolve_device, scan_backend_label
+
+    started = time.perf_counter()
+    device = str(resolve_device(config.device))
+    model = model.to(device).eval()
+    run = make_runner(model, config, device)
+    backend = scan_backend_label(model, device)
+    run.warm_up()
+    _synchronise(device)
+    return _Setup(run, device, backend, time.perf_counter() - started)
+
+
+@contextmanager
+def _count_forwards(model: torch.nn.Module | None) -> Iterator[Callable[[], int]]:
+    """Count the network's forward passes; yields a function returning the count since its last call."""
+    calls = [0]
+
+    def count(*_: object) -> None:
+        calls[0] += 1
+
+    def take() -> int:
+        taken, calls[0] = calls[0], 0
+        return taken
+
+    handle = model.register_forward_pre_hook(count) if model is not None else None
+    try:
+        yield take
+    finally:
+        if handle is not None:
+            handle.remove()
+
+
+def _shown_input(degraded: np.ndarray, config: EvalConfig) -> np.ndarray:
+    """The input as the baseline scores it and the comparison shows it: the LR upscaled with
+    MATLAB-bicubic imresize, or the noisy image quantised to uint8."""
+    return imresize(degraded, config.scale) if config.task == "sr" else to_uint8(degraded)
 
 
 def _sr_pair(sample: Sample, gt: np.ndarray, config: EvalConfig, grey: bool) -> tuple[np.ndarray, np.ndarray, str]:
@@ -426,22 +517,13 @@ def _sr_pair(sample: Sample, gt: np.ndarray, config: EvalConfig, grey: bool) -> 
     return gt, imresize(gt, 1 / s), "imresize"
 
 
-def _scan_backend(model: torch.nn.Module | None, device: str) -> str | None:
-    if model is None:
-        return None
-    for sub in model.modules():
-        if hasattr(sub, "scan_backend"):
-            return sub.scan_backend or ("ref" if device == "cpu" else "auto")
-    return None
-
-
 def _meta(
     config: EvalConfig,
     info: ModelInfo | None,
     dataset: DatasetSpec | None,
-    model: torch.nn.Module | None,
+    setup: _Setup | None,
     lr_sources: set[str],
-    device: str,
+    results: Sequence[ImageResult],
 ) -> dict[str, Any]:
     sr = config.task == "sr"
     headline = "y" if sr else "rgb"
@@ -472,10 +554,12 @@ def _meta(
         "baseline": config.baseline,
         "protocol": "baseline" if config.baseline else config.protocol,
         "ensemble": config.ensemble,
-        "precision": config.precision if model is not None else None,
-        "tile": config.tile if config.protocol == "blended" and not config.baseline else None,
-        "device": device,
-        "backend": _scan_backend(model, device),
+        "precision": config.precision if setup is not None else None,
+        "tile": setup.run.tile if setup is not None else None,
+        "forwards_per_image": float(np.mean([r.forwards for r in results])) if setup and results else None,
+        "setup_seconds": setup.seconds if setup is not None else None,
+        "device": setup.device if setup is not None else "cpu",
+        "backend": setup.backend if setup is not None else None,
         "lr_source": ",".join(sorted(lr_sources)) if sr else None,
         "crop_border": config.border,
         "headline": headline,
@@ -633,6 +717,10 @@ def _fmt(value: float | None, digits: int) -> str:
     return f"{value:.{digits}f}"
 
 
+def _seconds(value: float | None) -> str | None:
+    return None if value is None else f"{value:.3f} s"
+
+
 def report_markdown(report: EvalReport) -> str:
     """Human-readable report."""
     summary = report.summary()
@@ -648,11 +736,14 @@ def report_markdown(report: EvalReport) -> str:
         ("protocol", summary["protocol"] + (" + self-ensemble" if summary.get("ensemble") else "")),
         ("device", summary.get("device")),
         ("scan backend", summary.get("backend")),
+        ("tile", summary.get("tile")),
+        ("forward passes per image", summary.get("forwards_per_image")),
         ("LR source", summary.get("lr_source")),
         ("crop border", summary["crop_border"]),
         ("headline metric", head),
         ("metrics", summary["metrics_convention"]),
         ("time per image", f"{summary['time_per_image']:.3f} s"),
+        ("setup (not in the time per image)", _seconds(summary.get("setup_seconds"))),
         ("date", summary["date"]),
     ]
     lines += ["| setting | value |", "|---|---|"]
@@ -678,7 +769,7 @@ def report_markdown(report: EvalReport) -> str:
 def report_csv(report: EvalReport) -> str:
     """Per-image rows and a final ``mean`` row."""
     buffer = io.StringIO()
-    fields = ["name", "psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "seconds", "height", "width"]
+    fields = ["name", "psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "seconds", "height", "width", "forwards"]
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for r in report.images:

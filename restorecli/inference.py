@@ -272,6 +272,21 @@ class ImageRestorer:
         y = y[..., : height * self.scale, : width * self.scale]
         return y.float().cpu()
 
+    def warm_up(self) -> None:
+        """Run the network once on a small input, and measure the automatic tile if there is one.
+
+        The first forward pass of a process pays one-time costs: the scan kernel is loaded (and
+        compiled, the first time on a machine), lazy state is created, the device initialised.
+        Calling this before timing anything keeps those costs out of the first image's time, and
+        the tile measured here holds for every later image (no probe per image).
+        """
+        import torch
+
+        side = _padded(PROBE_SIDE.get(self.device.type, 64), self._multiple, self._min_size)
+        self._forward(torch.rand(1, 3, side, side))
+        if self._tile is None:
+            self._tile = self.auto_tile()
+
     def auto_tile(self) -> int:
         """Tile side from free device memory (CUDA) or available RAM (CPU), via a probe run."""
         import torch
@@ -330,6 +345,47 @@ def restore_tensor(
     """
     restorer = ImageRestorer(model, device=device, precision=precision, tile=tile, overlap=overlap, ensemble=ensemble)
     return restorer.restore(x).output
+
+
+def scan_backend_label(module: torch.nn.Module, device: torch.device | str) -> str | None:
+    """What the network's selective scans run on ``device``, as the reports name it.
+
+    Each scanning layer's backend is resolved as its scans resolve it (the layer's pinned
+    ``scan_backend``, else ``RESTORECLI_SCAN_BACKEND``, else auto) and named with the
+    implementation behind it: ``cpu:compiled`` or ``cpu:torch`` (the compiled kernel or its
+    PyTorch fallback), ``cuda:mamba_ssm`` or ``cuda:torch``, or ``ref``. Asking loads the CPU
+    kernel (compiling it the first time) or imports mamba_ssm, as the first scan would.
+
+    Args:
+        module: The network.
+        device: Where its scans run.
+
+    Returns:
+        The label (layers that resolve differently are joined with ``+``), or None for a
+        network without selective scans.
+
+    Raises:
+        BackendUnavailableError: A pinned or ``RESTORECLI_SCAN_BACKEND`` backend that cannot run
+            on ``device``, as the scans themselves would raise.
+    """
+    from restorecli.ops import resolve_backend
+
+    pinned = {sub.scan_backend for sub in module.modules() if hasattr(sub, "scan_backend")}
+    if not pinned:
+        return None
+    return "+".join(sorted({_implementation_label(resolve_backend(name, device)) for name in pinned}))
+
+
+def _implementation_label(backend: str) -> str:
+    if backend == "cpu":
+        from restorecli.ops.scan_cpu import cpu_kernel_status
+
+        return f"cpu:{cpu_kernel_status().implementation}"
+    if backend == "cuda":
+        from restorecli.ops.scan_cuda import cuda_kernel_status
+
+        return f"cuda:{cuda_kernel_status().implementation}"
+    return backend
 
 
 # ---------------------------------------------------------------------------------------------

@@ -162,11 +162,13 @@ def test_model_through_cli_names_protocol_model_and_weights(
     assert summary["model"] == "toy-x4" and summary["weights_sha256"] == "ab" * 32
     assert summary["protocol"] == "tiled-official" and summary["device"] == "cpu"
     assert len(summary["images"]) == 2 and summary["images"][0]["seconds"] > 0
+    assert [r["forwards"] for r in summary["images"]] == [1, 1] and summary["backend"] is None  # LR <= 200 px
     # Nearest upscaling loses to bicubic, but it is a real score.
     assert 20 < summary["mean"]["psnr_y"] < 28.5
     picture = cv2.imread(str(tmp_path / "comparison.png"))
     assert picture.shape[1] > 3 * 96 * 2  # input, output and ground truth side by side
-    assert "tiled-official" in (tmp_path / "report.md").read_text()
+    markdown = (tmp_path / "report.md").read_text()
+    assert "tiled-official" in markdown and "| forward passes per image | 1.0 |" in markdown
 
 
 TINY_MAIR = {
@@ -225,7 +227,8 @@ def test_tiny_mair_end_to_end(shared_datasets: Path, tmp_path: Path) -> None:
         summary = json.loads(result.stdout)
         (image,) = summary["images"]
         assert image["name"] == "bird" and 0 < image["ssim_y"] <= 1 and image["psnr_y"] > 5
-        assert summary["model"] == "tiny-x4" and summary["protocol"] == protocol and summary["backend"]
+        assert summary["model"] == "tiny-x4" and summary["protocol"] == protocol
+        assert summary["backend"] in ("cpu:compiled", "cpu:torch") and summary["forwards_per_image"] == 1
         assert {p.name for p in out.iterdir()} == {"report.json", "report.csv", "report.md", "comparison.png"}
 
 
@@ -238,6 +241,131 @@ def test_denoising_noisy_baseline(shared_datasets: Path) -> None:
     # σ = 25 gives 20.17 dB before clipping and rounding, which only remove error.
     assert 20.1 < summary["mean"]["psnr_rgb"] < 21.5
     assert any("MaIR" in n and "Y" in n for n in summary["notes"])
+
+
+# ----------------------------------------------------------------------------- what ran, and how often
+
+
+class InferenceProbe(Nearest):
+    """Nearest, noting whether autograd was recording during each forward pass."""
+
+    def __init__(self, scale: int = 2) -> None:
+        super().__init__(scale)
+        self.grad_enabled: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.grad_enabled.append(torch.is_grad_enabled())
+        return super().forward(x)
+
+
+def _tiny_set(folder: Path, lr_sizes: list[tuple[int, int]], scale: int) -> list[datasets.Sample]:
+    """A set folder of random LR images (sides ``lr_sizes``) and their ground truth."""
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate(lr_sizes):
+        lr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        _write(folder / "HR" / f"img{i}.png", cv2.resize(lr, (w * scale, h * scale), interpolation=cv2.INTER_CUBIC))
+        _write(folder / "LR_bicubic" / f"X{scale}" / f"img{i}x{scale}.png", lr)
+    return datasets.list_samples(folder, scale)
+
+
+def _blended_tiles(h: int, w: int) -> int:
+    from restorecli.tiling import TilePlan
+
+    return TilePlan.for_image(h, w, tile=16, overlap=4, scale=2).num_tiles
+
+
+@pytest.mark.parametrize(
+    ("protocol", "ensemble", "per_image"),
+    [
+        ("whole", False, [1, 1]),
+        ("whole", True, [8, 8]),
+        ("tiled-official", False, [2, 1]),  # 210x30: (210 // 200 + 1) x (30 // 200 + 1) tiles
+        ("blended", False, [_blended_tiles(210, 30), _blended_tiles(20, 24)]),
+    ],
+)
+def test_forward_passes_per_image_are_counted_and_run_without_autograd(
+    tmp_path: Path, protocol: str, ensemble: bool, per_image: list[int]
+) -> None:
+    samples = _tiny_set(tmp_path, [(210, 30), (20, 24)], 2)
+    model = InferenceProbe(2)
+    config = ev.EvalConfig(scale=2, protocol=protocol, ensemble=ensemble, tile=16, overlap=4, device="cpu")
+    report = ev.evaluate(samples, config, model=model, model_info=ev.ModelInfo("probe"))
+    assert [r.forwards for r in report.images] == per_image
+    assert report.summary()["forwards_per_image"] == pytest.approx(sum(per_image) / 2)
+    # one untimed warm-up pass before the first image, none per image
+    assert len(model.grad_enabled) == sum(per_image) + 1 and not any(model.grad_enabled)
+    assert model._forward_pre_hooks == {}  # the counter is removed afterwards
+
+
+def test_blended_measures_its_tile_once_per_evaluation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from restorecli.inference import ImageRestorer
+
+    measured = []
+    real = ImageRestorer.auto_tile
+
+    def auto_tile(self: ImageRestorer) -> int:
+        measured.append(real(self))
+        return measured[-1]
+
+    monkeypatch.setattr(ImageRestorer, "auto_tile", auto_tile)
+    samples = _tiny_set(tmp_path, [(40, 48), (36, 44), (48, 40)], 2)  # larger than the probe
+    report = ev.evaluate(samples, ev.EvalConfig(scale=2, device="cpu"), model=Nearest(2), model_info=ev.ModelInfo("n"))
+    assert len(measured) == 1 and report.meta["tile"] == measured[0]
+    assert [r.forwards for r in report.images] == [1, 1, 1]
+    assert report.meta["setup_seconds"] > 0
+
+
+@pytest.mark.parametrize("env", [{}, {"RESTORECLI_CPU_SCAN": "torch"}, {"RESTORECLI_SCAN_BACKEND": "ref"}])
+def test_backend_names_the_scan_implementation_that_ran(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict[str, str]
+) -> None:
+    _skip_without_scan()
+    from restorecli import models
+    from restorecli.ops import scan_cpu
+
+    for name in ("RESTORECLI_CPU_SCAN", "RESTORECLI_SCAN_BACKEND"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    fallback = []
+    torch_scan = scan_cpu.scan_torch
+    monkeypatch.setattr(scan_cpu, "scan_torch", lambda x: fallback.append(x) or torch_scan(x))
+    samples = _tiny_set(tmp_path, [(12, 16)], 4)
+    model = models.build_arch("mair", TINY_MAIR)
+    config = ev.EvalConfig(scale=4, protocol="whole", device="cpu")
+    backend = ev.evaluate(samples, config, model=model, model_info=ev.ModelInfo("tiny")).summary()["backend"]
+    if "RESTORECLI_SCAN_BACKEND" in env:
+        assert backend == "ref" and not fallback
+    elif env:
+        assert backend == "cpu:torch" and fallback
+    else:  # the compiled kernel whenever it builds (with the system C++ compiler), else its fallback
+        assert backend == f"cpu:{scan_cpu.cpu_kernel_status().implementation}"
+        assert bool(fallback) == (backend == "cpu:torch")
+
+
+def test_a_training_step_can_follow_an_evaluation(tmp_path: Path) -> None:
+    _skip_without_scan()
+    from restorecli import models
+
+    model = models.build_arch("mair", TINY_MAIR)
+    config = ev.EvalConfig(scale=4, protocol="whole", device="cpu")
+    ev.evaluate(_tiny_set(tmp_path, [(12, 16)], 4), config, model=model, model_info=ev.ModelInfo("tiny"))
+    model.train()
+    model(torch.rand(1, 3, 12, 16)).mean().backward()  # what eval cached (scan orders) is usable by autograd
+
+
+def test_restore_commands_report_the_same_backend_label() -> None:
+    _skip_without_scan()
+    from restorecli import inference, models
+    from restorecli.cli import restore_cmds
+    from restorecli.ops.scan_cpu import cpu_kernel_status
+
+    module = models.build_arch("mair", TINY_MAIR)
+    network = inference.LoadedNetwork(module, "tiny-x4", "mair", 4, "tiny.safetensors", "ab" * 32, "file")
+    settings = restore_cmds._network_settings(network, inference.ImageRestorer(module, device="cpu"))
+    expected = f"cpu:{cpu_kernel_status().implementation}"
+    assert settings["backend"] == inference.scan_backend_label(module, "cpu") == expected
+    assert inference.scan_backend_label(Nearest(2), "cpu") is None  # no selective scans
 
 
 # ----------------------------------------------------------------------------- scoring existing outputs

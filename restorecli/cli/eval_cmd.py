@@ -153,6 +153,14 @@ def _print_summary(report: EvalReport) -> None:
         f"({key.upper()}, crop border {summary['crop_border']})",
         highlight=False,
     )
+    if summary.get("forwards_per_image") is not None:
+        scan = summary["backend"] or "none"
+        console.print(
+            f"{summary['protocol']} protocol, forward passes per image: {summary['forwards_per_image']:g}; "
+            f"{summary['time_per_image']:.3f} s per image on {summary['device']} (scan {scan}); "
+            f"setup {summary['setup_seconds']:.2f} s, not in the time per image",
+            highlight=False,
+        )
     for note in summary.get("notes", []):
         console.print(f"note: {note}", highlight=False, style="dim")
 
@@ -179,7 +187,11 @@ def eval_command(
     protocol: Annotated[
         str,
         typer.Option(
-            "--protocol", help="blended (default, the tool's tiling), tiled-official (MaIR's test tiling) or whole."
+            "--protocol",
+            help="blended (default): the tool's overlapping tiles, one forward pass per image up to "
+            "the tile size (--tile; automatic: at most 256 px on the CPU), more for larger images; "
+            "tiled-official: MaIR's test tiling, (h//200+1)x(w//200+1) passes per image, each tile 10% "
+            "larger; whole: one pass on the whole image. The report gives the passes per image.",
         ),
     ] = "blended",
     ensemble: EnsembleOpt = False,

@@ -188,6 +188,8 @@ def _restore(
 
 def _network_settings(network: LoadedNetwork, restorer: ImageRestorer) -> dict[str, Any]:
     """What the report says about the network and where it ran."""
+    from restorecli.inference import scan_backend_label
+
     return {
         "model": network.name,
         "arch": network.arch,
@@ -195,7 +197,7 @@ def _network_settings(network: LoadedNetwork, restorer: ImageRestorer) -> dict[s
         "weights_sha256": network.weights_sha256,
         "weights_source": network.weights_source,
         "device": str(restorer.device),
-        "backend": _scan_backend(network.module, restorer.device),
+        "backend": scan_backend_label(network.module, restorer.device),
         "precision": restorer.precision,
         "ensemble": restorer.ensemble,
     }
@@ -205,14 +207,6 @@ def _require_images(images: list[InputFile], skips: list[Any], inputs: list[str]
     if not images:
         detail = f" ({len(skips)} other paths skipped)" if skips else ""
         raise UsageError(f"no images found in {', '.join(inputs)}{detail}; expected PNG, JPEG, WebP, BMP or TIFF files")
-
-
-def _scan_backend(module: Any, device: Any) -> str | None:
-    """Selective-scan backend the network's mixers use on ``device`` (None for scan-free networks)."""
-    from restorecli.ops import resolve_backend
-
-    pinned = [sub.scan_backend for sub in module.modules() if hasattr(sub, "scan_backend")]
-    return resolve_backend(pinned[0], device) if pinned else None
 
 
 def _publish(report: BatchReport, options: RestoreOptions) -> None:
