@@ -1,98 +1,77 @@
-"""Full-network CPU forward timings and a per-block breakdown (scan vs gathers vs dense layers).
+"""Full-network speed on this machine: forward and training-step times, GFLOP/s, roofline share.
 
 Usage:
-    python benchmarks/bench_models.py [--models mair-light-t-x4 mair-sr-x4] [--sizes 64 128 256]
-        [--threads 2] [--repeats 3] [--backend cpu] [--json]
+    python benchmarks/bench_models.py [--models mair-light-t-x4 restorecli-light-x4]
+        [--sizes 64 128 256 512] [--threads 1 2] [--train-batch 8] [--train-patch 64]
+        [--repeats 3] [--backend cpu] [--skip-slower-than 120] [--no-breakdown] [--json]
 
-Weights are random (speed does not depend on them). Times are the minimum over ``--repeats``
-runs after one warm-up; the breakdown comes from torch.profiler self-CPU times grouped into
-the selective scan, the index gathers of the scan orders, and everything else (dense layers).
+Per network, thread count and size it reports the forward time (batch 1), the time of one
+training step (forward + L1 loss + backward on ``--train-batch`` LR patches of ``--train-patch``²),
+the achieved GFLOP/s and its share of this machine's fp32 GEMM rate measured in the same run,
+the cost per pixel relative to the smallest size, and a torch.profiler breakdown of one forward.
+The measurements are restorecli/bench.py's, the same as `restore bench`; weights are random
+(speed does not depend on them). Markdown on stdout, or one JSON document with ``--json``;
+progress on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import platform
+import shlex
 import sys
-import time
 
-import torch
-
-from restorecli import models
-
-SCAN_OP_MARKERS = ("kernelscan", "selective_scan", "scan_sequential", "scan_torch")
-GATHER_OPS = ("aten::index_select", "aten::gather", "aten::index")
+from restorecli.bench import BenchSettings, format_markdown, run_benchmark
+from restorecli.errors import RestoreError
 
 
-def time_forward(net: torch.nn.Module, size: int, repeats: int) -> float:
-    x = torch.rand(1, 3, size, size)
-    with torch.inference_mode():
-        net(x)  # warm-up: builds scan orders, JIT kernels, allocator pools
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            net(x)
-            best = min(best, time.perf_counter() - start)
-    return best
-
-
-def breakdown(net: torch.nn.Module, size: int) -> dict[str, float]:
-    """Self CPU time (ms) per category for one forward."""
-    from torch.profiler import ProfilerActivity, profile
-
-    x = torch.rand(1, 3, size, size)
-    with torch.inference_mode():
-        net(x)
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            net(x)
-    totals = {"scan": 0.0, "gathers": 0.0, "dense_and_other": 0.0}
-    for event in prof.key_averages():
-        ms = event.self_cpu_time_total / 1000.0
-        name = event.key.lower()
-        if any(marker in name for marker in SCAN_OP_MARKERS):
-            totals["scan"] += ms
-        elif event.key in GATHER_OPS:
-            totals["gathers"] += ms
-        else:
-            totals["dense_and_other"] += ms
-    return totals
-
-
-def main() -> int:
+def parse_settings(argv: list[str]) -> tuple[BenchSettings, bool]:
+    """Settings and the --json flag from the command line."""
+    defaults = BenchSettings()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["mair-light-t-x4", "mair-sr-x4"])
-    parser.add_argument("--sizes", nargs="+", type=int, default=[64, 128, 256])
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--backend", default="cpu", help="selective-scan backend (ref, cpu)")
-    parser.add_argument("--skip-slower-than", type=float, default=120.0, help="skip larger sizes of a model once a run exceeds this many seconds")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    rows = []
-    for name in args.models:
-        net = models.build(name)
-        models.set_scan_backend(net, args.backend)
-        for size in args.sizes:
-            seconds = time_forward(net, size, args.repeats)
-            parts = breakdown(net, size)
-            rows.append({"model": name, "size": size, "seconds": seconds, **{f"{k}_ms": v for k, v in parts.items()}})
-            sys.stderr.write(f"{name} {size}x{size}: {seconds:.3f} s\n")
-            if seconds > args.skip_slower_than:
-                break
-    meta = {"threads": args.threads, "backend": args.backend, "torch": torch.__version__, "machine": platform.processor() or platform.machine()}
-    if args.json:
-        sys.stdout.write(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-        return 0
-    sys.stdout.write(f"threads={args.threads} backend={args.backend} torch={torch.__version__}\n\n")
-    sys.stdout.write("| model | input | forward (s) | scan (ms) | gathers (ms) | dense+other (ms) |\n|---|---|---|---|---|---|\n")
-    for r in rows:
-        sys.stdout.write(
-            f"| {r['model']} | {r['size']}² | {r['seconds']:.3f} | {r['scan_ms']:.0f} | {r['gathers_ms']:.0f} | {r['dense_and_other_ms']:.0f} |\n"
-        )
+    parser.add_argument("--models", nargs="+", default=list(defaults.models), help="official or bundled model names")
+    parser.add_argument("--sizes", nargs="+", type=int, default=list(defaults.sizes), help="square input sides")
+    parser.add_argument("--threads", nargs="+", type=int, default=list(defaults.threads), help="torch thread counts (0: default)")
+    parser.add_argument("--train-batch", type=int, default=defaults.train_batch, help="training-step batch; 0 skips it")
+    parser.add_argument("--train-patch", type=int, default=defaults.train_patch, help="training-step LR patch side")
+    parser.add_argument("--repeats", type=int, default=defaults.repeats, help="timed runs per case; the best is kept")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--backend", "--scan-backend", default=None, help="selective-scan backend (ref, cpu, cuda; default auto)")
+    parser.add_argument(
+        "--skip-slower-than",
+        type=float,
+        default=defaults.skip_slower_than,
+        help="skip larger sizes of a network once one forward exceeds this many seconds",
+    )
+    parser.add_argument("--no-breakdown", action="store_true", help="do not profile the forwards")
+    parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    args = parser.parse_args(argv)
+    settings = BenchSettings(
+        models=tuple(args.models),
+        sizes=tuple(args.sizes),
+        threads=tuple(args.threads),
+        device=args.device,
+        backend=args.backend,
+        repeats=args.repeats,
+        train_batch=args.train_batch,
+        train_patch=args.train_patch,
+        skip_slower_than=args.skip_slower_than,
+        breakdown=not args.no_breakdown,
+    )
+    return settings, args.json
+
+
+def main(argv: list[str]) -> int:
+    settings, as_json = parse_settings(argv)
+    command = shlex.join(["python", "benchmarks/bench_models.py", *argv])
+    try:
+        report = run_benchmark(settings, command=command, progress=lambda line: sys.stderr.write(line + "\n"))
+    except RestoreError as error:  # unknown model, unusable backend, option out of range
+        sys.stderr.write(f"Error: {error}\n")
+        return error.exit_code
+    sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n" if as_json else format_markdown(report))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

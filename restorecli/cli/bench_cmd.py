@@ -1,52 +1,109 @@
-"""`restore bench`: forward-pass timings of named networks on this machine."""
+"""`restore bench`: speed of named networks on this machine (the measurements live in restorecli/bench.py)."""
 
 from __future__ import annotations
 
 import json
+import shlex
 import sys
-from dataclasses import asdict
 from typing import Annotated
 
 import typer
+from typer.core import TyperCommand
+
+import restorecli.bench as bench_lib  # no torch at import time
+
+DEFAULTS = bench_lib.BenchSettings()
+
+# Options that take several values after one flag (``--sizes 64 128``), as in
+# benchmarks/bench_models.py; Typer options otherwise take one value per flag.
+LIST_OPTIONS = frozenset({"--models", "--sizes", "--size", "--threads"})
+
+
+def spread_list_options(args: list[str], flags: frozenset[str] = LIST_OPTIONS) -> list[str]:
+    """Rewrite ``--sizes 64 128`` as ``--sizes 64 --sizes 128``; other arguments are kept as they are.
+
+    A value is any argument that does not start with ``-`` (or is a negative number) up to the
+    next option; ``--`` ends the rewriting.
+    """
+    out: list[str] = []
+    flag: str | None = None
+    for position, arg in enumerate(args):
+        if arg == "--":
+            return out + args[position:]
+        if arg.startswith("-") and not arg.lstrip("-").isdigit():
+            name = arg.split("=", 1)[0]  # --sizes=64 128 takes 128 too
+            flag = name if name in flags else None
+        elif flag is not None and out[-1] != flag:
+            out.append(flag)
+        out.append(arg)
+    return out
+
+
+class _ListOptionsCommand(TyperCommand):
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        ctx.meta["restorecli.bench.args"] = list(args)  # recorded in the report as the command line
+        return super().parse_args(ctx, spread_list_options(list(args)))
+
+
+def _list_option(*flags: str, metavar: str, what: str) -> typer.models.OptionInfo:
+    """A several-values option (see ``spread_list_options``) whose help names its default."""
+    default = getattr(DEFAULTS, flags[0].removeprefix("--"))
+    return typer.Option(*flags, metavar=metavar, help=f"{what} Default: {' '.join(map(str, default))}.", show_default=False)
 
 
 def register(app: typer.Typer) -> None:
     """Add the ``bench`` command to the app."""
 
-    @app.command("bench")
+    @app.command("bench", cls=_ListOptionsCommand)
     def bench(
-        models_: Annotated[list[str], typer.Argument(metavar="MODEL...", help="Model names (see `restore models list`).")] = None,  # type: ignore[assignment]
-        size: Annotated[list[int], typer.Option("--size", help="Square input side; repeat for several.")] = None,  # type: ignore[assignment]
-        device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+        ctx: typer.Context,
+        models_: Annotated[
+            list[str] | None, typer.Argument(metavar="MODEL", help="Model names; same as --models.", show_default=False)
+        ] = None,
+        models_opt: Annotated[
+            list[str] | None, _list_option("--models", metavar="NAME...", what="Official or bundled names (`restore models list`).")
+        ] = None,
+        sizes: Annotated[list[int] | None, _list_option("--sizes", "--size", metavar="N...", what="Square input sides.")] = None,
+        threads: Annotated[
+            list[int] | None, _list_option("--threads", metavar="N...", what="torch thread counts, each measured (0: torch default).")
+        ] = None,
+        train_batch: Annotated[int, typer.Option(help="Batch of the timed training step; 0 skips it.")] = DEFAULTS.train_batch,
+        train_patch: Annotated[int, typer.Option(help="Side of the training step's LR patches.")] = DEFAULTS.train_patch,
+        device: Annotated[str, typer.Option(metavar="auto|cpu|cuda|cuda:N", help="Compute device.")] = "cpu",
         backend: Annotated[str | None, typer.Option("--scan-backend", help="ref, cpu or cuda (default: auto).")] = None,
-        threads: Annotated[int, typer.Option(help="torch intra-op threads (0: torch default).")] = 0,
-        repeats: Annotated[int, typer.Option(min=1, help="Timed forwards per case (the best is kept).")] = 3,
+        repeats: Annotated[int, typer.Option(help="Timed runs per case after a warm-up (the best is kept).")] = DEFAULTS.repeats,
+        skip_slower_than: Annotated[
+            float, typer.Option(metavar="SECONDS", help="Skip a network's larger sizes once one forward takes longer.")
+        ] = DEFAULTS.skip_slower_than,
+        breakdown: Annotated[
+            bool, typer.Option("--breakdown/--no-breakdown", help="Profile one more forward per case for the time breakdown.")
+        ] = True,
         as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines on stderr.")] = False,
     ) -> None:
-        """Time forward passes (random weights, batch 1). Full benchmarks live in benchmarks/."""
-        import torch
+        """Time forwards and a training step of named networks (random weights) on this machine.
 
-        from restorecli.bench import time_forward
-        from restorecli.errors import UsageError
+        Per network, thread count and size: forward seconds, GFLOP/s, share of the GEMM rate
+        measured in the same run, cost per pixel, and where the time goes (profiler).
 
-        if threads < 0:
-            raise UsageError(f"--threads: expected 0 or a positive count, got {threads}")
-        if threads:
-            torch.set_num_threads(threads)
-        names = models_ or ["mair-light-t-x4"]
-        sizes = size or [64]
-        results = []
-        for name in names:
-            for side in sizes:
-                if side < 1:
-                    raise UsageError(f"--size: expected a positive side, got {side}")
-                timing = time_forward(name, side, device=device, backend=backend, repeats=repeats)
-                results.append(timing)
-                if not as_json:
-                    sys.stderr.write(f"{name} {side}x{side}: {timing.seconds:.3f} s\n")
+        List options take several values: `restore bench --sizes 64 128 --threads 1 2`.
+        """
+        settings = bench_lib.BenchSettings(
+            models=tuple([*(models_ or []), *(models_opt or [])] or DEFAULTS.models),
+            sizes=tuple(sizes or DEFAULTS.sizes),
+            threads=tuple(threads or DEFAULTS.threads),
+            device=device,
+            backend=backend,
+            repeats=repeats,
+            train_batch=train_batch,
+            train_patch=train_patch,
+            skip_slower_than=skip_slower_than,
+            breakdown=breakdown,
+        )
+        command = shlex.join(["restore", "bench", *ctx.meta.get("restorecli.bench.args", [])])
+        progress = None if quiet else (lambda line: sys.stderr.write(line + "\n"))
+        report = bench_lib.run_benchmark(settings, command=command, progress=progress)
         if as_json:
-            sys.stdout.write(json.dumps([asdict(r) for r in results], indent=2) + "\n")
-            return
-        sys.stdout.write("model\tinput\tseconds\tdevice\tbackend\tthreads\n")
-        for r in results:
-            sys.stdout.write(f"{r.model}\t{r.size}x{r.size}\t{r.seconds:.4f}\t{r.device}\t{r.backend}\t{r.threads}\n")
+            sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+        else:
+            sys.stdout.write(bench_lib.format_markdown(report))
