@@ -841,7 +841,9 @@ void forward_unit(const Problem<T>& p, const Ordered<T>* o, int64_t unit, T* y, 
   const OrderedUnit<T> ou0 = kOrdered ? ordered_unit(p, *o, l0) : OrderedUnit<T>{};
   const T* Bb = kOrdered ? nullptr : p.B + (ub.b * p.G + ub.g) * p.L * N;
   const T* Cb = kOrdered ? nullptr : p.C + (ub.b * p.G + ub.g) * p.L * N;
-  const bool one_pass = kOrdered && kAvx512 && std::is_same_v<T, float> && p.softplus;
+  // One pass for N = 1; with more states the staged tile path measured faster (its separate
+  // gather of the step rows keeps their loads out of the long per-step recurrence).
+  const bool one_pass = kOrdered && kAvx512 && std::is_same_v<T, float> && p.softplus && N == 1;
   for (int64_t k = 0; k < p.tiles; ++k) {
     const int64_t t0 = k * TT;
     const int64_t tl = std::min(TT, p.L - t0);
@@ -1200,8 +1202,9 @@ bool valid(int64_t batch, int64_t dim, int64_t L, int64_t N, int64_t G, int64_t 
   return batch >= 0 && dim > 0 && L >= 0 && N > 0 && G > 0 && dim % G == 0 && tile > 0;
 }
 
-// Ordered units run several channel blocks of one direction (sharing the rows they read),
-// split only as far as needed to give every thread work.
+// Ordered units run all channel blocks of one direction (sharing the rows they read), split
+// only as far as needed to give every thread work. (Smaller units that keep their blocks'
+// state within L1 measured slower: 53 against 39 ms for Di = 360, N = 16 at 64².)
 template <typename T>
 void set_blocks_per_unit(Problem<T>& p, int threads) {
   const int64_t groups = p.batch * p.G;
