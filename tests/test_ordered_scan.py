@@ -180,16 +180,9 @@ def test_official_networks_fused_equals_reference(compiled: None, name: str) -> 
     assert (fused - reference).abs().max().item() < 1e-5
 
 
-@pytest.mark.parametrize("size", [(1, 1), (3, 7), (9, 8)])
-def test_tiny_network_fused_equals_reference_and_gradients(compiled: None, size: tuple[int, int]) -> None:
-    net = models.build_arch("mair", models.config_from_mapping("mair", {
-        "upscale": 2, "in_chans": 3, "img_range": 1.0, "embed_dim": 20, "depths": [2, 2], "d_state": 2,
-        "ssm_ratio": 1.7, "mlp_ratio": 1.5, "upsampler": "pixelshuffledirect", "resi_connection": "1conv", "scan_len": 4,
-    })).double().train()
-    for module in net.modules():  # no stochastic depth: both passes must see the same network
-        if isinstance(module, blocks.DropPath):
-            module.rate = 0.0
-    x = torch.rand(2, 3, *size, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+def assert_fused_equals_reference_training(net: torch.nn.Module, x: torch.Tensor) -> None:
+    """One float64 training pass through ``net`` with the fused kernel and with the reference:
+    outputs and every parameter gradient agree to 1e-10."""
     results = []
     for backend in ("cpu", "ref"):
         models.set_scan_backend(net, backend)
@@ -202,6 +195,19 @@ def test_tiny_network_fused_equals_reference_and_gradients(compiled: None, size:
         assert rel_err(got, want) < 1e-10
 
 
+@pytest.mark.parametrize("size", [(1, 1), (3, 7), (9, 8)])
+def test_tiny_network_fused_equals_reference_and_gradients(compiled: None, size: tuple[int, int]) -> None:
+    net = models.build_arch("mair", models.config_from_mapping("mair", {
+        "upscale": 2, "in_chans": 3, "img_range": 1.0, "embed_dim": 20, "depths": [2, 2], "d_state": 2,
+        "ssm_ratio": 1.7, "mlp_ratio": 1.5, "upsampler": "pixelshuffledirect", "resi_connection": "1conv", "scan_len": 4,
+    })).double().train()
+    for module in net.modules():  # no stochastic depth: both passes must see the same network
+        if isinstance(module, blocks.DropPath):
+            module.rate = 0.0
+    x = torch.rand(2, 3, *size, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert_fused_equals_reference_training(net, x)
+
+
 def test_streamed_inference_equals_whole_map(compiled: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """The block's streamed inference path (runs of positions) gives the whole-map result."""
     net = models.build("mair-light-t-x2")
@@ -212,3 +218,19 @@ def test_streamed_inference_equals_whole_map(compiled: None, monkeypatch: pytest
         monkeypatch.setattr(blocks, "STREAM_ROWS", 1 << 30)
         whole = net(x)
     assert (streamed - whole).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("scan", ["cross", "gps", "both"])
+@pytest.mark.parametrize("qclam", [True, False])
+def test_vamamba_fused_equals_reference_and_gradients(compiled: None, scan: str, qclam: bool) -> None:
+    base = vars(models.spec("vamamba-light-sr-x2").config)
+    config = models.config_from_mapping("vamamba", {**base, "scan": scan, "qclam": qclam, "depths": (1, 1), "embed_dim": 16})
+    net = models.build_arch("vamamba", config).double().train()
+    with torch.no_grad():  # non-trivial weights everywhere (zero-initialised adapters hide paths)
+        for parameter in net.parameters():
+            parameter.add_(0.02 * torch.randn(parameter.shape, dtype=parameter.dtype, generator=torch.Generator().manual_seed(parameter.numel())))
+    for module in net.modules():
+        if isinstance(module, blocks.DropPath):
+            module.rate = 0.0
+    x = torch.rand(2, 3, 13, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert_fused_equals_reference_training(net, x)

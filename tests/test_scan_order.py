@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from restorecli.ops.scan_order import inverse_orders, mair_scan_order, nss_four_directions
+from restorecli.ops.scan_order import cross_scan_order, inverse_orders, mair_scan_order, nss_four_directions
 
 
 def _seq(text: str) -> list[int]:
@@ -87,3 +87,14 @@ def test_device_cache_returns_same_tensors_and_inverse_gathers_back() -> None:
     restored = torch.gather(scanned, 3, first.inverse[None, :, None].expand(shape))
     for k in range(4):
         assert torch.equal(restored[:, k], x)
+
+
+def test_cross_orders_are_row_and_column_major_and_reverses() -> None:
+    order = cross_scan_order(3, 4, "cpu")
+    grid = np.arange(12).reshape(3, 4)
+    assert order.scan[0].tolist() == grid.reshape(-1).tolist()
+    assert order.scan[1].tolist() == grid.T.reshape(-1).tolist()
+    assert order.scan[2].tolist() == grid.reshape(-1)[::-1].tolist()
+    assert order.scan[3].tolist() == grid.T.reshape(-1)[::-1].tolist()
+    for k in range(4):
+        assert order.inverse[k][order.scan[k]].tolist() == list(range(12))

@@ -36,28 +36,6 @@ def mlp_width(channels: int, mlp_ratio: float) -> int:
     return int(channels * mlp_ratio)
 
 
-def run_selective_scan(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    c: torch.Tensor,
-    d: torch.Tensor,
-    delta_bias: torch.Tensor,
-    backend: str | None,
-) -> torch.Tensor:
-    """Selective scan with softplus Δ; on the meta device only the output shape is produced.
-
-    The meta shortcut lets parameter/FLOP accounting run without memory (the scan's own cost is
-    added analytically by ``restorecli.models.stats``).
-    """
-    if u.device.type == "meta":
-        return torch.empty(u.shape, dtype=torch.float32, device="meta")
-    from restorecli.ops import selective_scan
-
-    return selective_scan(u, delta, a, b, c, D=d, delta_bias=delta_bias, delta_softplus=True, backend=backend)
-
-
 class SelectiveScanLayer(nn.Module):
     """Parameters of a K-direction selective scan under the official names, their Mamba
     initialisation, and the projection + scan shared by every scanning layer.
@@ -93,31 +71,49 @@ class SelectiveScanLayer(nn.Module):
         self.A_logs.copy_(log_a.repeat(self.directions * self.inner, 1))
         self.Ds.fill_(1.0)
 
-    def scan_sequences(self, sequences: torch.Tensor) -> torch.Tensor:
-        """Project and scan K sequences.
+    def scan_ordered(self, xs: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x_proj and the K ordered selective scans of a channels-last map.
 
         Args:
-            sequences: (B, K, Di, L) contiguous, direction k in row k.
+            xs: (B, L, Di) scan input, positions in raster order.
+            order, inverse: (K, L) or (B, K, L) scan orders and their inverses (see
+                ``restorecli.ops.ordered_scan``).
 
         Returns:
-            (B, K, Di, L) float32 scan outputs (softplus Δ, D skip included).
+            y (B, L, K, Di) in raster order (float32) and its mean over the positions (B, K, Di).
         """
-        batch, directions, inner, length = sequences.shape
-        # Broadcast matmuls (K, C, Di) @ (B, K, Di, L) keep the (B, K, ., L) layout; the equivalent
-        # einsums measured slower on the CPU (transposed copies around a bmm with inner size R).
-        projected = torch.matmul(self.x_proj_weight, sequences)
-        dt_low, b_ssm, c_ssm = torch.split(projected, [self.rank, self.d_state, self.d_state], dim=2)
-        delta = torch.matmul(self.dt_projs_weight, dt_low)
-        return run_selective_scan(
-            sequences.reshape(batch, directions * inner, length),
-            delta.reshape(batch, directions * inner, length),
-            -torch.exp(self.A_logs.float()),
-            b_ssm.contiguous(),
-            c_ssm.contiguous(),
-            self.Ds.float(),
-            self.dt_projs_bias.reshape(-1).float(),
-            self.scan_backend,
-        ).view(batch, directions, inner, length)
+        batch, length, inner = xs.shape
+        # x_proj acts on each position alone, so it runs once on the map, before any ordering.
+        proj = F.linear(xs, self.x_proj_weight.view(-1, inner))  # (B, L, K * (R + 2N))
+        if xs.device.type == "meta":
+            # Shape-only runs (parameter/FLOP accounting): the Δ projection the scan fuses is
+            # still issued so the flop counter sees it; the scan's own cost is added by
+            # ``restorecli.models.stats``.
+            torch.matmul(self.dt_projs_weight, proj.new_empty(batch, self.directions, self.rank, length))
+            y = xs.new_empty(batch, length, self.directions, inner, dtype=torch.float32)
+            return y, y.mean(dim=1)
+        from restorecli.ops.ordered_scan import ordered_selective_scan
+
+        return ordered_selective_scan(
+            xs,
+            proj,
+            self.dt_projs_weight,
+            self.dt_projs_bias.reshape(-1),
+            -torch.exp(self.A_logs),  # cast with the other inputs to the scan's compute dtype
+            self.Ds,
+            order,
+            inverse,
+            backend=self.scan_backend,
+        )
+
+    def project_in(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """in_proj: (..., C) -> scan input xa and gate z, each (..., Di) and contiguous.
+
+        Two GEMMs instead of one and a split: a contiguous xa's NCHW view is channels-last, so
+        the depthwise conv runs without a layout copy (2x faster measured).
+        """
+        weight = self.in_proj.weight
+        return F.linear(x, weight[: self.inner]), F.linear(x, weight[self.inner :])
 
 
 class ShuffleGate(nn.Module):
@@ -181,15 +177,6 @@ class MambaMixer2D(SelectiveScanLayer):
         y, gates = self.scan_and_gate(xa)
         return self.project_out(y, gates, z.view(batch, height * width, self.inner)).view(batch, height, width, -1)
 
-    def project_in(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """in_proj: (..., C) -> scan input xa and gate z, each (..., Di) and contiguous.
-
-        Two GEMMs instead of one and a split: a contiguous xa's NCHW view is channels-last, so
-        the depthwise conv runs without a layout copy (2x faster measured).
-        """
-        weight = self.in_proj.weight
-        return F.linear(x, weight[: self.inner]), F.linear(x, weight[self.inner :])
-
     def scan_and_gate(self, xa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Depthwise conv, SiLU, x_proj, the K ordered scans and the SSA gates.
 
@@ -201,8 +188,8 @@ class MambaMixer2D(SelectiveScanLayer):
         """
         batch, height, width, inner = xa.shape
         xs = F.silu(self.conv2d(xa.permute(0, 3, 1, 2))).permute(0, 2, 3, 1).reshape(batch, height * width, inner)
-        proj = F.linear(xs, self.x_proj_weight.view(-1, inner))  # (B, L, K * (R + 2N))
-        y, pooled = self._scan(xs, proj, height, width)
+        order = mair_scan_order(height, width, self.scan_len, self.shift, xs.device)
+        y, pooled = self.scan_ordered(xs, order.scan, order.inverse)
         # SSA: the pooled mean is order-independent, so the scan takes it on the way.
         return y, self.gating.gate(pooled)
 
@@ -224,30 +211,6 @@ class MambaMixer2D(SelectiveScanLayer):
         from restorecli.ops.ordered_scan import merge_directions
 
         return merge_directions(y, gates, backend=self.scan_backend)
-
-    def _scan(self, xs: torch.Tensor, proj: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-        batch, length, inner = xs.shape
-        if xs.device.type == "meta":
-            # Shape-only runs (parameter/FLOP accounting): the Δ projection the scan fuses is
-            # still issued so the flop counter sees it; the scan's own cost is added by
-            # ``restorecli.models.stats``.
-            torch.matmul(self.dt_projs_weight, proj.new_empty(batch, self.directions, self.rank, length))
-            y = xs.new_empty(batch, length, self.directions, inner, dtype=torch.float32)
-            return y, y.mean(dim=1)
-        from restorecli.ops.ordered_scan import ordered_selective_scan
-
-        order = mair_scan_order(height, width, self.scan_len, self.shift, xs.device)
-        return ordered_selective_scan(
-            xs,
-            proj,
-            self.dt_projs_weight,
-            self.dt_projs_bias.reshape(-1),
-            -torch.exp(self.A_logs.float()),
-            self.Ds.float(),
-            order.scan,
-            order.inverse,
-            backend=self.scan_backend,
-        )
 
 
 class ChannelMLP(nn.Module):

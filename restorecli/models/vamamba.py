@@ -34,6 +34,7 @@ from torch import nn
 from restorecli.models.blocks import DropPath, SelectiveScanLayer, dt_rank, inner_width
 from restorecli.models.heads import add_head, add_stem, check_head, drop_path_rates, init_linear_and_norm, reconstruct
 from restorecli.ops.gps_order import gps_pixel_orders, inverse_permutation
+from restorecli.ops.scan_order import cross_scan_order
 
 SCANS = ("cross", "gps", "both")
 CROSS_DIRECTIONS = 4
@@ -233,58 +234,61 @@ class SS2D(SelectiveScanLayer):
         self.out_norm = nn.LayerNorm(inner, eps=1e-5)
         self.out_proj = nn.Linear(inner, channels, bias=False)
 
-    def _gps_orders(self, scores: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pixel orders and inverses (B, L) on the scores' device, from one host transfer."""
-        if scores.device.type == "meta":  # shape-only runs (parameter/FLOP accounting)
-            order = torch.arange(height * width, device="meta").expand(scores.shape[0], -1)
+    def _orders(self, scores: torch.Tensor | None, batch: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scan orders and inverses: (K, L) for the cross scan alone, else (B, K, L) with the
+        cross rows (if any) followed by each image's GPS order and its reverse."""
+        device = self.in_proj.weight.device
+        length = height * width
+        cross = cross_scan_order(height, width, device) if self.cross else None
+        if scores is None:
+            assert cross is not None
+            return cross.scan, cross.inverse
+        if device.type == "meta":  # shape-only runs (parameter/FLOP accounting)
+            order = torch.arange(length, device="meta").expand(batch, self.directions, length)
             return order, order
-        orders = gps_pixel_orders(scores.detach().float().cpu().numpy(), height, width, self.gps_patch)
-        both = torch.from_numpy(np.stack([orders, inverse_permutation(orders)])).to(scores.device)
-        return both[0], both[1]
+        steps = gps_pixel_orders(scores.detach().float().cpu().numpy(), height, width, self.gps_patch)
+        gps = np.stack([steps, steps[:, ::-1]], axis=1)  # (B, 2, L)
+        orders = torch.from_numpy(np.ascontiguousarray(gps)).to(device)
+        inverses = torch.from_numpy(inverse_permutation(gps)).to(device)
+        if cross is not None:
+            orders = torch.cat([cross.scan.expand(batch, -1, -1), orders], dim=1)
+            inverses = torch.cat([cross.inverse.expand(batch, -1, -1), inverses], dim=1)
+        return orders.contiguous(), inverses.contiguous()
 
     def forward(self, x: torch.Tensor, memory: FeatureMemory | None) -> torch.Tensor:
         """Args: x (B, H, W, C); memory: the pass's QCLAM memory (None without QCLAM).
 
         Returns: (B, H, W, C).
+
+        Activations stay channels-last: every direction (cross and GPS) is one order of an
+        ordered scan that reads and writes raster positions (``restorecli.ops.ordered_scan``), so
+        the official "flip, transpose, gather, un-gather" of each sequence is the order itself.
         """
         batch, height, width, _ = x.shape
         length = height * width
         inner = self.inner
-        xa, z = self.in_proj(x).chunk(2, dim=-1)
-        xa = F.silu(self.conv2d(xa.permute(0, 3, 1, 2)))  # (B, D, H, W)
+        xa, z = self.project_in(x)
+        xs = F.silu(self.conv2d(xa.permute(0, 3, 1, 2))).permute(0, 2, 3, 1).reshape(batch, length, inner)
         if self.lora_cache is not None:
             assert memory is not None
-            tokens = self.lora_cache(xa.flatten(2).transpose(1, 2), memory)
-            xa = tokens.transpose(1, 2).reshape(batch, inner, height, width)
-        flat = xa.reshape(batch, inner, length)
-
-        sequences = []
-        if self.cross:
-            by_cols = xa.transpose(2, 3).reshape(batch, inner, length)
-            sequences += [flat, by_cols, flat.flip(-1), by_cols.flip(-1)]
+            xs = self.lora_cache(xs, memory)
+        scores = None
         if self.gps:
             assert self.vit_score_map is not None
-            scores = self.vit_score_map(xa)
-            order, inverse = self._gps_orders(scores, height, width)
-            forward_seq = flat.gather(2, order[:, None, :].expand(-1, inner, -1))
-            sequences += [forward_seq, forward_seq.flip(-1)]
-        seqs = torch.stack(sequences, dim=1)  # (B, K, D, L)
-        y = self.scan_sequences(seqs)
+            scores = self.vit_score_map(xs.transpose(1, 2).reshape(batch, inner, height, width))
+        order, inverse = self._orders(scores, batch, height, width)
+        y, _ = self.scan_ordered(xs.contiguous(), order, inverse)  # (B, L, K, Di), raster order
 
-        merged = torch.zeros(batch, inner, length, dtype=y.dtype, device=y.device)
+        merged = y.new_zeros(batch, length, inner)
         if self.cross:
-            rows = y[:, 0] + y[:, 2].flip(-1)
-            cols = y[:, 1] + y[:, 3].flip(-1)
-            merged = rows + cols.view(batch, inner, width, height).transpose(2, 3).reshape(batch, inner, length)
+            merged = y[:, :, :CROSS_DIRECTIONS].sum(dim=2)
         if self.gps:
-            # Reverse the reversed sequence first, then invert the permutation (official D7 fix).
-            steps = y[:, -2] + y[:, -1].flip(-1)
-            raster = steps.gather(2, inverse[:, None, :].expand(-1, inner, -1))
+            assert scores is not None
             p = self.gps_patch
             gate = 2.0 * scores.repeat_interleave(p, dim=1).repeat_interleave(p, dim=2)[:, :height, :width]
-            merged = merged + raster * gate.reshape(batch, 1, length).to(raster.dtype)
+            merged = merged + y[:, :, -GPS_DIRECTIONS:].sum(dim=2) * gate.reshape(batch, length, 1).to(y.dtype)
 
-        out = self.out_norm(merged.transpose(1, 2).reshape(batch, height, width, inner).to(x.dtype)) * F.silu(z)
+        out = self.out_norm(merged.view(batch, height, width, inner).to(x.dtype)) * F.silu(z)
         return self.out_proj(out)
 
 

@@ -6,6 +6,7 @@ point reflection of that. The exact construction (including the official code's 
 boundaries for even H and the raster fallback on degenerate maps) follows the specification;
 checkpoints were trained with these orders, so they must not be "improved".
 
+The cross scan of VMamba/VAMamba (row- and column-major and their reverses) is cached the same way.
 Orders depend only on (H, W, scan_len, shift). They are built once on the CPU with NumPy and
 cached, and copies per device are cached too, so a forward pass never rebuilds or re-uploads them.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from functools import lru_cache
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -127,14 +129,20 @@ def mair_scan_order(height: int, width: int, scan_len: int, shift: int, device: 
         shift: 0 for unshifted blocks, scan_len // 2 for MaIR's odd blocks.
         device: where the index tensors should live.
     """
+    return _cached_order((height, width, scan_len, shift), device, lambda: _orders_numpy(height, width, scan_len, shift))
+
+
+def _cached_order(
+    geometry: tuple[int, int, int, int], device: torch.device | str, build: Callable[[], tuple[np.ndarray, np.ndarray]]
+) -> ScanOrder:
     import torch
 
     device = torch.device(device)
-    key = (height, width, scan_len, shift, str(device))
+    key = (*geometry, str(device))
     cached = _device_cache.get(key)
     if cached is not None:
         return cached
-    orders, inverse = _orders_numpy(height, width, scan_len, shift)
+    orders, inverse = build()
     # Built outside inference mode: a cached inference tensor could not be saved for the
     # backward of a later training step in the same process.
     with torch.inference_mode(False):
@@ -144,6 +152,24 @@ def mair_scan_order(height: int, width: int, scan_len: int, shift: int, device: 
             _device_cache.pop(next(iter(_device_cache)))  # drop the oldest entry
         _device_cache[key] = order
     return order
+
+
+@lru_cache(maxsize=64)
+def _cross_numpy(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    length = height * width
+    rows = np.arange(length, dtype=np.int64)
+    steps = np.arange(length, dtype=np.int64)
+    cols = (steps % height) * width + steps // height  # column-major visit of the H x W map
+    orders = np.stack([rows, cols, rows[::-1], cols[::-1]])
+    return orders, inverse_orders(orders)
+
+
+def cross_scan_order(height: int, width: int, device: torch.device | str) -> ScanOrder:
+    """The K = 4 cross-scan orders of VMamba/VAMamba: row-major, column-major, and their reverses.
+
+    Cached like :func:`mair_scan_order` (key ``scan_len = 0``).
+    """
+    return _cached_order((height, width, 0, -1), device, lambda: _cross_numpy(height, width))
 
 
 def clear_scan_order_cache() -> None:
