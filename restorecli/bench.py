@@ -267,36 +267,11 @@ def resolve_network(name: str) -> Network:
 
 
 def forward_flops(network: Network, height: int, width: int) -> int:
-    """FLOPs of one forward on a (1, C, height, width) input.
-
-    Official names use ``restorecli.models.stats``; manifest-only networks are counted the same
-    way here (torch's flop counter on the meta device, plus 9·L·D·N + L·D per MambaMixer2D scan),
-    because ``stats`` takes only names of its own table. tests/test_bench.py checks both agree.
-    """
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
+    """FLOPs of one forward on a (1, C, height, width) input (``restorecli.models.arch_stats``:
+    torch's flop counter on the meta device plus 9·L·D·N + L·D per selective scan)."""
     from restorecli import models
-    from restorecli.models.blocks import MambaMixer2D
 
-    if network.official:
-        return models.stats(network.name, height, width).flops
-    module = models.build_arch(network.arch, network.config, device="meta")
-    scan = [0]
-
-    def add_scan(mixer: nn.Module, inputs: tuple[torch.Tensor, ...], _output: object) -> None:
-        batch, rows, cols, _channels = inputs[0].shape
-        directions = 4
-        scan[0] += batch * rows * cols * directions * mixer.inner * (9 * mixer.d_state + 1)
-
-    hooks = [m.register_forward_hook(add_scan) for m in module.modules() if isinstance(m, MambaMixer2D)]
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            module(torch.empty(1, module.in_chans, height, width, device="meta"))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return int(counter.get_total_flops()) + scan[0]
+    return models.arch_stats(network.arch, network.config, height, width).flops
 
 
 def _synchronize(device: torch.device) -> None:

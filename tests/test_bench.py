@@ -45,7 +45,7 @@ def test_manifest_networks_are_counted_like_models_stats() -> None:
 
     spec = models.spec("mair-light-t-x4")
     as_manifest = bench.Network(name=spec.name, arch=spec.arch, config=spec.config, official=False)
-    assert bench.forward_flops(as_manifest, 16, 24) == models.stats(spec.name, 16, 24).flops
+    assert bench.forward_flops(as_manifest, 16, 24) == models.stats(spec.name, 16, 24).flops > 0
 
 
 def test_resolve_network_knows_bundled_names_and_suggests() -> None:

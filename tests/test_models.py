@@ -211,6 +211,14 @@ def test_stats_params_and_flops() -> None:
     assert result.flops == result.dense_flops + result.scan_flops
 
 
+def test_stats_count_every_scanning_layer() -> None:
+    """VAMamba's SS2D layers are counted too: 16 blocks, 6 directions (cross + GPS), Di = 57, N = 8."""
+    result = models.stats("vamamba-light-sr-x2", 16, 16)
+    assert result.scan_flops == 16 * 6 * 57 * 256 * (9 * 8 + 1)
+    spec = models.spec("mair-light-t-x4")
+    assert models.arch_stats(spec.arch, asdict(spec.config), 16, 24) == models.stats(spec.name, 16, 24)
+
+
 def test_module_moves_with_to_and_keeps_no_state_between_calls() -> None:
     net = models.build_arch("mair", TINY_MAIR)
     x = torch.rand(1, 3, 5, 6)

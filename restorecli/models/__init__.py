@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from restorecli.errors import ConfigError, UnknownModelError
-from restorecli.models.blocks import MambaMixer2D, set_scan_backend
+from restorecli.models.blocks import SelectiveScanLayer, set_scan_backend
 from restorecli.models.checkpoint import Checkpoint, layout_mismatch, load_checkpoint, read_checkpoint, save_checkpoint
 from restorecli.models.mair import MaIR, MaIRConfig
 from restorecli.models.mairunet import MaIRUNet, MaIRUNetConfig
@@ -48,6 +48,7 @@ __all__ = [
     "VAMamba",
     "VAMambaConfig",
     "build",
+    "arch_stats",
     "build_arch",
     "config_from_mapping",
     "identify",
@@ -161,18 +162,23 @@ class ModelStats:
 
 def stats(name: str, height: int, width: int) -> ModelStats:
     """Parameters and FLOPs of a named model on a (3, height, width) input, computed on the meta device."""
+    entry = spec(name)
+    return arch_stats(entry.arch, entry.config, height, width)
+
+
+def arch_stats(arch: str, config: Mapping[str, Any] | MaIRConfig | MaIRUNetConfig | VAMambaConfig, height: int, width: int) -> ModelStats:
+    """:func:`stats` of an architecture and config (for networks outside the model table)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    module = build(name, device="meta")
+    module = build_arch(arch, config, device="meta")
     scan_flops = 0
 
-    def count_scan(mixer: nn.Module, inputs: tuple[torch.Tensor, ...], _: torch.Tensor) -> None:
+    def count_scan(layer: nn.Module, inputs: tuple[torch.Tensor, ...], _: object) -> None:
         nonlocal scan_flops
         batch, h, w, _c = inputs[0].shape
-        channels = 4 * mixer.inner
-        scan_flops += batch * h * w * channels * (9 * mixer.d_state + 1)
+        scan_flops += batch * h * w * layer.directions * layer.inner * (9 * layer.d_state + 1)
 
-    hooks = [m.register_forward_hook(count_scan) for m in module.modules() if isinstance(m, MambaMixer2D)]
+    hooks = [m.register_forward_hook(count_scan) for m in module.modules() if isinstance(m, SelectiveScanLayer)]
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             module(torch.empty(1, module.in_chans, height, width, device="meta"))
