@@ -601,6 +601,18 @@ def _self_test(lib: ctypes.CDLL) -> None:
 
 
 def _self_test_with_grad(lib: ctypes.CDLL) -> None:
+    _self_test_plain(lib)
+    _self_test_ordered(lib)
+
+
+def _assert_close(results: list[list[torch.Tensor]], tol: float, what: str) -> None:
+    for got, want in zip(*results):
+        err = ((got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-30)).item()
+        if not err <= tol:
+            raise RuntimeError(f"kernel self-test failed ({what}): relative error {err:.2e}")
+
+
+def _self_test_plain(lib: ctypes.CDLL) -> None:
     gen = torch.Generator().manual_seed(0)
     batch, dim, length, groups = 2, 40, 37, 2  # 20 channels a group: one full 16-lane block
     for n_state in (1, 16, 3):
@@ -628,7 +640,41 @@ def _self_test_with_grad(lib: ctypes.CDLL) -> None:
                     out = scan_ref.scan_sequential(ScanInputs(*inputs, True))
                 grads = torch.autograd.grad(out, inputs, grad_out.to(dtype))
                 results.append([out.detach(), *grads])
-            for got, want in zip(*results):
-                err = ((got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-30)).item()
-                if not err <= tol:
-                    raise RuntimeError(f"kernel self-test failed (N={n_state}, {dtype}): relative error {err:.2e}")
+            _assert_close(results, tol, f"N={n_state}, {dtype}")
+
+
+def _self_test_ordered(lib: ctypes.CDLL) -> None:
+    """The ordered scan (per-image orders, a full and a partial channel block, N = 1 and 3) and
+    the SSA merge against their torch formulations."""
+    from restorecli.ops.ordered_scan import ordered_scan_reference
+
+    gen = torch.Generator().manual_seed(1)
+    batch, length, inner, directions, rank = 2, 35, 20, 4, 2
+    order = torch.stack([torch.stack([torch.randperm(length, generator=gen) for _ in range(directions)]) for _ in range(batch)])
+    inverse = torch.argsort(order, dim=-1)
+    for n_state in (1, 3):
+        args = [
+            torch.randn(batch, length, inner, generator=gen, dtype=torch.float64),
+            torch.randn(batch, length, directions * (rank + 2 * n_state), generator=gen, dtype=torch.float64) * 0.5,
+            torch.randn(directions, inner, rank, generator=gen, dtype=torch.float64) * 0.5,
+            torch.randn(directions * inner, generator=gen, dtype=torch.float64) * 0.5 - 1,
+            -torch.rand(directions * inner, n_state, generator=gen, dtype=torch.float64) - 0.1,
+            torch.randn(directions * inner, generator=gen, dtype=torch.float64),
+        ]
+        gates = torch.rand(batch, directions, inner, generator=gen, dtype=torch.float64)
+        grad_out = torch.randn(batch, length, inner, generator=gen, dtype=torch.float64)
+        for dtype, tol in ((torch.float32, 1e-4), (torch.float64, 1e-10)):
+            results = []
+            for use_kernel in (True, False):
+                inputs = [v.to(dtype).requires_grad_() for v in [*args, gates]]
+                scan_inputs = OrderedScanInputs(*inputs[:6], order, inverse)
+                if use_kernel:
+                    y, mean = _OrderedKernelScan.apply(*scan_inputs[:7], lib)
+                    out = _MergeKernel.apply(y, inputs[6], lib)
+                else:
+                    y, mean = ordered_scan_reference(scan_inputs, backend="ref")
+                    out = (y * inputs[6].unsqueeze(1)).sum(2)
+                out = out + mean.sum(1, keepdim=True)  # the mean's gradient path too
+                grads = torch.autograd.grad(out, inputs, grad_out.to(dtype))
+                results.append([out.detach(), *grads])
+            _assert_close(results, tol, f"ordered, N={n_state}, {dtype}")
