@@ -11,13 +11,14 @@ from __future__ import annotations
 import datetime
 import glob
 import os
+import signal
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from restorecli import io
+from restorecli import interrupts, io
 from restorecli.errors import ImageWriteError, RestoreError, UsageError
 
 if TYPE_CHECKING:
@@ -267,11 +268,19 @@ class _NoEvents:
 
 @dataclass
 class BatchRun:
-    """Results of ``run_batch``."""
+    """Results of ``run_batch``.
+
+    Attributes:
+        results: One per attempted file.
+        interrupted: Stopped by Ctrl-C, SIGTERM or SIGHUP (``restorecli.interrupts``).
+        not_started: Files left after the interruption.
+        stop_signal: The signal that stopped it (SIGINT for a plain KeyboardInterrupt).
+    """
 
     results: list[FileResult]
     interrupted: bool = False
     not_started: int = 0
+    stop_signal: int | None = None
 
 
 def run_batch(
@@ -287,7 +296,8 @@ def run_batch(
     """Restore files one by one.
 
     A file that fails (unreadable, unwritable, out of memory) is recorded and the batch goes on.
-    Ctrl-C stops after cleaning up the file in progress; finished outputs stay.
+    Ctrl-C, SIGTERM and SIGHUP (``restorecli.interrupts``) stop after cleaning up the file in
+    progress; finished outputs stay.
 
     Args:
         items: (position in the whole batch, input) pairs, in processing order.
@@ -304,24 +314,33 @@ def run_batch(
     events = events or _NoEvents()
     claimed: dict[Path, Path] = {}
     run = BatchRun(results=[])
-    for position, (index, item) in enumerate(items):
-        events.file_started(position, len(items), item)
-        started = time.perf_counter()
-        result = FileResult(index=index, input=str(item.path), output=None, status=STATUS_FAILED, rank=rank)
-        try:
-            _process(item, restorer, rule, result, protected=protected, overwrite=overwrite, claimed=claimed, events=events)
-        except RestoreError as error:
-            result.status, result.error = STATUS_FAILED, str(error)
-        except MemoryError:
-            result.status, result.error = STATUS_FAILED, "out of host memory; use a smaller --tile or free memory"
-        except KeyboardInterrupt:
-            result.status, result.error = STATUS_INTERRUPTED, "interrupted (Ctrl-C); no output written"
-            run.interrupted, run.not_started = True, len(items) - position - 1
-        result.seconds = round(time.perf_counter() - started, 4)
-        run.results.append(result)
-        events.file_finished(result)
-        if run.interrupted:
-            break
+    result, started = None, time.perf_counter()
+    try:
+        for position, (index, item) in enumerate(items):
+            result = None
+            events.file_started(position, len(items), item)
+            started = time.perf_counter()
+            result = FileResult(index=index, input=str(item.path), output=None, status=STATUS_FAILED, rank=rank)
+            try:
+                _process(item, restorer, rule, result, protected=protected, overwrite=overwrite, claimed=claimed, events=events)
+            except RestoreError as error:
+                result.status, result.error = STATUS_FAILED, str(error)
+            except MemoryError:
+                result.status, result.error = STATUS_FAILED, "out of host memory; use a smaller --tile or free memory"
+            result.seconds = round(time.perf_counter() - started, 4)
+            run.results.append(result)
+            events.file_finished(result)
+    except KeyboardInterrupt as error:
+        # Ctrl-C, SIGTERM or SIGHUP: the file in progress left no output (io writes atomically)
+        run.interrupted, run.stop_signal = True, interrupts.handled(error)
+        if result is not None and (not run.results or run.results[-1] is not result):
+            if result.status != STATUS_OK:  # OK: written in full before the signal was taken
+                result.status = STATUS_INTERRUPTED
+                result.error = f"interrupted ({interrupts.signal_name(run.stop_signal)}); no output written"
+            result.seconds = round(time.perf_counter() - started, 4)
+            run.results.append(result)
+            events.file_finished(result)
+        run.not_started = len(items) - len(run.results)
     return run
 
 
@@ -364,8 +383,9 @@ def _process(
     output = io.tensor_to_image(restored.output, like=image)
     del restored
     result.out_width, result.out_height = output.width, output.height
-    result.notes += io.write_image(target, output, overwrite=overwrite)
-    result.status = STATUS_OK
+    with interrupts.deferred():  # a stop signal waits until the output is whole and recorded
+        result.notes += io.write_image(target, output, overwrite=overwrite)
+        result.status = STATUS_OK
 
 
 def _take_target(path: Path, item: InputFile, result: FileResult, *, protected: set[Path], overwrite: bool) -> bool:
@@ -402,6 +422,7 @@ class BatchReport:
     seconds: float
     interrupted: bool = False
     not_started: int = 0
+    stop_signal: int | None = None
 
     def count(self, status: str) -> int:
         """Number of files with a status."""
@@ -409,9 +430,10 @@ class BatchReport:
 
     @property
     def exit_code(self) -> int:
-        """0 when every file succeeded or was skipped, 130 after Ctrl-C, 1 when any failed."""
+        """0 when every file succeeded or was skipped, 1 when any failed; after an interruption
+        128 + the signal number (Ctrl-C 130, SIGTERM 143, SIGHUP 129)."""
         if self.interrupted:
-            return 130
+            return interrupts.exit_code(self.stop_signal or signal.SIGINT)
         return 1 if self.count(STATUS_FAILED) else 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -423,6 +445,7 @@ class BatchReport:
             "skipped": self.count(STATUS_SKIPPED),
             "interrupted": self.count(STATUS_INTERRUPTED),
             "not_started": self.not_started,
+            "stopped_by": interrupts.signal_name(self.stop_signal or signal.SIGINT) if self.interrupted else None,
             "seconds": round(self.seconds, 3),
         }
         files = []

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
+from restorecli import interrupts
 from restorecli.datasets import DatasetSpec, Sample, image_key, list_samples
 from restorecli.errors import ImageReadError, ImageWriteError, UsageError
 from restorecli.imresize import imresize
@@ -354,6 +355,8 @@ class EvalReport:
     meta: dict[str, Any]
     images: list[ImageResult]
     comparison: list[_Crops] = field(default_factory=list, repr=False, compare=False)
+    stop_signal: int | None = None
+    """The signal that stopped the evaluation early (``meta["stopped_by"]`` names it), or None."""
 
     @property
     def mean(self) -> dict[str, float]:
@@ -398,7 +401,8 @@ def evaluate(
         progress: Called as ``progress(done, total, name)`` after each image.
 
     Returns:
-        The report.
+        The report. Ctrl-C, SIGTERM or SIGHUP after the first image ends the run early with a
+        report of the images done (``stop_signal`` set); before it, the interruption propagates.
 
     Raises:
         UsageError: Neither a model nor a baseline.
@@ -413,31 +417,38 @@ def evaluate(
     results: list[ImageResult] = []
     shown: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, dict[str, float]]] = []
     lr_sources: set[str] = set()
+    stop_signal = None
     with _count_forwards(model) as forwards:
-        for done, sample in enumerate(samples, 1):
-            gt = read_image(sample.gt, grey=grey)
-            if config.task == "sr":
-                gt, degraded, source = _sr_pair(sample, gt, config, grey)
-                lr_sources.add(source)
-            else:
-                degraded = add_noise(gt, config.sigma or 0.0)
-            if setup is None:  # the baseline: bicubic upscaling of the LR, or the noisy image itself
-                out, seconds = _shown_input(degraded, config), 0.0
-            else:
-                start = time.perf_counter()
-                x = degraded.astype(np.float32) / 255.0 if config.task == "sr" else degraded
-                out = _infer(setup.run, x, channels)
-                _synchronise(setup.device)
-                seconds = time.perf_counter() - start
-            if out.shape != gt.shape:
-                raise ImageReadError(f"{sample.name}: output is {out.shape} but the ground truth is {gt.shape}")
-            scores = _metrics(out, gt, config.border)
-            size = {"height": gt.shape[0], "width": gt.shape[1]}
-            results.append(ImageResult(sample.name, seconds=seconds, **size, forwards=forwards(), **scores))
-            if len(shown) < _COMPARISON_IMAGES:
-                shown.append((sample.name, degraded, out, gt, scores))
-            if progress is not None:
-                progress(done, len(samples), sample.name)
+        try:
+            for done, sample in enumerate(samples, 1):
+                gt = read_image(sample.gt, grey=grey)
+                if config.task == "sr":
+                    gt, degraded, source = _sr_pair(sample, gt, config, grey)
+                    lr_sources.add(source)
+                else:
+                    degraded = add_noise(gt, config.sigma or 0.0)
+                if setup is None:  # the baseline: bicubic upscaling of the LR, or the noisy image itself
+                    out, seconds = _shown_input(degraded, config), 0.0
+                else:
+                    start = time.perf_counter()
+                    x = degraded.astype(np.float32) / 255.0 if config.task == "sr" else degraded
+                    out = _infer(setup.run, x, channels)
+                    _synchronise(setup.device)
+                    seconds = time.perf_counter() - start
+                if out.shape != gt.shape:
+                    raise ImageReadError(f"{sample.name}: output is {out.shape} but the ground truth is {gt.shape}")
+                scores = _metrics(out, gt, config.border)
+                size = {"height": gt.shape[0], "width": gt.shape[1]}
+                results.append(ImageResult(sample.name, seconds=seconds, **size, forwards=forwards(), **scores))
+                if len(shown) < _COMPARISON_IMAGES:
+                    shown.append((sample.name, degraded, out, gt, scores))
+                if progress is not None:
+                    progress(done, len(samples), sample.name)
+        except KeyboardInterrupt as error:  # Ctrl-C, SIGTERM, SIGHUP (restorecli.interrupts)
+            if not results:
+                raise
+            stop_signal = interrupts.handled(error)  # the report covers the images done
+            shown.clear()  # no comparison image: whoever stopped the run wants it to end now
     # After the loop: imresize's BLAS threads stay busy for a while after a call, and would
     # compete with the next image's forward pass for the cores.
     crops = []
@@ -445,7 +456,13 @@ def evaluate(
         shown_input = out if setup is None else _shown_input(degraded, config)
         crops.append(_comparison_crops(name, shown_input, out, gt, config, scores, baseline=setup is None))
     meta = _meta(config, model_info, dataset, setup, lr_sources, results)
-    return EvalReport(meta, results, crops)
+    meta["images_total"] = len(samples)
+    meta["stopped_by"] = None if stop_signal is None else interrupts.signal_name(stop_signal)
+    if stop_signal is not None:
+        meta["notes"].append(
+            f"Interrupted ({meta['stopped_by']}) after {len(results)} of {len(samples)} images; the means cover those."
+        )
+    return EvalReport(meta, results, crops, stop_signal=stop_signal)
 
 
 @dataclass(frozen=True)
@@ -787,21 +804,26 @@ def write_report(report: EvalReport, out_dir: Path) -> list[Path]:
     Raises:
         ImageWriteError: The folder or a file cannot be written.
     """
+    from restorecli.io import write_bytes_atomic
+
     out_dir = Path(out_dir)
-    paths = [out_dir / n for n in ("report.json", "report.csv", "report.md")]
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        paths[0].write_text(json.dumps(report.summary(), indent=2) + "\n", encoding="utf-8")
-        paths[1].write_text(report_csv(report), encoding="utf-8")
-        paths[2].write_text(report_markdown(report), encoding="utf-8")
-        if report.comparison:
-            png = out_dir / "comparison.png"
-            picture = cv2.cvtColor(comparison_image(report.comparison), cv2.COLOR_RGB2BGR)
-            if not cv2.imwrite(str(png), picture):
-                raise OSError(f"cv2 could not write {png}")
-            paths.append(png)
-    except OSError as error:
-        raise ImageWriteError(f"cannot write the report into {out_dir}: {error}") from error
+    texts = {
+        "report.json": json.dumps(report.summary(), indent=2) + "\n",
+        "report.csv": report_csv(report),
+        "report.md": report_markdown(report),
+    }
+    paths = []
+    # atomic, like every output: a stopped run leaves whole files (from this run or the last)
+    for name, text in texts.items():
+        write_bytes_atomic(out_dir / name, text.encode("utf-8"), overwrite=True)
+        paths.append(out_dir / name)
+    if report.comparison:
+        picture = cv2.cvtColor(comparison_image(report.comparison), cv2.COLOR_RGB2BGR)
+        ok, encoded = cv2.imencode(".png", picture)
+        if not ok:
+            raise ImageWriteError(f"cannot encode the comparison image of {out_dir}")
+        write_bytes_atomic(out_dir / "comparison.png", encoded.tobytes(), overwrite=True)
+        paths.append(out_dir / "comparison.png")
     return paths
 
 

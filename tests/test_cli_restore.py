@@ -275,7 +275,7 @@ def test_ctrl_c_keeps_finished_outputs_and_prints_the_summary(tmp_path: Path, we
     code, out, err = run_cli(["sr", tmp_path, "--weights", weights["sr2"]], capsys, monkeypatch)
     assert code == 130
     assert (tmp_path / "a_x2.png").is_file() and not (tmp_path / "b_x2.png").exists() and not (tmp_path / "c_x2.png").exists()
-    assert "interrupted (1 not started)" in out and "Interrupted at" in err
+    assert "interrupted by Ctrl-C (1 not started)" in out and "Interrupted at" in err
     assert leftovers(tmp_path) == []
 
 

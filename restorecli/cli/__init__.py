@@ -11,6 +11,7 @@ import sys
 import typer
 
 from restorecli.cli import bench_cmd, env_cmd, eval_cmd, models_cmds, restore_cmds, train_cmd
+from restorecli import interrupts
 from restorecli.errors import RestoreError
 from restorecli.heap import reuse_freed_memory
 
@@ -47,9 +48,22 @@ def main() -> None:
 
     Library errors (RestoreError) and command-line usage errors are printed as one ``Error: ...``
     line on stderr with their exit code (usage: 2); set RESTORECLI_DEBUG=1 for the traceback.
+    Ctrl-C, SIGTERM and SIGHUP stop a command alike (``restorecli.interrupts``): it cleans up,
+    reports what it finished, and the exit code is 128 + the signal number (130, 143, 129).
     Freed memory is kept for reuse (``restorecli.heap``).
     """
     reuse_freed_memory()
+    with interrupts.stop_signals() as stops:
+        code = _run_app()
+        # Typer turns a KeyboardInterrupt that no command reported into a bare exit code 130
+        if code == 130 and stops.unreported is not None:
+            sys.stderr.write(f"Interrupted ({interrupts.signal_name(stops.unreported.signum)}).\n")
+            code = interrupts.exit_code(interrupts.handled(stops.unreported))
+    sys.exit(code)
+
+
+def _run_app() -> int:
+    """Run the command; returns its exit code, or exits after printing an error line."""
     try:
         result = app(standalone_mode=False)
     except RestoreError as error:
@@ -57,9 +71,10 @@ def main() -> None:
         if os.environ.get("RESTORECLI_DEBUG"):
             raise
         sys.exit(error.exit_code)
-    except KeyboardInterrupt:
-        sys.stderr.write("Interrupted.\n")
-        sys.exit(130)
+    except KeyboardInterrupt as error:
+        signum = interrupts.handled(error)
+        sys.stderr.write(f"Interrupted ({interrupts.signal_name(signum)}).\n")
+        sys.exit(interrupts.exit_code(signum))
     except Exception as error:
         if type(error).__name__ == "NoArgsIsHelpError":  # help was printed already
             sys.exit(2)
@@ -71,4 +86,4 @@ def main() -> None:
             raise
         sys.stderr.write(f"Error: {line}\n")
         sys.exit(error.exit_code)  # type: ignore[attr-defined]
-    sys.exit(result if isinstance(result, int) else 0)
+    return result if isinstance(result, int) else 0

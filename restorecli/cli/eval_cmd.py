@@ -297,6 +297,8 @@ def eval_command(
 
 
 def _finish(report: EvalReport, out: Path | None, as_json: bool, quiet: bool = False) -> None:
+    """Write and print the report; after Ctrl-C, SIGTERM or SIGHUP exit with 128 + the signal."""
+    from restorecli import interrupts
     from restorecli.evaluate import write_report
 
     if out is not None:
@@ -307,6 +309,11 @@ def _finish(report: EvalReport, out: Path | None, as_json: bool, quiet: bool = F
         typer.echo(json.dumps(report.summary(), indent=2))
     else:
         _print_summary(report)
+    if report.stop_signal is not None:
+        if not quiet:
+            done, total = len(report.images), report.meta.get("images_total", len(report.images))
+            typer.echo(f"Interrupted ({interrupts.signal_name(report.stop_signal)}) after {done} of {total} images", err=True)
+        raise typer.Exit(interrupts.exit_code(report.stop_signal))
 
 
 @datasets_app.command("list")
@@ -362,11 +369,33 @@ def datasets_download(
     dest: Annotated[Path | None, typer.Option("--dest", help="Parent folder (default: the cache).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Download a set from its pinned public source, verifying every file; prints the set folder."""
-    from restorecli import datasets
+    """Download a set from its pinned public source, verifying every file; prints the set folder.
+
+    Ctrl-C, SIGTERM or SIGHUP keeps the verified files (and the partial one, to resume) and
+    exits with 128 + the signal; running the command again fetches the rest.
+    """
+    from restorecli import datasets, interrupts
+
+    files_done = [0, len(datasets.load_pins().get(datasets.get_dataset(name).name, {}).get("files", []))]
 
     with _progress(_show_progress(quiet, False), f"downloading {name}") as progress:
-        folder = datasets.download_dataset(name, dest, progress=progress)
+
+        def count(done: int, total: int, path: str) -> None:
+            files_done[:] = [done, total]
+            if progress is not None:
+                progress(done, total, path)
+
+        try:
+            folder = datasets.download_dataset(name, dest, progress=count)
+        except KeyboardInterrupt as error:
+            signum = interrupts.handled(error)
+            # stderr: stdout carries only the folder of a finished set
+            typer.echo(
+                f"Interrupted ({interrupts.signal_name(signum)}) after {files_done[0]} of {files_done[1]} files of "
+                f"{name}; verified files are kept, and `restore datasets download {name}` fetches the rest",
+                err=True,
+            )
+            raise typer.Exit(interrupts.exit_code(signum)) from None
     typer.echo(str(folder))
 
 

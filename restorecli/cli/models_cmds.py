@@ -120,14 +120,26 @@ def download_model(
     manifest: ManifestOpt = None,
     cache_dir: CacheDirOpt = None,
 ) -> None:
-    """Make a model's weights available locally (bundled, cached, or downloaded and verified); print the path."""
-    from restorecli import hub
+    """Make a model's weights available locally (bundled, cached, or downloaded and verified); print the path.
+
+    Ctrl-C, SIGTERM or SIGHUP stores nothing under the model's name, keeps the bytes received for
+    the next run to resume, and exits with 128 + the signal.
+    """
+    from restorecli import hub, interrupts
 
     loaded = hub.load_manifest(manifest)
     entry = loaded.get(name)
-    resolved = hub.fetch(
-        name, allow_unverified=allow_unverified, manifest=loaded, cache_dir=cache_dir, progress=not quiet
-    )
+    try:
+        resolved = hub.fetch(
+            name, allow_unverified=allow_unverified, manifest=loaded, cache_dir=cache_dir, progress=not quiet
+        )
+    except KeyboardInterrupt as error:
+        signum = interrupts.handled(error)
+        _err(
+            f"Interrupted ({interrupts.signal_name(signum)}) before {name} was stored; "
+            f"`restore models download {name}` resumes the download"
+        )
+        raise typer.Exit(interrupts.exit_code(signum)) from None
     if not quiet:
         _err(f"{name}: {resolved.source} ({resolved.path})")
         if entry.weights.sha256 is None and resolved.source == "download":

@@ -180,6 +180,7 @@ def _restore(
         seconds=time.perf_counter() - started,
         interrupted=run.interrupted,
         not_started=run.not_started,
+        stop_signal=run.stop_signal,
     )
     if rank == 0:
         _publish(report, options)
@@ -238,7 +239,7 @@ def _summary_table(report: BatchReport) -> Any:
     counts = report.to_dict()["summary"]
     caption = (
         f"{counts['ok']} restored, {counts['failed']} failed, {counts['skipped']} skipped"
-        + (f", interrupted ({counts['not_started']} not started)" if report.interrupted else "")
+        + (f", interrupted by {counts['stopped_by']} ({counts['not_started']} not started)" if report.interrupted else "")
         + f" in {counts['seconds']:.1f} s"
     )
     table = Table(title=f"restore {report.command}", caption=caption, title_justify="left", caption_justify="left")

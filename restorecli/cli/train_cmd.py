@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from restorecli import interrupts
 from restorecli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -97,7 +99,8 @@ def train_command(
 ) -> None:
     """Train from a config: checkpoints, metrics.jsonl and config.json go to output.dir (runs/<name>).
 
-    Ctrl-C stops after the current iteration and writes a resumable latest.pth.
+    Ctrl-C, SIGTERM or SIGHUP stops after the current iteration and writes a resumable
+    latest.pth (exit code 128 + the signal: 130, 143, 129); a second one aborts at once.
     """
     if ctx.invoked_subcommand is not None:
         if config or overrides or resume or until:
@@ -133,8 +136,12 @@ def train_command(
     }
     sys.stdout.write(json.dumps(summary) + "\n")
     if result.interrupted:
-        _err(f"Interrupted at iteration {result.iteration}; resume with --resume {result.output_dir / 'latest.pth'}")
-        raise typer.Exit(130)
+        signum = result.stop_signal or signal.SIGINT
+        _err(
+            f"Interrupted ({interrupts.signal_name(signum)}) at iteration {result.iteration}; "
+            f"resume with --resume {result.output_dir / 'latest.pth'}"
+        )
+        raise typer.Exit(interrupts.exit_code(signum))
 
 
 def sha256_of(path: Path) -> str:

@@ -18,7 +18,6 @@ uninterrupted run (on the same device, thread count and backend).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from restorecli import interrupts
 from restorecli.errors import CheckpointError, ConfigError
 from restorecli.train import distributed as dist_utils
 from restorecli.train.config import (
@@ -84,6 +84,8 @@ class TrainResult:
     interrupted: bool
     wall_s: float
     losses: tuple[float, ...]
+    stop_signal: int | None = None
+    """The signal that interrupted the run (SIGINT for Ctrl-C), or None."""
 
 
 def lr_factor(schedule: ScheduleSection, iteration: int) -> float:
@@ -218,26 +220,28 @@ def validate(
 
 
 class _StopFlag:
-    """First Ctrl-C asks the loop to stop after the current iteration; a second one aborts."""
+    """First Ctrl-C, SIGTERM or SIGHUP asks the loop to stop after the current iteration (and
+    write a resumable checkpoint); a second one aborts at once (``restorecli.interrupts``)."""
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous: Any = None
+        self.signum: int | None = None
+        self._signals = interrupts.stop_signals(self._handle)
 
     def __enter__(self) -> _StopFlag:
-        with contextlib.suppress(ValueError):  # not the main thread: no handler, Ctrl-C aborts
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+        self._signals.__enter__()  # off the main thread nothing is installed: a signal aborts
         return self
 
-    def _handle(self, signum: int, frame: Any) -> None:
+    def _handle(self, signum: int) -> None:
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        logger.warning("interrupt: stopping after this iteration and writing a resumable checkpoint")
+            raise interrupts.Interrupted(signum)
+        self.requested, self.signum = True, signum
+        logger.warning(
+            "%s: stopping after this iteration and writing a resumable checkpoint", interrupts.signal_name(signum)
+        )
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        self._signals.__exit__(*exc)
 
 
 class _MetricsLog:
@@ -312,7 +316,8 @@ def train(
         progress: called on rank 0 after every iteration.
 
     Returns:
-        A summary; ``interrupted`` is true when stopped by Ctrl-C.
+        A summary; ``interrupted`` is true when stopped by Ctrl-C, SIGTERM or SIGHUP
+        (``stop_signal`` says which).
     """
     from restorecli.inference import resolve_device
 
@@ -496,7 +501,8 @@ def _train(
     wall = time.perf_counter() - started
     if info.is_main:
         logger.info("stopped at iteration %d of %d after %.0f s", iteration, total, wall)
-    return TrainResult(iteration, total, out_dir, best_metric, best_iteration, interrupted, wall, tuple(losses))
+    stop_signal = (stop.signum or signal.SIGINT) if interrupted else None  # other ranks learn only the flag
+    return TrainResult(iteration, total, out_dir, best_metric, best_iteration, interrupted, wall, tuple(losses), stop_signal)
 
 
 def _ema_copy(model: nn.Module, ema: Ema) -> nn.Module:
