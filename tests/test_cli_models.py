@@ -128,7 +128,7 @@ def test_import_rejects_wrong_architecture(
     assert restore(capsys, monkeypatch, "models", "import", str(tmp_path / "tiny.pth"))[0] == 1
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     code, _, err = restore(capsys, monkeypatch, "models", "import", str(tmp_path / "junk.pth"))
-    assert code == 1 and "not a readable PyTorch checkpoint" in err
+    assert code == 1 and "junk.pth is not a PyTorch or safetensors checkpoint" in err
     assert not (tmp_path / "cache" / "models").exists()
 
 

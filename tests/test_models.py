@@ -188,7 +188,7 @@ def test_checkpoint_errors_are_typed_and_short(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="empty"):
         models.read_checkpoint(tmp_path / "empty.pth")
     (tmp_path / "text.pth").write_text("not a checkpoint")
-    with pytest.raises(CheckpointError, match="not a readable"):
+    with pytest.raises(CheckpointError, match="not a PyTorch or safetensors checkpoint"):
         models.read_checkpoint(tmp_path / "text.pth")
     with pytest.raises(CheckpointError, match="not found"):
         models.read_checkpoint(tmp_path / "missing.pth")

@@ -145,7 +145,7 @@ def test_cli_errors_are_one_line(tiny: Path, tmp_path: Path) -> None:
         (["train", "--config", str(tiny), "--set", "optim.lrr=1"], "did you mean 'optim.lr'"),
         (["train", "--config", "mair-light-t-x5"], "did you mean 'mair-light-t-x4'"),
         (["train", "--config", str(tiny), "--set", "optim"], "key=value"),
-        (["train", "--resume", str(tiny)], "not a readable PyTorch checkpoint"),
+        (["train", "--resume", str(tiny)], "is not a PyTorch or safetensors checkpoint"),
     ):
         result = runner.invoke(app, args)
         assert result.exit_code == 1, (args, result.output)

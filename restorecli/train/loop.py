@@ -136,14 +136,11 @@ def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
     Raises:
         CheckpointError: unreadable, or an inference-only file.
     """
+    from restorecli.models.checkpoint import load_file
+
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: expected a file at {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle, zip and weights_only errors share no base class
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {type(error).__name__}") from error
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+    state, metadata = load_file(path)
+    if metadata is not None or not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a restorecli training checkpoint (no training state to resume)")
     return state
 
