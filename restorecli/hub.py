@@ -876,6 +876,12 @@ def _fetch_url(url: str, allow_unverified: bool, cache: Path | None, progress: b
         _check_record(record, folder / record.filename, full=False)
         if pinned is None or pinned.lower() == record.sha256:
             return folder / record.filename, record.sha256
+    # offline first: --allow-unverified would not make the download possible
+    if is_offline() and urlsplit(base).scheme.lower() != "file":
+        raise DownloadError(
+            f"{base} is not in the cache and offline mode (RESTORECLI_OFFLINE=1) forbids downloading it; unset "
+            "RESTORECLI_OFFLINE, or download the file elsewhere and pass its path to --weights"
+        )
     if pinned is None and not allow_unverified:
         raise DownloadError(
             f"no sha256 is known for {base}, so it cannot be verified; pass --allow-unverified to download it "

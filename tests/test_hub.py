@@ -292,6 +292,21 @@ def test_offline_mode_never_downloads(server: FileServer, tmp_path: Path, monkey
     assert hub.fetch("private-sr-x4", manifest=manifest).source == "cache"  # cached files still work
 
 
+def test_offline_weights_url_says_offline_before_asking_for_allow_unverified(server: FileServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = server.add("/w/offline.pth", PAYLOAD)
+    monkeypatch.setenv("RESTORECLI_OFFLINE", "1")
+    for allow_unverified in (False, True):
+        with pytest.raises(DownloadError) as info:
+            hub.resolve_weights("sr", model=None, weights=url, allow_unverified=allow_unverified)
+        assert str(info.value).startswith(f"{url} is not in the cache and offline mode (RESTORECLI_OFFLINE=1) forbids")
+        assert "--allow-unverified" not in str(info.value)
+    assert server.requests == []
+    monkeypatch.delenv("RESTORECLI_OFFLINE")
+    cached = hub.resolve_weights("sr", model=None, weights=url, allow_unverified=True, progress=False)
+    monkeypatch.setenv("RESTORECLI_OFFLINE", "1")
+    assert hub.resolve_weights("sr", model=None, weights=url).path == cached.path  # a cached URL works offline
+
+
 def test_mirror_serves_official_files(server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     server.add("/mirror/MaIR_T_lightSR_x4.pth", PAYLOAD)
     pin = {
