@@ -13,11 +13,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from restorecli.errors import BackendUnavailableError, UsageError
-from restorecli.tiling import (
-    DEFAULT_OVERLAP,
+from restorecli.tiling import (  # DEFAULT_OVERLAP: restorecli/evaluate.py reads it from here
+    DEFAULT_OVERLAP,  # noqa: F401
+    MIN_TILE,
     HostPeakMeter,
     ProgressFn,
+    auto_overlap,
     available_host_memory,
+    check_tile,
     run_with_backoff,
     tile_from_budget,
 )
@@ -156,9 +159,15 @@ class ImageRestorer:
         device: ``auto|cpu|cuda|cuda:N``.
         precision: ``fp32|bf16|fp16`` (autocast; parameters stay float32).
         tile: Tile side in input pixels; 0 for the whole image, None to size it from free memory.
-        overlap: Minimum overlap between tiles in input pixels.
+            Otherwise at least ``tiling.MIN_TILE`` and a multiple of the network's side rule
+            (:func:`tile_multiple`).
+        overlap: Minimum overlap between tiles in input pixels, below half the tile; None for
+            ``DEFAULT_OVERLAP`` kept below half the tile.
         ensemble: Average over the 8 flips/transposes (MaIR+).
         tile_batch: Tiles per forward pass; default 4 on CUDA, 1 on the CPU.
+
+    Raises:
+        UsageError: A tile or overlap outside those limits (see ``tiling.check_tile``).
     """
 
     def __init__(
@@ -168,20 +177,17 @@ class ImageRestorer:
         device: str = "auto",
         precision: str = "fp32",
         tile: int | None = None,
-        overlap: int = DEFAULT_OVERLAP,
+        overlap: int | None = None,
         ensemble: bool = False,
         tile_batch: int | None = None,
     ) -> None:
-        if tile is not None and tile < 0:
-            raise UsageError(f"--tile: expected 0 (whole image) or a positive size, got {tile}")
-        if overlap < 0:
-            raise UsageError(f"--tile-overlap: expected a size >= 0, got {overlap}")
+        check_tile(tile, overlap, multiple=tile_multiple(model))
         self.device = resolve_device(device)
         self.autocast_dtype = resolve_precision(precision, self.device)
         self.precision = precision
         self.model = model.to(self.device).eval()
         self.scale = int(getattr(model, "upscale", 1))
-        self.overlap = overlap
+        self.overlap = auto_overlap(tile) if overlap is None else overlap
         self.ensemble = ensemble
         self.tile_batch = tile_batch or (4 if self.device.type == "cuda" else 1)
         self.requested_tile = tile
@@ -227,7 +233,7 @@ class ImageRestorer:
                 overlap=self.overlap,
                 scale=self.scale,
                 batch_size=self.tile_batch,
-                min_tile=max(32, self._min_size),
+                min_tile=max(MIN_TILE, self._min_size),
                 on_progress=progress,
             )
             if (result.tile, result.batch_size) != (tile, self.tile_batch):
@@ -314,6 +320,20 @@ class ImageRestorer:
         return tile_from_budget(0.4 * available, per_pixel, cap=CPU_TILE_CAP)
 
 
+def tile_multiple(model: torch.nn.Module) -> int:
+    """What a network's tile sides must be a multiple of: its size rule, else MaIRUNet's 8, else 1.
+
+    MaIRUNet pads every input to a multiple of 8 itself (restorecli/models/mairunet.py), so a
+    tile of another side would be computed partly on padding at every inner tile edge.
+    """
+    from restorecli.models.mairunet import SIZE_MULTIPLE, MaIRUNet
+
+    size_rule = getattr(model, "size_rule", None)
+    if size_rule is not None:
+        return int(getattr(size_rule, "multiple_of", 1) or 1)
+    return SIZE_MULTIPLE if isinstance(model, MaIRUNet) else 1
+
+
 def _padded(side: int, multiple: int, min_size: int) -> int:
     side = max(side, min_size)
     return -(-side // multiple) * multiple
@@ -324,7 +344,7 @@ def restore_tensor(
     x: torch.Tensor,
     *,
     tile: int | None = 0,
-    overlap: int = DEFAULT_OVERLAP,
+    overlap: int | None = None,
     device: str = "auto",
     precision: str = "fp32",
     ensemble: bool = False,
@@ -334,8 +354,9 @@ def restore_tensor(
     Args:
         model: Restoration network (see ``ImageRestorer``).
         x: (1, C, H, W) float32 in [0, 1] on the host.
-        tile: Tile side in input pixels; 0 (default) for the whole image, None for automatic.
-        overlap: Minimum overlap between tiles in input pixels.
+        tile: Tile side in input pixels; 0 (default) for the whole image, None for automatic
+            (limits: see ``ImageRestorer``).
+        overlap: Minimum overlap between tiles in input pixels; None for the automatic one.
         device: ``auto|cpu|cuda|cuda:N``.
         precision: ``fp32|bf16|fp16``.
         ensemble: MaIR+ self-ensemble over the 8 flips/transposes.

@@ -250,13 +250,13 @@ def test_quiet_means_nothing_on_stderr(tmp_path: Path, weights: dict[str, Path],
 
 
 def test_report_file_and_ensemble(tmp_path: Path, weights: dict[str, Path], capsys, monkeypatch) -> None:
-    source = write_png(tmp_path / "a.png", 10, 10)
+    source = write_png(tmp_path / "a.png", 40, 40)
     report = tmp_path / "reports" / "run.json"
-    args = ["denoise", source, "--weights", weights["same"], "--ensemble", "--tile", "8", "--tile-overlap", "2", "--report", report]
+    args = ["denoise", source, "--weights", weights["same"], "--ensemble", "--tile", "32", "--tile-overlap", "8", "--report", report]
     code, out, _ = run_cli(args, capsys, monkeypatch)
     entry = json.loads(report.read_text())["files"][0]
     assert code == 0 and "restore denoise" in out
-    assert entry["tile"] == {"requested": 8, "size": 8, "overlap": 2, "tiles": 8 * 4}
+    assert entry["tile"] == {"requested": 32, "size": 32, "overlap": 8, "tiles": 8 * 4}
 
 
 def test_ctrl_c_keeps_finished_outputs_and_prints_the_summary(tmp_path: Path, weights: dict[str, Path], capsys, monkeypatch) -> None:

@@ -86,7 +86,7 @@ def test_tiled_official_pastes_each_tile_without_blending() -> None:
 @pytest.mark.parametrize("protocol", ["tiled-official", "whole", "blended"])
 def test_protocols_and_ensemble_agree_on_an_equivariant_model(protocol: str) -> None:
     x = torch.rand(1, 3, 37, 52)
-    config = ev.EvalConfig(task="sr", scale=2, protocol=protocol, ensemble=True, tile=16, device="cpu")
+    config = ev.EvalConfig(task="sr", scale=2, protocol=protocol, ensemble=True, tile=32, overlap=8, device="cpu")
     out = ev.make_runner(Nearest(2), config, "cpu")(x)
     torch.testing.assert_close(out, F.interpolate(x, scale_factor=2, mode="nearest"))
 
@@ -271,7 +271,7 @@ def _tiny_set(folder: Path, lr_sizes: list[tuple[int, int]], scale: int) -> list
 def _blended_tiles(h: int, w: int) -> int:
     from restorecli.tiling import TilePlan
 
-    return TilePlan.for_image(h, w, tile=16, overlap=4, scale=2).num_tiles
+    return TilePlan.for_image(h, w, tile=32, overlap=8, scale=2).num_tiles
 
 
 @pytest.mark.parametrize(
@@ -288,7 +288,7 @@ def test_forward_passes_per_image_are_counted_and_run_without_autograd(
 ) -> None:
     samples = _tiny_set(tmp_path, [(210, 30), (20, 24)], 2)
     model = InferenceProbe(2)
-    config = ev.EvalConfig(scale=2, protocol=protocol, ensemble=ensemble, tile=16, overlap=4, device="cpu")
+    config = ev.EvalConfig(scale=2, protocol=protocol, ensemble=ensemble, tile=32, overlap=8, device="cpu")
     report = ev.evaluate(samples, config, model=model, model_info=ev.ModelInfo("probe"))
     assert [r.forwards for r in report.images] == per_image
     assert report.summary()["forwards_per_image"] == pytest.approx(sum(per_image) / 2)

@@ -15,6 +15,8 @@ from typing import Annotated, Any, get_type_hints
 
 import typer
 
+from restorecli.tiling import DEFAULT_OVERLAP, MIN_TILE
+
 FILES_PANEL = "Inputs and outputs"
 MODEL_PANEL = "Model and weights"
 RUN_PANEL = "Inference"
@@ -95,13 +97,21 @@ TileOpt = Annotated[
     int | None,
     typer.Option(
         metavar="N",
-        help="Tile side in input pixels; 0 = whole image. Default: from free GPU memory or available RAM.",
+        help=f"Tile side in input pixels: 0 = whole image, else at least {MIN_TILE} (a multiple of 8 for MaIRUNet "
+        "models: mair-realdn, mair-deblur, mair-dehaze-*) and more than twice --tile-overlap. "
+        "Default: from free GPU memory or available RAM.",
         show_default=False,
         rich_help_panel=RUN_PANEL,
     ),
 ]
 TileOverlapOpt = Annotated[
-    int, typer.Option(metavar="N", help="Minimum overlap between tiles, input pixels.", rich_help_panel=RUN_PANEL)
+    int,
+    typer.Option(
+        metavar="N",
+        help="Minimum overlap between tiles, input pixels: 0 to just under half of --tile (a --tile of 64 or less "
+        "needs a smaller value than the default).",
+        rich_help_panel=RUN_PANEL,
+    ),
 ]
 DeviceOpt = Annotated[str, typer.Option(metavar="auto|cpu|cuda|cuda:N", help="Compute device.", rich_help_panel=RUN_PANEL)]
 PrecisionOpt = Annotated[
@@ -133,7 +143,7 @@ class RestoreOptions:
     cache_dir: CacheDirOpt = None
     allow_unverified: AllowUnverifiedOpt = False
     tile: TileOpt = None
-    tile_overlap: TileOverlapOpt = 32
+    tile_overlap: TileOverlapOpt = DEFAULT_OVERLAP
     device: DeviceOpt = "auto"
     precision: PrecisionOpt = "fp32"
     ensemble: EnsembleOpt = False
