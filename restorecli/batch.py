@@ -391,6 +391,8 @@ def _process(
 def _take_target(path: Path, item: InputFile, result: FileResult, *, protected: set[Path], overwrite: bool) -> bool:
     """Make ``path`` the file's output; False (file skipped) when it exists and may not be replaced."""
     result.output = str(path)
+    # first: the checks below would stat the path, and the system refuses names over its limit
+    io.check_name_length(path, hint="choose a shorter --suffix or rename the input")
     _refuse_input_as_output(path, item, protected)
     if path.exists() and not overwrite:
         result.status = STATUS_SKIPPED

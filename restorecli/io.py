@@ -30,6 +30,8 @@ from restorecli import icc
 from restorecli.errors import ImageReadError, ImageWriteError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import torch
 
 FORMAT_BY_EXTENSION = {
@@ -460,32 +462,108 @@ def write_image(
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, overwrite: bool = False) -> None:
     """Write bytes through a temporary file in the same folder, then rename it over ``path``.
 
-    The temporary file is removed on any failure, Ctrl-C included, so no partial file remains.
+    The temporary file is removed on any failure, Ctrl-C and the other stop signals included
+    (``restorecli.interrupts``), so no partial file remains.
 
     Raises:
-        ImageWriteError: Existing file without ``overwrite``, or the folder is not writable.
+        ImageWriteError: Existing file without ``overwrite``, a name too long for the folder's
+            file system, or the folder is not writable.
     """
+    with atomic_output(path, overwrite=overwrite) as temporary:
+        temporary.write_bytes(data)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+    """A temporary file beside ``path`` that is renamed over it when the block ends normally.
+
+    The block writes the temporary file (by its path: ``torch.save``, ``Path.write_bytes``);
+    on any exception, Ctrl-C included, it is removed instead, and an ``OSError`` becomes an
+    ``ImageWriteError``. Its name is short (see
+    :func:`temporary_prefix`), so it fits the folder even when ``path``'s own name is long.
+
+    Raises:
+        ImageWriteError: ``path`` is a folder, exists without ``overwrite``, has a name over the
+            folder's limit (:func:`check_name_length`), or the folder is not writable.
+    """
+    from restorecli import interrupts
+
     path = Path(path)
+    check_name_length(path)  # first: the system refuses even to look up a name over its limit
     if path.is_dir():
         raise ImageWriteError(f"{path}: is a folder, expected an output file path")
     if not overwrite and path.exists():
         raise ImageWriteError(f"{path}: exists (pass --overwrite to replace it)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        with interrupts.deferred():  # no signal between creating the file and knowing its name
+            handle, name = tempfile.mkstemp(
+                prefix=temporary_prefix(path.name, name_limit(path.parent)), suffix=TEMPORARY_SUFFIX, dir=path.parent
+            )
+            os.close(handle)
     except OSError as error:
         raise ImageWriteError(f"{path.parent}: cannot write into this folder: {error.strerror or error}") from None
+    temporary = Path(name)
     try:
-        with os.fdopen(handle, "wb") as temp:
-            temp.write(data)
-        os.chmod(temp_name, 0o666 & ~_umask())
-        os.replace(temp_name, path)
+        yield temporary
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; an output is an ordinary file
+        os.replace(temporary, path)
     except BaseException as error:
         with contextlib.suppress(OSError):
-            os.unlink(temp_name)
+            temporary.unlink()
         if isinstance(error, OSError):
             raise ImageWriteError(f"{path}: cannot write: {error.strerror or error}") from None
         raise
+
+
+TEMPORARY_SUFFIX = ".part"
+_TEMPORARY_HEAD = 32
+"""Bytes of the output name kept in its temporary name (enough to tell whose it is)."""
+_MKSTEMP_RANDOM = 8
+
+
+def name_limit(folder: str | os.PathLike[str]) -> int:
+    """Longest file name, in bytes, that a folder's file system takes.
+
+    ``PC_NAME_MAX`` of the folder (or of its nearest existing parent, when it is still to be
+    made); 255, the common limit, where the system does not say.
+    """
+    probe = Path(folder)
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    try:
+        limit = os.pathconf(probe, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):  # AttributeError: no pathconf (Windows)
+        return 255
+    return limit if limit > 0 else 255
+
+
+def check_name_length(path: str | os.PathLike[str], *, hint: str = "use a shorter name") -> None:
+    """Refuse an output whose own name is longer than its folder's file system allows.
+
+    Raises:
+        ImageWriteError: The name is over the limit (the message names both lengths and ``hint``).
+    """
+    path = Path(path)
+    length, limit = len(os.fsencode(path.name)), name_limit(path.parent)
+    if length > limit:
+        raise ImageWriteError(
+            f"{path}: the output name is {length} bytes long, over the file system's limit of {limit} bytes; {hint}"
+        )
+
+
+def temporary_prefix(name: str, limit: int = 255) -> str:
+    """``.<start of name>.``: with mkstemp's 8 random characters and ``.part`` it fits ``limit``.
+
+    At most 32 bytes of the name are kept, cut at a character boundary.
+    """
+    room = min(_TEMPORARY_HEAD, limit - len(".." + TEMPORARY_SUFFIX) - _MKSTEMP_RANDOM)
+    head = ""
+    for char in name:
+        if len(os.fsencode(head + char)) > room:
+            break
+        head += char
+    return f".{head}." if head else "."
 
 
 def _umask() -> int:

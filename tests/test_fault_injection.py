@@ -208,3 +208,35 @@ def test_datasets_download_keeps_verified_files_on_sigterm(tmp_path: Path) -> No
     assert (tmp_path / "sets" / "Set5" / "HR" / "a.png").read_bytes() == first
     names = sorted(p.name for p in (tmp_path / "sets").rglob("*") if p.is_file())
     assert names == ["a.png", "b.png.part"]  # no completion marker, no lock
+
+
+# --- file names at the file system's limit ----------------------------------------------------------
+
+
+def test_long_input_names_work_and_over_long_output_names_are_one_line(tmp_path: Path, tiny_x2: Path) -> None:
+    """A name 5 bytes under the limit gets an output 2 under it (its temporary name must be short);
+    one 1 byte under gets an output 2 over it: a one-line error naming the limit, before any work."""
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    fits, too_long = "x" * (limit - 9) + ".png", "y" * (limit - 5) + ".png"
+    write_png(tmp_path / "in" / fits, 8, 8)
+    write_png(tmp_path / "in" / too_long, 8, 8)
+    inputs = snapshot(tmp_path / "in")
+    done = run(["sr", "in", "-o", "out", "--weights", tiny_x2, "--tile", "0"], tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    [error] = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
+    assert f"the output name is {limit + 2} bytes long, over the file system's limit of {limit} bytes" in error
+    assert "shorter --suffix" in error
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["x" * (limit - 9) + "_x2.png"]
+    assert leftovers(tmp_path) == [] and snapshot(tmp_path / "in") == inputs
+
+
+def test_temporary_names_are_short_and_cut_between_characters(tmp_path: Path) -> None:
+    from restorecli import io
+
+    for name, limit in (("é" * 200 + ".png", 255), ("a" * 40, 20), ("b.png", 255)):
+        prefix = io.temporary_prefix(name, limit)
+        assert len(os.fsencode(prefix)) + 8 + len(io.TEMPORARY_SUFFIX) <= min(limit, 34 + 8 + 5)
+        assert name.startswith(prefix[1:].rstrip(".")) and "\udcc3" not in prefix  # no half characters
+    target = tmp_path / ("é" * 127 + "x")  # 255 bytes in UTF-8
+    io.write_bytes_atomic(target, b"data")
+    assert [p.name for p in tmp_path.iterdir()] == [target.name] and target.read_bytes() == b"data"
