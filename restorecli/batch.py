@@ -215,6 +215,35 @@ class OutputRule:
         return self.folder / relative / name
 
 
+def output_collisions(items: Sequence[InputFile], rule: OutputRule) -> list[FileResult]:
+    """Inputs whose output path is an earlier input's too, found before any work starts.
+
+    ``d/a.png`` and ``d/a.bmp`` with ``--ext png`` both name ``a.png``: the first keeps it, the
+    later one fails (with or without overwriting; a batch never writes one path twice).
+
+    Returns:
+        A failed result per later input; ``index`` is its position in ``items``.
+    """
+    first: dict[str, Path] = {}
+    failed = []
+    for index, item in enumerate(items):
+        output = rule.path_for(item)
+        earlier = first.setdefault(_output_key(output), item.path)
+        if earlier != item.path:
+            error = _collision_message(earlier, output)
+            failed.append(FileResult(index=index, input=str(item.path), output=str(output), status=STATUS_FAILED, error=error))
+    return failed
+
+
+def _output_key(path: Path) -> str:
+    """Compare output paths as the file system would (normalised, case-folded on Windows)."""
+    return os.path.normcase(str(path.resolve()))
+
+
+def _collision_message(earlier: Path, output: Path) -> str:
+    return f"same output as {earlier} ({output}); use --suffix or distinct names"
+
+
 # ---------------------------------------------------------------------------------------------
 # processing
 
@@ -312,7 +341,7 @@ def run_batch(
         A result per attempted file, and whether the run was interrupted.
     """
     events = events or _NoEvents()
-    claimed: dict[Path, Path] = {}
+    claimed: dict[str, Path] = {}
     run = BatchRun(results=[])
     result, started = None, time.perf_counter()
     try:
@@ -352,7 +381,7 @@ def _process(
     *,
     protected: set[Path],
     overwrite: bool,
-    claimed: dict[Path, Path],
+    claimed: dict[str, Path],
     events: BatchEvents,
 ) -> None:
     planned = rule.path_for(item)
@@ -368,9 +397,9 @@ def _process(
         result.notes.append(f"written as PNG to keep the alpha channel ({planned.suffix} has none)")
         if not _take_target(target, item, result, protected=protected, overwrite=overwrite):
             return
-    key = target.resolve()
-    if key in claimed:
-        raise ImageWriteError(f"{target} is also the output of {claimed[key]}; use distinct names or --suffix")
+    key = _output_key(target)
+    if key in claimed:  # the alpha switch to PNG above can meet another input's output
+        raise ImageWriteError(_collision_message(claimed[key], target))
     claimed[key] = item.path
 
     restored = restorer.restore(io.image_to_tensor(image), on_progress=events.tiles_done)
@@ -511,6 +540,7 @@ __all__ = [
     "default_suffix",
     "discover_inputs",
     "drop_earlier_outputs",
+    "output_collisions",
     "gather_results",
     "rank_and_world",
     "run_batch",

@@ -240,3 +240,20 @@ def test_temporary_names_are_short_and_cut_between_characters(tmp_path: Path) ->
     target = tmp_path / ("é" * 127 + "x")  # 255 bytes in UTF-8
     io.write_bytes_atomic(target, b"data")
     assert [p.name for p in tmp_path.iterdir()] == [target.name] and target.read_bytes() == b"data"
+
+
+# --- two inputs, one output name ---------------------------------------------------------------------
+
+
+def test_inputs_sharing_an_output_name_fail_before_any_work(tmp_path: Path, tiny_x2: Path) -> None:
+    write_png(tmp_path / "d" / "good.png", 8, 8)
+    assert cv2.imwrite(str(tmp_path / "d" / "good.bmp"), np.zeros((8, 8, 3), np.uint8))
+    write_png(tmp_path / "d" / "other.png", 8, 8)
+    message = "d/good.png: same output as d/good.bmp (out/good_x2.png); use --suffix or distinct names"
+    for extra in ([], ["--overwrite"]):
+        done = run(["sr", "d", "--ext", "png", "-o", "out", "--weights", tiny_x2, "--tile", "0", "--json", *extra], tmp_path)
+        assert done.returncode == 1, done.stderr
+        assert [line for line in done.stderr.splitlines() if line.startswith("Error: ")] == [f"Error: {message}"]
+        statuses = {Path(entry["input"]).name: entry["status"] for entry in json.loads(done.stdout)["files"]}
+        assert statuses == {"good.bmp": "ok", "good.png": "failed", "other.png": "ok"}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good_x2.png", "other_x2.png"]

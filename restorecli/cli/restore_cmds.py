@@ -151,7 +151,11 @@ def _restore(
         ensemble=options.ensemble,
     )
     rule = batch.OutputRule(options.output, suffix, options.ext)
-    mine = batch.share_of_rank(images, rank, world)
+    collisions = batch.output_collisions(images, rule)
+    for collision in collisions:
+        display.note(_error_line(collision))
+    left_out = {collision.index for collision in collisions}
+    mine = [(index, item) for index, item in batch.share_of_rank(images, rank, world) if index not in left_out]
     with display.progress(len(mine)) as events:
         run = batch.run_batch(
             mine,
@@ -162,7 +166,7 @@ def _restore(
             events=events,
             rank=rank,
         )
-    results = batch.gather_results(run.results, world)
+    results = sorted(batch.gather_results(run.results, world) + collisions, key=lambda result: result.index)
     settings = {
         "task": task,
         "scale": network.scale,
@@ -297,6 +301,12 @@ class _Display:
             yield _ProgressEvents(self, progress, files, tiles)
 
 
+def _error_line(result: FileResult) -> str:
+    error = result.error or "failed"
+    # most messages already start with the file they are about
+    return f"Error: {error}" if result.input in error else f"Error: {result.input}: {error}"
+
+
 class _LineEvents:
     """Per-file notes and errors as plain lines."""
 
@@ -311,9 +321,7 @@ class _LineEvents:
 
     def file_finished(self, result: FileResult) -> None:
         if result.status == "failed":
-            error = result.error or "failed"
-            # most messages already start with the file they are about
-            self.display.note(f"Error: {error}" if result.input in error else f"Error: {result.input}: {error}")
+            self.display.note(_error_line(result))
         elif result.status == "skipped":
             self.display.note(f"Skipped {result.input}: {'; '.join(result.notes)}")
         elif result.status == "interrupted":
