@@ -29,8 +29,10 @@ if TYPE_CHECKING:
     import torch
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-CPU_TILE_CAP = 256
-"""Largest automatic tile on the CPU: past ~256² the cost per pixel rises (docs/benchmarks.md, "restore sr end to end")."""
+CPU_TILE_CAP = 512
+"""Largest automatic tile on the CPU. The cost per pixel of a forward pass is flat up to 512²
+(docs/benchmarks.md, "Cost per pixel"), so larger tiles only save overlap: a 512² tile with 32 px
+overlap computes 1.27x its pixels, a 256² tile 1.56x. Below the cap, available RAM decides."""
 CPU_FALLBACK_TILE = 256
 """Automatic tile on a CPU whose memory cannot be measured."""
 PROBE_SIDE = {"cuda": 64, "cpu": 32}

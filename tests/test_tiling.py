@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from restorecli.errors import BackendUnavailableError, OutOfMemoryError, UsageError
-from restorecli.inference import ImageRestorer, restore_tensor, self_ensemble
+from restorecli.inference import CPU_TILE_CAP, ImageRestorer, restore_tensor, self_ensemble
 from restorecli.tiling import (
     HOST_ALLOCATION_FAILURE,
     MIN_TILE,
@@ -152,9 +152,9 @@ def test_tile_from_budget() -> None:
 
 def test_auto_tile_on_cpu_is_bounded() -> None:
     restorer = ImageRestorer(ConvToy(2), device="cpu", tile=None)
-    assert 32 <= restorer.auto_tile() <= 256
+    assert 32 <= restorer.auto_tile() <= CPU_TILE_CAP
     result = restorer.restore(torch.rand(1, 3, 40, 36))
-    assert restorer.tile == result.tile and 32 <= result.tile <= 256 and result.output.shape == (1, 3, 80, 72)
+    assert restorer.tile == result.tile and 32 <= result.tile <= CPU_TILE_CAP and result.output.shape == (1, 3, 80, 72)
 
 
 def test_images_smaller_than_the_probe_skip_it() -> None:
