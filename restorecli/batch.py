@@ -265,6 +265,8 @@ class FileResult:
     out_height: int | None = None
     tile: dict[str, Any] | None = None
     rank: int = 0
+    frames: int | None = None
+    """Pages or frames of the input (only the first is processed)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (JSON-ready)."""
@@ -321,6 +323,7 @@ def run_batch(
     overwrite: bool = False,
     events: BatchEvents | None = None,
     rank: int = 0,
+    max_pixels: int | None = None,
 ) -> BatchRun:
     """Restore files one by one.
 
@@ -336,6 +339,7 @@ def run_batch(
         overwrite: Replace existing outputs instead of skipping them.
         events: Progress callbacks.
         rank: This process's rank (recorded in the results).
+        max_pixels: Pixel limit of an input (see ``io.read_image``).
 
     Returns:
         A result per attempted file, and whether the run was interrupted.
@@ -351,7 +355,10 @@ def run_batch(
             started = time.perf_counter()
             result = FileResult(index=index, input=str(item.path), output=None, status=STATUS_FAILED, rank=rank)
             try:
-                _process(item, restorer, rule, result, protected=protected, overwrite=overwrite, claimed=claimed, events=events)
+                _process(
+                    item, restorer, rule, result,
+                    protected=protected, overwrite=overwrite, claimed=claimed, events=events, max_pixels=max_pixels,
+                )  # fmt: skip
             except RestoreError as error:
                 result.status, result.error = STATUS_FAILED, str(error)
             except MemoryError:
@@ -383,12 +390,16 @@ def _process(
     overwrite: bool,
     claimed: dict[str, Path],
     events: BatchEvents,
+    max_pixels: int | None,
 ) -> None:
     planned = rule.path_for(item)
     if not _take_target(planned, item, result, protected=protected, overwrite=overwrite):
         return
-    image = io.read_image(item.path)
-    result.width, result.height = image.width, image.height
+    image = io.read_image(item.path, max_pixels=max_pixels)
+    result.width, result.height, result.frames = image.width, image.height, image.frames
+    if image.frames > 1:
+        result.notes.append(f"{image.frame_unit} 1 of {image.frames} processed")
+    result.notes += image.decoder_notes
     if image.orientation != 1:
         result.notes.append(f"EXIF orientation {image.orientation} applied")
     target = planned
@@ -476,6 +487,7 @@ class BatchReport:
             "skipped": self.count(STATUS_SKIPPED),
             "interrupted": self.count(STATUS_INTERRUPTED),
             "not_started": self.not_started,
+            "multi_frame": sum(1 for result in self.files if (result.frames or 1) > 1),
             "stopped_by": interrupts.signal_name(self.stop_signal or signal.SIGINT) if self.interrupted else None,
             "seconds": round(self.seconds, 3),
         }

@@ -38,6 +38,10 @@ class ImageReadError(RestoreError):
     """An input that is missing, not an image, corrupt or of an unsupported mode."""
 
 
+class ImageTooLargeError(ImageReadError):
+    """An input whose header declares more pixels than the limit (checked before decoding)."""
+
+
 class ImageWriteError(RestoreError):
     """An output that cannot be written (permissions, format, would overwrite an input)."""
 

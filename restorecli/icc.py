@@ -11,8 +11,9 @@ following the container specifications:
 * WebP (RIFF container): an ``ICCP`` chunk right after ``VP8X``, whose flags then have the ICC bit;
   a simple ``VP8 ``/``VP8L`` file is turned into the extended layout to hold one.
 
-The functions that walk the containers (``png_chunks``, ``jpeg_segments``, ``riff_chunks``) are
-shared with the EXIF reader in ``restorecli.io``.
+The functions that walk the containers (``png_chunks``, ``jpeg_segments``, ``riff_chunks``) and
+``webp_bitstream_size`` are shared with the EXIF reader in ``restorecli.io`` and the header
+reader in ``restorecli.headers``.
 """
 
 from __future__ import annotations
@@ -284,7 +285,7 @@ def _webp_with_profile(data: bytes, profile: bytes) -> bytes:
         header = bytes([first.body[0] | _VP8X_ICC_FLAG]) + first.body[1:]
         rest = chunks[1:]
     else:
-        width, height, alpha = _webp_bitstream_size(first)
+        width, height, alpha = webp_bitstream_size(first)
         flags = _VP8X_ICC_FLAG | (_VP8X_ALPHA_FLAG if alpha else 0)
         header = bytes([flags, 0, 0, 0]) + (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
         rest = chunks
@@ -297,7 +298,7 @@ def _riff_chunk(kind: bytes, body: bytes) -> bytes:
     return kind + struct.pack("<I", len(body)) + body + b"\x00" * (len(body) & 1)
 
 
-def _webp_bitstream_size(chunk: Chunk) -> tuple[int, int, bool]:
+def webp_bitstream_size(chunk: Chunk) -> tuple[int, int, bool]:
     """(width, height, has alpha) of a simple WebP's ``VP8 `` (RFC 6386 key frame) or ``VP8L`` chunk."""
     body = chunk.body
     if chunk.kind == b"VP8 " and body[3:6] == b"\x9d\x01\x2a":

@@ -8,6 +8,14 @@ The embedded ICC colour profile of a PNG, JPEG or WebP file is kept on the image
 into PNG, JPEG and WebP outputs (``restorecli.icc``); EXIF is not carried over, since the pixels
 are already in display orientation.
 
+Before decoding, the file's header is read (``restorecli.headers``): a file over the pixel
+limit (``max_pixels``, default ``DEFAULT_MAX_PIXELS`` or ``RESTORECLI_MAX_PIXELS``) or with a
+cut or broken container is refused there, and the number of pages or frames is noted (only
+the first is decoded). What the codecs print themselves (libpng's "Not enough image data",
+libjpeg's "Corrupt JPEG data") never reaches the terminal: OpenCV's log is silenced and the
+process's stderr is captured while a codec runs; the lines end up in our error message, in a
+note on a damaged JPEG that still decoded, or in the DEBUG log.
+
 Writing encodes in memory and then writes a temporary file in the destination folder that is
 renamed over the target, so a crash or Ctrl-C never leaves a partial output.
 """
@@ -18,16 +26,19 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import struct
+import sys
 import tempfile
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from restorecli import icc
-from restorecli.errors import ImageReadError, ImageWriteError
+from restorecli import headers, icc
+from restorecli.errors import ConfigError, ImageReadError, ImageTooLargeError, ImageWriteError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -54,6 +65,12 @@ FORMAT_NAMES = "PNG, JPEG, WebP, BMP or TIFF"
 DEFAULT_QUALITY = 95
 """JPEG and WebP quality of written files."""
 
+DEFAULT_MAX_PIXELS = 1_000_000_000
+"""Largest image read (width x height, from the header): 1 Gpx. Decoded, that is 3 GB as 8-bit
+RGB and 8 GB as 16-bit RGBA, and the network's float copies take several times more; a header
+declaring more is far more often a broken or hostile file than a real photograph."""
+ENV_MAX_PIXELS = "RESTORECLI_MAX_PIXELS"
+
 _log = logging.getLogger(__name__)
 
 
@@ -68,6 +85,9 @@ class Image:
         orientation: EXIF orientation (1-8) that was applied while reading; 1 = none.
         icc_profile: The embedded ICC colour profile of the file, or None (none, unreadable, or
             a format whose profile is not read: BMP, TIFF).
+        frames: Pages or frames in the file; only the first was decoded.
+        frame_unit: ``page`` (TIFF) or ``frame`` (animations).
+        decoder_notes: What the decoder said about a damaged JPEG file it still decoded.
     """
 
     color: np.ndarray
@@ -75,6 +95,9 @@ class Image:
     source_format: str = ""
     orientation: int = 1
     icc_profile: bytes | None = None
+    frames: int = 1
+    frame_unit: str = "frame"
+    decoder_notes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.color.dtype not in (np.uint8, np.uint16):
@@ -137,18 +160,22 @@ def _silence_opencv() -> None:
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
-def read_image(path: str | os.PathLike[str]) -> Image:
-    """Read an image file.
+def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -> Image:
+    """Read an image file (the first page or frame of a multi-page or animated one).
 
     Args:
         path: PNG, JPEG, WebP, BMP or TIFF file; 8 or 16 bits; grey, RGB or RGBA.
+        max_pixels: Refuse a file whose header declares more pixels; None: ``RESTORECLI_MAX_PIXELS``
+            if set, else ``DEFAULT_MAX_PIXELS``.
 
     Returns:
         The image, EXIF orientation applied, with its ICC profile if it has a readable one (a
-        malformed profile is ignored and logged at DEBUG level).
+        malformed profile is ignored and logged at DEBUG level) and its page or frame count.
 
     Raises:
+        ImageTooLargeError: The header declares more than ``max_pixels`` pixels.
         ImageReadError: Missing, empty, not an image, truncated or corrupt, or an unsupported mode.
+        ConfigError: ``RESTORECLI_MAX_PIXELS`` is not a pixel count.
     """
     import cv2
 
@@ -168,18 +195,35 @@ def read_image(path: str | os.PathLike[str]) -> Image:
         named = FORMAT_BY_EXTENSION.get(path.suffix.lower())
         what = f"named {path.suffix} but its content is" if named else "content is"
         raise ImageReadError(f"{path}: not an image: {what} not {FORMAT_NAMES} (starts with {data[:8]!r})")
+    try:
+        header = headers.read_header(data, fmt)
+    except headers.HeaderError as error:
+        raise ImageReadError(f"{path}: cannot decode this {fmt.upper()} file: it is truncated or corrupt ({error})") from None
+    limit = max_pixels_from_env() if max_pixels is None else max_pixels
+    if header.pixels > limit:
+        raise ImageTooLargeError(
+            f"{path}: declares {header.width}×{header.height} px ({format_pixels(header.pixels)}), over the limit "
+            f"of {format_pixels(limit)}; raise it with --max-pixels or {ENV_MAX_PIXELS}"
+        )
 
     _silence_opencv()
     buffer = np.frombuffer(data, dtype=np.uint8)
-    try:
-        decoded = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
-    except cv2.error:
-        decoded = None
+    with codec_messages() as said:
+        try:
+            decoded = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+        except cv2.error:
+            decoded = None
     if decoded is None or decoded.size == 0:
-        raise ImageReadError(f"{path}: cannot decode this {fmt.upper()} file: it is truncated or corrupt")
+        reason = f" ({_CODEC_PREFIX.sub('', said[0])})" if said else ""
+        if header.pixels > headers.OPENCV_PIXEL_CAP and not said:
+            reason = f" (or over OpenCV's own limit of {headers.OPENCV_PIXEL_CAP} px: set OPENCV_IO_MAX_IMAGE_PIXELS)"
+        raise ImageReadError(f"{path}: cannot decode this {fmt.upper()} file: it is truncated or corrupt{reason}")
     if decoded.dtype not in (np.uint8, np.uint16):
         raise ImageReadError(f"{path}: expected 8- or 16-bit integer samples, got {decoded.dtype} {fmt.upper()}")
 
+    said = [_CODEC_PREFIX.sub("", line) for line in said]
+    if said:
+        _log.debug("%s: the %s decoder said: %s", path, fmt.upper(), "; ".join(said))
     orientation = exif_orientation(data, fmt)
     if orientation != 1 and not (fmt == "tiff" and _tiff_decoder_orients()):
         decoded = apply_orientation(decoded, orientation)
@@ -189,7 +233,96 @@ def read_image(path: str | os.PathLike[str]) -> Image:
     except icc.ProfileError as error:
         _log.debug("%s: ignoring its ICC profile: %s", path, error)
         profile = None
-    return Image(color=color, alpha=alpha, source_format=fmt, orientation=orientation, icc_profile=profile)
+    return Image(
+        color=color,
+        alpha=alpha,
+        source_format=fmt,
+        orientation=orientation,
+        icc_profile=profile,
+        frames=header.frames,
+        frame_unit=header.frame_unit,
+        # libjpeg decodes damaged data with grey blocks and says so: the only warning worth a note
+        # (PNG damage fails its checksums; other warnings are about metadata)
+        decoder_notes=tuple(f"decoder: {line}" for line in said[:3]) if fmt == "jpeg" else (),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# pixel limit and codec messages
+
+_CODEC_PREFIX = re.compile(r"^lib\w+ (?:error|warning): ")
+"""The library's own tag on a captured line ("libpng error: "): our message names the file instead."""
+_PIXEL_COUNT = re.compile(r"(?i)^\s*(\d+(?:\.\d+)?(?:e\d+)?)\s*([kmg]?)(?:px)?\s*$")
+
+
+def parse_pixel_count(text: str) -> int:
+    """A pixel count written as ``50000000``, ``5e7``, ``50M``, ``1G`` or ``1.5Gpx`` (K/M/G are 10^3/6/9).
+
+    Raises:
+        ValueError: Not such a count, or not positive.
+    """
+    match = _PIXEL_COUNT.match(text)
+    if match is None:
+        raise ValueError(f"expected a pixel count such as 50000000, 50M or 1G, got {text!r}")
+    value = float(match.group(1)) * {"": 1, "k": 1e3, "m": 1e6, "g": 1e9}[match.group(2).lower()]
+    if value < 1:
+        raise ValueError(f"expected a positive pixel count, got {text!r}")
+    return int(value)
+
+
+def max_pixels_from_env() -> int:
+    """The pixel limit: ``RESTORECLI_MAX_PIXELS`` when set, else ``DEFAULT_MAX_PIXELS``.
+
+    Raises:
+        ConfigError: The variable is set but is not a pixel count.
+    """
+    text = os.environ.get(ENV_MAX_PIXELS, "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    try:
+        return parse_pixel_count(text)
+    except ValueError as error:
+        raise ConfigError(f"{ENV_MAX_PIXELS}: {error}") from None
+
+
+def format_pixels(count: int) -> str:
+    """``10 Gpx``, ``1.02 Gpx``, ``250 Mpx``, ``4.1 kpx``, ``640 px``: three significant digits."""
+    for unit, size in (("Gpx", 1e9), ("Mpx", 1e6), ("kpx", 1e3)):
+        if count >= size:
+            return f"{count / size:.3g} {unit}"
+    return f"{count} px"
+
+
+_codec_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def codec_messages() -> Iterator[list[str]]:
+    """Capture what native code writes to the process's stderr (fd 2) while the block runs.
+
+    libpng, libjpeg and libtiff print warnings and errors straight to fd 2, past Python and
+    past OpenCV's log level. The yielded list receives those lines when the block ends. One
+    block runs at a time; where fd 2 cannot be duplicated, nothing is captured.
+    """
+    said: list[str] = []
+    with _codec_lock:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            sys.stderr.flush()  # what Python wrote before goes out first
+        try:
+            saved = os.dup(2)
+        except OSError:
+            yield said
+            return
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield said
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                sink.seek(0)
+                text = sink.read(64 * 1024).decode("utf-8", errors="replace")
+                said.extend(line.strip() for line in text.splitlines() if line.strip())
 
 
 @functools.lru_cache(maxsize=1)
@@ -417,7 +550,8 @@ def encode_image(image: Image, fmt: str, *, quality: int = DEFAULT_QUALITY) -> t
         params = [cv2.IMWRITE_WEBP_QUALITY, quality]
     _silence_opencv()
     try:
-        ok, buffer = cv2.imencode(EXTENSION_BY_FORMAT[fmt], pixels, params)
+        with codec_messages():
+            ok, buffer = cv2.imencode(EXTENSION_BY_FORMAT[fmt], pixels, params)
     except cv2.error as error:
         raise ImageWriteError(f"cannot encode a {image.mode} {image.bit_depth}-bit image as {fmt.upper()}: {error}") from None
     if not ok:

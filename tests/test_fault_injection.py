@@ -13,9 +13,11 @@ import hashlib
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -257,3 +259,158 @@ def test_inputs_sharing_an_output_name_fail_before_any_work(tmp_path: Path, tiny
         statuses = {Path(entry["input"]).name: entry["status"] for entry in json.loads(done.stdout)["files"]}
         assert statuses == {"good.bmp": "ok", "good.png": "failed", "other.png": "ok"}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good_x2.png", "other_x2.png"]
+
+
+# --- sizes declared in headers, codecs' own messages --------------------------------------------------
+
+
+def png_declaring(width: int, height: int, depth: int = 8, colour: int = 2) -> bytes:
+    """A PNG whose IHDR declares ``width`` x ``height`` and whose image data is a few bytes."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_pixel_limit_is_checked_from_the_header_and_codecs_stay_quiet(tmp_path: Path, tiny_x2: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "huge.png").write_bytes(png_declaring(100_000, 100_000))
+    (tmp_path / "in" / "rgba16.png").write_bytes(png_declaring(32_000, 32_000, 16, 6))  # under 2G, data missing
+    inputs = snapshot(tmp_path / "in")
+    done = run(["sr", "in", "-o", "out", "--weights", tiny_x2, "--max-pixels", "2G"], tmp_path)
+    assert done.returncode == 1
+    errors = done.stderr.splitlines()
+    assert errors == [
+        "Error: in/huge.png: declares 100000×100000 px (10 Gpx), over the limit of 2 Gpx; "
+        "raise it with --max-pixels or RESTORECLI_MAX_PIXELS",
+        "Error: in/rgba16.png: cannot decode this PNG file: it is truncated or corrupt (Not enough image data)",
+    ], done.stderr  # libpng's own "libpng error: ..." line never reaches the terminal
+    assert not (tmp_path / "out").exists() and snapshot(tmp_path / "in") == inputs
+    done = run(["sr", "in/rgba16.png", "--weights", tiny_x2], tmp_path)  # default limit: 1 Gpx
+    assert done.returncode == 1 and "declares 32000×32000 px (1.02 Gpx), over the limit of 1 Gpx" in done.stderr
+
+
+def test_pixel_limit_from_the_environment_and_its_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from restorecli import io
+    from restorecli.errors import ConfigError, ImageTooLargeError
+
+    source = write_png(tmp_path / "a.png", 12, 16)
+    monkeypatch.setenv("RESTORECLI_MAX_PIXELS", "150")
+    with pytest.raises(ImageTooLargeError, match=r"declares 16×12 px \(192 px\), over the limit of 150 px"):
+        io.read_image(source)
+    assert io.read_image(source, max_pixels=192).width == 16  # the argument wins over the environment
+    monkeypatch.setenv("RESTORECLI_MAX_PIXELS", "lots")
+    with pytest.raises(ConfigError, match="RESTORECLI_MAX_PIXELS: expected a pixel count"):
+        io.read_image(source)
+    assert [io.parse_pixel_count(text) for text in ("50000000", "5e7", "50M", "1.5Gpx", "2k")] == [
+        50_000_000, 50_000_000, 50_000_000, 1_500_000_000, 2000,
+    ]  # fmt: skip
+
+
+# --- pages and frames ------------------------------------------------------------------------------
+
+
+def test_first_page_or_frame_is_processed_and_the_rest_noted(tmp_path: Path, tiny_x2: Path) -> None:
+    frames = [np.full((8, 8, 3), 40 * i, np.uint8) for i in range(3)]
+    (tmp_path / "in").mkdir()
+    assert cv2.imwritemulti(str(tmp_path / "in" / "pages.tif"), frames)
+    animation = cv2.Animation()
+    animation.frames, animation.durations = frames, [100] * 3
+    ok, encoded = cv2.imencodeanimation(".webp", animation)
+    assert ok
+    (tmp_path / "in" / "anim.webp").write_bytes(encoded.tobytes())
+    done = run(["sr", "in", "-o", "out", "--weights", tiny_x2, "--tile", "0", "--json"], tmp_path)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    document = json.loads(done.stdout)
+    notes = {Path(entry["input"]).name: entry["notes"] for entry in document["files"]}
+    assert notes == {
+        "anim.webp": ["frame 1 of 3 processed"],
+        "pages.tif": ["page 1 of 3 processed"],
+    }
+    assert document["summary"]["multi_frame"] == 2
+    first = cv2.imread(str(tmp_path / "out" / "pages_x2.tif"), cv2.IMREAD_UNCHANGED)
+    assert first.shape == (16, 16, 3)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["anim_x2.webp", "pages_x2.tif"]
+
+
+# --- corrupted bytes ---------------------------------------------------------------------------------
+
+
+def originals() -> dict[str, bytes]:
+    """Small valid files of each format read, with some structure worth corrupting."""
+    rng = np.random.default_rng(7)
+    pixels = (rng.random((24, 32, 3)) * 255).astype(np.uint8)
+    files = {ext: cv2.imencode(ext, pixels)[1].tobytes() for ext in (".png", ".jpg", ".tif", ".webp", ".bmp")}
+    files[".png16"] = cv2.imencode(".png", pixels.astype(np.uint16) * 257)[1].tobytes()
+    files[".tifs"] = cv2.imencodemulti(".tif", [pixels, pixels[::-1]])[1].tobytes()
+    return files
+
+
+def corrupt(data: bytes, rng: np.random.Generator) -> bytes:
+    """Truncate, flip bits anywhere, or rewrite bytes of the header (first 64 bytes)."""
+    damaged = bytearray(data)
+    kind = rng.integers(3)
+    if kind == 0:
+        return bytes(damaged[: rng.integers(1, len(damaged))])
+    if kind == 1:
+        for _ in range(rng.integers(1, 9)):
+            damaged[rng.integers(len(damaged))] ^= 1 << int(rng.integers(8))
+    else:
+        for _ in range(rng.integers(1, 4)):
+            damaged[rng.integers(min(64, len(damaged)))] = rng.integers(256)
+    return bytes(damaged)
+
+
+def test_fuzzed_files_are_read_or_refused_with_our_error(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """420 corrupted files through the library's reader: an image or ImageReadError, and silence."""
+    from restorecli import io
+    from restorecli.errors import ImageReadError
+
+    rng = np.random.default_rng(2024)
+    outcomes = {"read": 0, "refused": 0}
+    capfd.readouterr()
+    for ext, data in originals().items():
+        for case in range(60):
+            damaged = corrupt(data, rng)
+            path = tmp_path / f"{case}{ext[:4]}"
+            path.write_bytes(damaged)
+            try:
+                image = io.read_image(path)
+            except ImageReadError as error:
+                assert str(error).startswith(f"{path}: ") and "\n" not in str(error)
+                outcomes["refused"] += 1
+            else:
+                assert image.width > 0 and image.height > 0
+                outcomes["read"] += 1
+            assert path.read_bytes() == damaged
+    out, err = capfd.readouterr()
+    assert (out, err) == ("", ""), "a codec wrote to the terminal"
+    assert outcomes["refused"] > 200 and outcomes["read"] > 50, outcomes  # both paths are exercised
+
+
+def test_fuzzed_files_through_the_command_line(tmp_path: Path, tiny_x2: Path) -> None:
+    """A handful of corrupted files in one batch: each is restored whole or named in one Error line."""
+    rng = np.random.default_rng(99)
+    (tmp_path / "in").mkdir()
+    for ext, data in originals().items():
+        if ext in (".png", ".jpg", ".tif", ".png16"):
+            for case in range(2):
+                (tmp_path / "in" / f"{ext[1:]}_{case}{ext[:4]}").write_bytes(corrupt(data, rng))
+    inputs = snapshot(tmp_path / "in")
+    done = run(["sr", "in", "-o", "out", "--weights", tiny_x2, "--tile", "0", "--json"], tmp_path)
+    assert done.returncode in (0, 1) and "Traceback" not in done.stderr
+    assert all(line.startswith("Error: in/") for line in done.stderr.splitlines()), done.stderr
+    files = json.loads(done.stdout)["files"]
+    assert len(files) == len(inputs)
+    for entry in files:
+        output = Path(tmp_path / entry["output"])
+        if entry["status"] == "ok":
+            assert cv2.imread(str(output), cv2.IMREAD_UNCHANGED).shape[:2] == (2 * entry["height"], 2 * entry["width"])
+        else:
+            assert entry["status"] == "failed" and not output.exists()
+            assert sum(entry["input"] in line for line in done.stderr.splitlines()) == 1
+    assert done.returncode == int(any(entry["status"] == "failed" for entry in files))
+    assert any(entry["status"] == "failed" for entry in files)
+    assert leftovers(tmp_path) == [] and snapshot(tmp_path / "in") == inputs

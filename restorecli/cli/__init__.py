@@ -13,6 +13,7 @@ import typer
 from restorecli.cli import bench_cmd, env_cmd, eval_cmd, models_cmds, restore_cmds, train_cmd
 from restorecli import interrupts
 from restorecli.errors import RestoreError
+from restorecli.headers import lift_decoder_pixel_cap
 from restorecli.heap import reuse_freed_memory
 
 app = typer.Typer(
@@ -50,9 +51,11 @@ def main() -> None:
     line on stderr with their exit code (usage: 2); set RESTORECLI_DEBUG=1 for the traceback.
     Ctrl-C, SIGTERM and SIGHUP stop a command alike (``restorecli.interrupts``): it cleans up,
     reports what it finished, and the exit code is 128 + the signal number (130, 143, 129).
-    Freed memory is kept for reuse (``restorecli.heap``).
+    Freed memory is kept for reuse (``restorecli.heap``); the size limit of input images is the
+    header check alone (``restorecli.headers.lift_decoder_pixel_cap``).
     """
     reuse_freed_memory()
+    lift_decoder_pixel_cap()
     with interrupts.stop_signals() as stops:
         code = _run_app()
         # Typer turns a KeyboardInterrupt that no command reported into a bare exit code 130

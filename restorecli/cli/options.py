@@ -69,6 +69,16 @@ ReportOpt = Annotated[
     Path | None,
     typer.Option(metavar="FILE", help="Also write the JSON report to FILE.", show_default=False, rich_help_panel=FILES_PANEL),
 ]
+MaxPixelsOpt = Annotated[
+    str | None,
+    typer.Option(
+        metavar="N",
+        help="Refuse inputs whose header declares more pixels (width x height), checked before decoding; "
+        "e.g. 50000000, 50M, 2G. Default: $RESTORECLI_MAX_PIXELS, else 1G.",
+        show_default=False,
+        rich_help_panel=FILES_PANEL,
+    ),
+]
 ModelOpt = Annotated[
     str | None,
     typer.Option(metavar="NAME", help="Model name (see `restore models list`). Default: the task's.", show_default=False, rich_help_panel=MODEL_PANEL),
@@ -137,6 +147,7 @@ class RestoreOptions:
     json_output: JsonOpt = False
     quiet: QuietOpt = False
     report: ReportOpt = None
+    max_pixels: MaxPixelsOpt = None
     model: ModelOpt = None
     weights: WeightsOpt = None
     manifest: ManifestOpt = None

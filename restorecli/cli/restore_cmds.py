@@ -118,6 +118,7 @@ def _restore(
     if options.tile_overlap < 0:
         raise UsageError(f"--tile-overlap: expected a size >= 0, got {options.tile_overlap}")
     batch.OutputRule(options.output, options.suffix or "", options.ext)
+    max_pixels = _max_pixels(options.max_pixels)
     resolve_precision(options.precision, resolve_device(options.device))
 
     images, skips = batch.discover_inputs(options.inputs, recursive=options.recursive)
@@ -165,6 +166,7 @@ def _restore(
             overwrite=options.overwrite,
             events=events,
             rank=rank,
+            max_pixels=max_pixels,
         )
     results = sorted(batch.gather_results(run.results, world) + collisions, key=lambda result: result.index)
     settings = {
@@ -175,6 +177,7 @@ def _restore(
         **_network_settings(network, restorer),
         "tile": "auto" if options.tile is None else options.tile,
         "tile_overlap": options.tile_overlap,
+        "max_pixels": max_pixels,
         "world_size": world,
     }
     report = batch.BatchReport(
@@ -208,10 +211,24 @@ def _network_settings(network: LoadedNetwork, restorer: ImageRestorer) -> dict[s
     }
 
 
+def _max_pixels(text: str | None) -> int:
+    """The pixel limit of ``--max-pixels``, else of the environment (``io.max_pixels_from_env``)."""
+    from restorecli import io
+
+    if text is None:
+        return io.max_pixels_from_env()
+    try:
+        return io.parse_pixel_count(text)
+    except ValueError as error:
+        raise UsageError(f"--max-pixels: {error}") from None
+
+
 def _require_images(images: list[InputFile], skips: list[Any], inputs: list[str]) -> None:
+    from restorecli.io import FORMAT_NAMES
+
     if not images:
         detail = f" ({len(skips)} other paths skipped)" if skips else ""
-        raise UsageError(f"no images found in {', '.join(inputs)}{detail}; expected PNG, JPEG, WebP, BMP or TIFF files")
+        raise UsageError(f"no images found in {', '.join(inputs)}{detail}; expected {FORMAT_NAMES} files")
 
 
 def _publish(report: BatchReport, options: RestoreOptions) -> None:
@@ -241,8 +258,9 @@ def _summary_table(report: BatchReport) -> Any:
     from rich.table import Table
 
     counts = report.to_dict()["summary"]
+    several = f", {counts['multi_frame']} with several pages or frames (the first processed)" if counts["multi_frame"] else ""
     caption = (
-        f"{counts['ok']} restored, {counts['failed']} failed, {counts['skipped']} skipped"
+        f"{counts['ok']} restored, {counts['failed']} failed, {counts['skipped']} skipped{several}"
         + (f", interrupted by {counts['stopped_by']} ({counts['not_started']} not started)" if report.interrupted else "")
         + f" in {counts['seconds']:.1f} s"
     )
