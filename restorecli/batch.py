@@ -201,8 +201,11 @@ class OutputRule:
 
     def path_for(self, item: InputFile) -> Path:
         """Output path of an input."""
+        read_as = item.sniffed_format or io.FORMAT_BY_EXTENSION.get(item.path.suffix.lower())
         if self.ext != "same":
             extension = "." + self.ext
+        elif read_as not in io.EXTENSION_BY_FORMAT:  # read, not written (GIF)
+            extension = ".png"
         elif item.sniffed_format is None:
             extension = item.path.suffix
         else:
@@ -402,6 +405,8 @@ def _process(
     result.notes += image.decoder_notes
     if image.orientation != 1:
         result.notes.append(f"EXIF orientation {image.orientation} applied")
+    if rule.ext == "same" and image.source_format not in io.EXTENSION_BY_FORMAT:
+        result.notes.append(f"written as PNG ({image.source_format.upper()} is read, not written)")
     target = planned
     if image.alpha is not None and io.output_format(planned) not in io.FORMATS_WITH_ALPHA:
         target = planned.with_suffix(".png")

@@ -17,6 +17,7 @@ decoder.
 * BMP: ``BITMAPCOREHEADER`` or a later info header; uncompressed pixel rows that fit the file.
 * TIFF (TIFF 6.0): IFD0's ImageWidth/ImageLength and strip or tile extents that fit the file;
   the IFD chain counts the pages (reduced-resolution images such as thumbnails not counted).
+* GIF (GIF89a): logical screen size; image descriptors counted up to the trailer.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ OPENCV_PIXEL_CAP = 1 << 30
 """OpenCV's own limit on decoded pixels (``OPENCV_IO_MAX_IMAGE_PIXELS``, read once when it loads)."""
 
 _MAX_PAGES = 10_000
-"""IFDs (TIFF) walked at most: a loop or a hostile file cannot keep us busy."""
+"""IFDs (TIFF) or blocks (GIF) walked at most: a loop or a hostile file cannot keep us busy."""
 
 
 class HeaderError(ValueError):
@@ -47,7 +48,7 @@ class Header:
     Attributes:
         width: Columns of the first page or frame (the canvas of an animation).
         height: Rows.
-        frames: Pages (TIFF) or frames (animated PNG, WebP); 1 for a still image.
+        frames: Pages (TIFF) or frames (animated PNG, WebP, GIF); 1 for a still image.
         frame_unit: ``page`` or ``frame``: how ``frames`` is counted.
     """
 
@@ -67,7 +68,7 @@ def read_header(data: bytes, fmt: str) -> Header:
 
     Args:
         data: The whole file.
-        fmt: ``png``, ``jpeg``, ``webp``, ``bmp`` or ``tiff`` (see ``io.sniff_format``).
+        fmt: ``png``, ``jpeg``, ``webp``, ``bmp``, ``tiff`` or ``gif`` (see ``io.sniff_format``).
 
     Returns:
         The header.
@@ -75,7 +76,7 @@ def read_header(data: bytes, fmt: str) -> Header:
     Raises:
         HeaderError: Truncated, malformed, or declaring a zero size.
     """
-    parser = {"png": _png, "jpeg": _jpeg, "webp": _webp, "bmp": _bmp, "tiff": _tiff}[fmt]
+    parser = {"png": _png, "jpeg": _jpeg, "webp": _webp, "bmp": _bmp, "tiff": _tiff, "gif": _gif}[fmt]
     try:
         header = parser(data)
     except HeaderError:
@@ -211,6 +212,43 @@ def _tiff_directory(data: bytes, offset: int, order: str) -> tuple[dict[int, lis
         raise HeaderError(f"cut short inside the directory at byte {offset}")
     (following,) = struct.unpack(order + "I", data[end : end + 4])
     return tags, following
+
+
+def _gif(data: bytes) -> Header:
+    width, height, packed = struct.unpack("<HHB", data[6:11])
+    pos = 13 + (3 << ((packed & 7) + 1) if packed & 0x80 else 0)  # global colour table
+    frames = 0
+    for _ in range(_MAX_PAGES):
+        if pos >= len(data):
+            break
+        block = data[pos]
+        if block == 0x3B:  # trailer
+            break
+        if block == 0x21:  # extension: label, then sub-blocks
+            pos = _gif_sub_blocks(data, pos + 2)
+        elif block == 0x2C:  # image descriptor (9 bytes), local colour table, LZW size, sub-blocks
+            left, top, frame_width, frame_height, local = struct.unpack("<HHHHB", data[pos + 1 : pos + 10])
+            # a frame may reach past the logical screen: the decoder's canvas is then that large
+            width, height = max(width, left + frame_width), max(height, top + frame_height)
+            pos += 10 + (3 << ((local & 7) + 1) if local & 0x80 else 0)
+            pos = _gif_sub_blocks(data, pos + 1)
+            frames += 1
+        else:
+            raise HeaderError(f"unknown block 0x{block:02x} at byte {pos}")
+    if frames == 0:
+        raise HeaderError("cut short: no complete image")
+    return Header(width, height, frames)
+
+
+def _gif_sub_blocks(data: bytes, pos: int) -> int:
+    """Offset after a chain of data sub-blocks (each: a length byte, then that many bytes; 0 ends it)."""
+    while True:
+        if pos >= len(data):
+            raise HeaderError("cut short inside a data block")
+        size = data[pos]
+        pos += 1 + size
+        if size == 0:
+            return pos
 
 
 def lift_decoder_pixel_cap() -> None:

@@ -55,13 +55,15 @@ FORMAT_BY_EXTENSION = {
     ".dib": "bmp",
     ".tif": "tiff",
     ".tiff": "tiff",
+    ".gif": "gif",
 }
 """Extensions read as images, and the format each one names."""
 
 EXTENSION_BY_FORMAT = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "bmp": ".bmp", "tiff": ".tif"}
+"""The formats written, and the extension each is written with (GIF is read, not written)."""
 FORMATS_16_BIT = frozenset({"png", "tiff"})
 FORMATS_WITH_ALPHA = frozenset({"png", "webp", "tiff", "bmp"})
-FORMAT_NAMES = "PNG, JPEG, WebP, BMP or TIFF"
+FORMAT_NAMES = "PNG, JPEG, WebP, BMP, TIFF or GIF"
 DEFAULT_QUALITY = 95
 """JPEG and WebP quality of written files."""
 
@@ -149,6 +151,8 @@ def sniff_format(head: bytes) -> str | None:
         return "bmp"
     if head[:4] in (b"II*\x00", b"MM\x00*"):
         return "tiff"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
     return None
 
 
@@ -164,7 +168,7 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
     """Read an image file (the first page or frame of a multi-page or animated one).
 
     Args:
-        path: PNG, JPEG, WebP, BMP or TIFF file; 8 or 16 bits; grey, RGB or RGBA.
+        path: PNG, JPEG, WebP, BMP, TIFF or GIF file; 8 or 16 bits; grey, RGB or RGBA.
         max_pixels: Refuse a file whose header declares more pixels; None: ``RESTORECLI_MAX_PIXELS``
             if set, else ``DEFAULT_MAX_PIXELS``.
 
@@ -497,8 +501,9 @@ def output_format(path: str | os.PathLike[str]) -> str:
     """
     suffix = Path(path).suffix.lower()
     fmt = FORMAT_BY_EXTENSION.get(suffix)
-    if fmt is None:
-        raise ImageWriteError(f"{path}: expected an extension of {', '.join(sorted(FORMAT_BY_EXTENSION))}, got {suffix!r}")
+    if fmt not in EXTENSION_BY_FORMAT:
+        written = sorted(ext for ext, name in FORMAT_BY_EXTENSION.items() if name in EXTENSION_BY_FORMAT)
+        raise ImageWriteError(f"{path}: expected an extension of {', '.join(written)}, got {suffix!r}")
     return fmt
 
 

@@ -318,21 +318,23 @@ def test_first_page_or_frame_is_processed_and_the_rest_noted(tmp_path: Path, tin
     assert cv2.imwritemulti(str(tmp_path / "in" / "pages.tif"), frames)
     animation = cv2.Animation()
     animation.frames, animation.durations = frames, [100] * 3
-    ok, encoded = cv2.imencodeanimation(".webp", animation)
-    assert ok
-    (tmp_path / "in" / "anim.webp").write_bytes(encoded.tobytes())
+    for ext in (".gif", ".webp"):
+        ok, encoded = cv2.imencodeanimation(ext, animation)
+        assert ok
+        (tmp_path / "in" / f"anim{ext}").write_bytes(encoded.tobytes())
     done = run(["sr", "in", "-o", "out", "--weights", tiny_x2, "--tile", "0", "--json"], tmp_path)
     assert done.returncode == 0 and done.stderr == "", done.stderr
     document = json.loads(done.stdout)
     notes = {Path(entry["input"]).name: entry["notes"] for entry in document["files"]}
     assert notes == {
+        "anim.gif": ["frame 1 of 3 processed", "written as PNG (GIF is read, not written)"],
         "anim.webp": ["frame 1 of 3 processed"],
         "pages.tif": ["page 1 of 3 processed"],
     }
-    assert document["summary"]["multi_frame"] == 2
+    assert document["summary"]["multi_frame"] == 3
     first = cv2.imread(str(tmp_path / "out" / "pages_x2.tif"), cv2.IMREAD_UNCHANGED)
     assert first.shape == (16, 16, 3)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["anim_x2.webp", "pages_x2.tif"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["anim_x2.png", "anim_x2.webp", "pages_x2.tif"]
 
 
 # --- corrupted bytes ---------------------------------------------------------------------------------
@@ -345,6 +347,9 @@ def originals() -> dict[str, bytes]:
     files = {ext: cv2.imencode(ext, pixels)[1].tobytes() for ext in (".png", ".jpg", ".tif", ".webp", ".bmp")}
     files[".png16"] = cv2.imencode(".png", pixels.astype(np.uint16) * 257)[1].tobytes()
     files[".tifs"] = cv2.imencodemulti(".tif", [pixels, pixels[::-1]])[1].tobytes()
+    animation = cv2.Animation()
+    animation.frames, animation.durations = [pixels, pixels[::-1]], [100, 100]
+    files[".gif"] = cv2.imencodeanimation(".gif", animation)[1].tobytes()
     return files
 
 
@@ -364,7 +369,7 @@ def corrupt(data: bytes, rng: np.random.Generator) -> bytes:
 
 
 def test_fuzzed_files_are_read_or_refused_with_our_error(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    """420 corrupted files through the library's reader: an image or ImageReadError, and silence."""
+    """480 corrupted files through the library's reader: an image or ImageReadError, and silence."""
     from restorecli import io
     from restorecli.errors import ImageReadError
 
