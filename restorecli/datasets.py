@@ -222,6 +222,7 @@ def download_dataset(
         ChecksumError: A file differs from its pin.
     """
     from restorecli.download import apply_mirror, download_file
+    from restorecli.io import write_bytes_atomic
 
     spec = get_dataset(name)
     pins = load_pins().get(spec.name)
@@ -235,8 +236,8 @@ def download_dataset(
         download_file(url, folder / entry["path"], sha256=entry["sha256"], size=entry["size"], progress=False)
         if progress is not None:
             progress(done, len(files), entry["path"])
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / _COMPLETE_MARKER).write_text(f"{pins['repo']}@{pins['commit']}\n", encoding="utf-8")
+    # atomic: an empty marker left by a stop in mid-write would pass the set as complete
+    write_bytes_atomic(folder / _COMPLETE_MARKER, f"{pins['repo']}@{pins['commit']}\n".encode(), overwrite=True)
     return folder
 
 

@@ -146,7 +146,8 @@ def deferred() -> Iterator[None]:
         yield
     finally:
         stop_signals._deferring -= 1
-        if not stop_signals._deferring and stop_signals._pending and stop_signals._active:
+        if not stop_signals._deferring and stop_signals._pending:
             signum = stop_signals._pending[0]
             stop_signals._pending.clear()
-            stop_signals._active[-1]._handle(signum, None)
+            if stop_signals._active:
+                stop_signals._active[-1]._handle(signum, None)

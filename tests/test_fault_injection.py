@@ -419,3 +419,16 @@ def test_fuzzed_files_through_the_command_line(tmp_path: Path, tiny_x2: Path) ->
     assert done.returncode == int(any(entry["status"] == "failed" for entry in files))
     assert any(entry["status"] == "failed" for entry in files)
     assert leftovers(tmp_path) == [] and snapshot(tmp_path / "in") == inputs
+
+
+def test_a_signal_inside_a_deferred_block_is_raised_when_it_ends() -> None:
+    from restorecli import interrupts
+
+    steps = []
+    with pytest.raises(interrupts.Interrupted) as raised, interrupts.stop_signals() as stops:
+        with interrupts.deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler runs here, and holds the signal
+            steps.append("finished")
+    assert steps == ["finished"] and raised.value.signum == signal.SIGTERM and stops.unreported is raised.value
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the previous handler is back
