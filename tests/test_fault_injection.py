@@ -274,7 +274,9 @@ def png_declaring(width: int, height: int, depth: int = 8, colour: int = 2) -> b
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
-def test_pixel_limit_is_checked_from_the_header_and_codecs_stay_quiet(tmp_path: Path, tiny_x2: Path) -> None:
+def test_pixel_limit_is_checked_from_the_header_and_codecs_stay_quiet(
+    tmp_path: Path, tiny_x2: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "huge.png").write_bytes(png_declaring(100_000, 100_000))
     (tmp_path / "in" / "rgba16.png").write_bytes(png_declaring(32_000, 32_000, 16, 6))  # under 2G, data missing
@@ -288,8 +290,12 @@ def test_pixel_limit_is_checked_from_the_header_and_codecs_stay_quiet(tmp_path: 
         "Error: in/rgba16.png: cannot decode this PNG file: it is truncated or corrupt (Not enough image data)",
     ], done.stderr  # libpng's own "libpng error: ..." line never reaches the terminal
     assert not (tmp_path / "out").exists() and snapshot(tmp_path / "in") == inputs
-    done = run(["sr", "in/rgba16.png", "--weights", tiny_x2], tmp_path)  # default limit: 1 Gpx
-    assert done.returncode == 1 and "declares 32000×32000 px (1.02 Gpx), over the limit of 1 Gpx" in done.stderr
+    from restorecli import io
+    from restorecli.errors import ImageTooLargeError
+
+    monkeypatch.delenv("RESTORECLI_MAX_PIXELS", raising=False)
+    with pytest.raises(ImageTooLargeError, match=r"declares 32000×32000 px \(1.02 Gpx\), over the limit of 1 Gpx;"):
+        io.read_image(tmp_path / "in" / "rgba16.png")  # the default limit
 
 
 def test_pixel_limit_from_the_environment_and_its_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
