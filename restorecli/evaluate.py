@@ -271,7 +271,7 @@ class ProtocolRunner:
                 device=device,
                 precision=config.precision,
                 tile=config.tile,
-                overlap=inference.DEFAULT_OVERLAP if config.overlap is None else config.overlap,
+                overlap=config.overlap,
                 ensemble=config.ensemble,
             )
 

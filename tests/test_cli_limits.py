@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import pytest
@@ -16,10 +18,6 @@ from test_checkpoint_loading import run_restore, write_input
             ["--tile", "32", "--tile-overlap", "64"],
             "--tile-overlap 64 is not below half of --tile 32; expected --tile-overlap 0 to 15, or --tile 129 or more",
         ),
-        (  # the default overlap (32) counts too
-            ["--tile", "64"],
-            "--tile-overlap 32 is not below half of --tile 64; expected --tile-overlap 0 to 31, or --tile 65 or more",
-        ),
     ],
 )
 def test_tiles_outside_the_limits_are_usage_errors(tmp_path: Path, options: list[str], message: str) -> None:
@@ -27,6 +25,14 @@ def test_tiles_outside_the_limits_are_usage_errors(tmp_path: Path, options: list
     result = run_restore(["sr", "--scale", "4", "s.png", "-o", "out", *options], tmp_path)
     assert (result.returncode, result.stderr, result.stdout) == (2, f"Error: {message}\n", "")
     assert not (tmp_path / "out").exists()
+
+
+def test_small_tile_alone_gets_an_overlap_below_half(tmp_path: Path) -> None:
+    """Without --tile-overlap the overlap is automatic: 32, or just under half of a smaller tile."""
+    write_input(tmp_path)
+    result = run_restore(["sr", "--scale", "4", "s.png", "-o", "out", "--tile", "48", "--json"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["tile_overlap"] == 23
 
 
 def test_smallest_tile_runs(tmp_path: Path) -> None:

@@ -196,7 +196,7 @@ def eval_command(
     ] = "blended",
     ensemble: EnsembleOpt = False,
     tile: TileOpt = None,
-    tile_overlap: TileOverlapOpt = 32,
+    tile_overlap: TileOverlapOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
     crop_border: Annotated[

@@ -15,7 +15,7 @@ from typing import Annotated, Any, get_type_hints
 
 import typer
 
-from restorecli.tiling import DEFAULT_OVERLAP, MIN_TILE
+from restorecli.tiling import MIN_TILE
 
 FILES_PANEL = "Inputs and outputs"
 MODEL_PANEL = "Model and weights"
@@ -115,11 +115,12 @@ TileOpt = Annotated[
     ),
 ]
 TileOverlapOpt = Annotated[
-    int,
+    int | None,
     typer.Option(
         metavar="N",
-        help="Minimum overlap between tiles, input pixels: 0 to just under half of --tile (a --tile of 64 or less "
-        "needs a smaller value than the default).",
+        help="Minimum overlap between tiles, input pixels: 0 to just under half of --tile. "
+        "Default: 32, or just under half of a smaller --tile.",
+        show_default=False,
         rich_help_panel=RUN_PANEL,
     ),
 ]
@@ -154,7 +155,7 @@ class RestoreOptions:
     cache_dir: CacheDirOpt = None
     allow_unverified: AllowUnverifiedOpt = False
     tile: TileOpt = None
-    tile_overlap: TileOverlapOpt = DEFAULT_OVERLAP
+    tile_overlap: TileOverlapOpt = None
     device: DeviceOpt = "auto"
     precision: PrecisionOpt = "fp32"
     ensemble: EnsembleOpt = False

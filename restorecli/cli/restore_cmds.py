@@ -108,15 +108,13 @@ def _restore(
     """Discover inputs, load the network, run the batch, report; exits with the batch's code."""
     from restorecli import batch
     from restorecli.inference import ImageRestorer, load_network, resolve_device, resolve_precision
+    from restorecli.tiling import check_tile
 
     started = time.perf_counter()
     rank, world = batch.rank_and_world()
     display = _Display(quiet=options.quiet or rank != 0, json_output=options.json_output)
     # cheap checks first: a typo should not wait for a download or a model build
-    if options.tile is not None and options.tile < 0:
-        raise UsageError(f"--tile: expected 0 (whole image) or a positive size, got {options.tile}")
-    if options.tile_overlap < 0:
-        raise UsageError(f"--tile-overlap: expected a size >= 0, got {options.tile_overlap}")
+    check_tile(options.tile, options.tile_overlap)  # the model's own side rule is checked once it is known
     batch.OutputRule(options.output, options.suffix or "", options.ext)
     max_pixels = _max_pixels(options.max_pixels)
     resolve_precision(options.precision, resolve_device(options.device))
@@ -176,7 +174,7 @@ def _restore(
         "variant": "real" if real else variant,
         **_network_settings(network, restorer),
         "tile": "auto" if options.tile is None else options.tile,
-        "tile_overlap": options.tile_overlap,
+        "tile_overlap": restorer.overlap,
         "max_pixels": max_pixels,
         "world_size": world,
     }
