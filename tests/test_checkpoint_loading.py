@@ -207,3 +207,14 @@ def test_commands_print_one_line_and_never_run_the_payload(tmp_path: Path, comma
     assert (result.returncode, result.stderr) == (1, f"Error: {expected}\n"), result.stderr
     assert result.stdout == "" and not marker.exists()
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache" / "models").exists()
+
+
+def test_checkpoint_with_a_long_name_is_written(tmp_path: Path) -> None:
+    """The temporary name beside a 250-character output name still fits the folder's limit."""
+    import torch
+
+    from restorecli.models.checkpoint import save_checkpoint
+
+    path = tmp_path / ("w" * 240 + ".safetensors")
+    save_checkpoint(path, {"weight": torch.zeros(2)}, "mair", {"upscale": 2})
+    assert path.is_file() and [p.name for p in tmp_path.iterdir()] == [path.name]

@@ -308,7 +308,11 @@ def save_checkpoint(
     tensors = {key: value.detach().to("cpu").contiguous() for key, value in state.items()}
     metadata = {"format": FORMAT_TAG, "arch": arch, "config": json.dumps(dict(config), sort_keys=True), "name": name or ""}
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    from restorecli.io import name_limit, temporary_prefix
+
+    # A short temporary name: ".<name>.XXXXXXXX.tmp" would not fit beside a long output name.
+    prefix = temporary_prefix(path.name, name_limit(path.parent))
+    handle, temporary = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
     os.close(handle)
     try:
         save_file(tensors, temporary, metadata=metadata)

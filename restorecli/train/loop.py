@@ -119,7 +119,11 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
 def save_atomic(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename (no torn checkpoints)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    from restorecli.io import name_limit, temporary_prefix
+
+    # A short temporary name: ".<name>.XXXXXXXX.tmp" would not fit beside a long output name.
+    prefix = temporary_prefix(path.name, name_limit(path.parent))
+    handle, temporary = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
     os.close(handle)
     try:
         torch.save(obj, temporary)
