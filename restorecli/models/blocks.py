@@ -41,10 +41,11 @@ class SelectiveScanLayer(nn.Module):
     initialisation, and the projection + scan shared by every scanning layer.
 
     ``x_proj_weight`` (K, R+2N, Di) holds Δ, B and C rows; ``dt_projs_weight`` (K, Di, R);
-    ``dt_projs_bias`` (K, Di); ``A_logs`` (K*Di, N) and ``Ds`` (K*Di) are k-major.
+    ``dt_projs_bias`` (K, Di); ``A_logs`` (K*Di, N) and ``Ds`` (K*Di) are k-major; ``in_proj`` maps C
+    to the scan input and the gate (2 Di), registered after them as in the official files.
     """
 
-    def __init__(self, *, directions: int, inner: int, rank: int, d_state: int) -> None:
+    def __init__(self, *, channels: int, directions: int, inner: int, rank: int, d_state: int) -> None:
         super().__init__()
         self.directions, self.inner, self.rank, self.d_state = directions, inner, rank, d_state
         self.scan_backend: str | None = None  # None: resolved per call (explicit > env > auto)
@@ -54,6 +55,7 @@ class SelectiveScanLayer(nn.Module):
         self.dt_projs_bias = nn.Parameter(torch.empty(directions, inner))
         self.A_logs = nn.Parameter(torch.empty(directions * inner, d_state))
         self.Ds = nn.Parameter(torch.empty(directions * inner))
+        self.in_proj = nn.Linear(channels, 2 * inner, bias=False)  # x -> (scan input, gate)
 
     @torch.no_grad()
     def reset_ssm_parameters(self) -> None:
@@ -156,9 +158,8 @@ class MambaMixer2D(SelectiveScanLayer):
 
     def __init__(self, *, channels: int, d_state: int, ssm_ratio: float, scan_len: int, shift: int) -> None:
         inner = inner_width(channels, ssm_ratio)
-        super().__init__(directions=DIRECTIONS, inner=inner, rank=dt_rank(channels), d_state=d_state)
+        super().__init__(channels=channels, directions=DIRECTIONS, inner=inner, rank=dt_rank(channels), d_state=d_state)
         self.channels, self.scan_len, self.shift = channels, scan_len, shift
-        self.in_proj = nn.Linear(channels, 2 * inner, bias=False)
         self.conv2d = nn.Conv2d(inner, inner, kernel_size=3, padding=1, groups=inner, bias=True)
         self.out_norm = nn.LayerNorm(inner, eps=1e-5)
         self.out_proj = nn.Linear(inner, channels, bias=False)
@@ -273,7 +274,8 @@ class ResidualMambaBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, height, width, _ = x.shape
-        if not torch.is_grad_enabled() and x.device.type == "cpu" and height * width > STREAM_ROWS:
+        # Not in training mode, where DropPath acts even without autograd.
+        if not (torch.is_grad_enabled() or self.training) and x.device.type == "cpu" and height * width > STREAM_ROWS:
             return self._forward_streamed(x)
         a = x * self.skip_scale + self.drop_path(self.self_attention(self.ln_1(x)))
         return a * self.skip_scale2 + getattr(self, self.mlp_name)(self.ln_2(a))

@@ -223,9 +223,8 @@ class SS2D(SelectiveScanLayer):
         cross, gps = scan in ("cross", "both"), scan in ("gps", "both")
         directions = CROSS_DIRECTIONS * cross + GPS_DIRECTIONS * gps
         # official: dt rank = ceil(D / 16) from d_inner
-        super().__init__(directions=directions, inner=inner, rank=dt_rank(inner), d_state=d_state)
+        super().__init__(channels=channels, directions=directions, inner=inner, rank=dt_rank(inner), d_state=d_state)
         self.scan, self.cross, self.gps, self.gps_patch = scan, cross, gps, gps_patch
-        self.in_proj = nn.Linear(channels, 2 * inner, bias=False)
         self.conv2d = nn.Conv2d(inner, inner, kernel_size=3, padding=1, groups=inner, bias=True)
         self.lora_cache = QCLAM(channels=inner, rank=lora_rank) if qclam else None
         self.vit_score_map = (
