@@ -747,62 +747,89 @@ void load_dt_weight(const Ordered<T>& o, const Lanes<T>& l, T* dtw_l) {
 }
 
 #if defined(__AVX512F__)
-// The ordered forward of one channel block over steps [t0, t0+tl), float, in one pass with
-// everything in registers: x row load, fused dt_proj, softplus, decay, state update, output,
-// y row store and the running sum of y. The generic tile path writes five [t][lane] buffers
-// between these stages; on the ordered layout this pass measured about 2x faster.
-template <int NN>
-void ordered_steps_avx512(const Problem<float>& p, const Ordered<float>& o, const Lanes<float>& l,
-                          const OrderedUnit<float>& ou, int64_t t0, int64_t tl,
-                          const float* __restrict A2_l, const float* __restrict D_l,
-                          const float* __restrict bias_l, const float* __restrict dtw_l,
-                          float* __restrict h, float* __restrict ysum) {
-  const int64_t N = NN > 0 ? NN : p.N;
+// Steps ahead of the current one whose map rows the ordered loops prefetch. Scan orders jump
+// between image rows, which the hardware prefetchers do not follow; prefetching a whole tile
+// ahead evicted lines before their use. 8 and 16 steps measured alike, 32 slower, none
+// (hardware prefetch only) 40% slower at 256 x 256 (docs/benchmarks.md).
+constexpr int64_t kRowPrefetch = 8;
+
+// Prefetches the map rows that step `ahead` reads and writes: `lanes` values of x and y from
+// their unit columns, and the direction's dt_low | B | C in proj.
+inline void prefetch_step(const float* xr, float* yr, const float* pr, int64_t lanes, int64_t pn) {
+  for (int64_t v = 0; v < lanes; v += W) {
+    __builtin_prefetch(xr + v, 0, 3);
+    __builtin_prefetch(yr + v, 1, 3);
+  }
+  __builtin_prefetch(xr + lanes - 1, 0, 3);
+  __builtin_prefetch(yr + lanes - 1, 1, 3);
+  __builtin_prefetch(pr, 0, 3);
+  __builtin_prefetch(pr + pn - 1, 0, 3);
+}
+
+// The ordered forward for N = 1, float, in one pass with everything in registers: every
+// channel block of a unit at each step, in groups of up to kRowGroup blocks. A step's blocks
+// share its order lookup and its dt_low, B and C broadcasts, touch the whole map row at once,
+// and give the core independent softplus/exp chains to overlap. (Block after block, each
+// step waited on its predecessor's chain; the staged tile path writes five [t][lane] buffers
+// between its stages. This pass measured 1.6x faster than either at 256 x 256.)
+constexpr int64_t kRowGroup = 8;
+
+void ordered_rows_n1_avx512(const Problem<float>& p, const Ordered<float>& o, const UnitBlocks& ub,
+                            const OrderedUnit<float>& ou0, int64_t t0, int64_t tl,
+                            BlockSlots<float>& bs) {
   const int64_t R = o.R;
   const int64_t inner = p.per_group;
   const int64_t yrow = p.G * inner;
-  const __mmask16 mask = l.nl >= W ? __mmask16(0xFFFF) : __mmask16((1u << l.nl) - 1);
-  const __m512 d_l = _mm512_load_ps(D_l);
-  const __m512 bias = _mm512_load_ps(bias_l);
-  __m512 sum = _mm512_load_ps(ysum);
-  __m512 h1 = NN == 1 ? _mm512_load_ps(h) : _mm512_setzero_ps();
-  const __m512 a2_1 = _mm512_load_ps(A2_l);
-  const float* xb = o.x + l.b * p.L * inner + ou.c0;
-  const float* pb = o.proj + l.b * p.L * o.P + ou.off;
-  float* yb = o.y + l.b * p.L * yrow + l.g * inner + ou.c0;
-  for (int64_t t = 0; t < tl; ++t) {
-    const int64_t pos = ou.ord[t0 + t];
-    const __m512 u = _mm512_maskz_loadu_ps(mask, xb + pos * inner);
-    const float* pr = pb + pos * o.P;
-    __m512 raw = bias;
-    for (int64_t r = 0; r < R; ++r) raw = _mm512_fmadd_ps(_mm512_load_ps(dtw_l + r * W), _mm512_set1_ps(pr[r]), raw);
-    const __m512 dt = softplus_avx512(raw, nullptr);
-    const __m512 du = _mm512_mul_ps(dt, u);
-    __m512 y = _mm512_mul_ps(d_l, u);
-    if constexpr (NN == 1) {
-      const __m512 a = exp2_avx512(_mm512_mul_ps(dt, a2_1));
-      h1 = _mm512_fmadd_ps(a, h1, _mm512_mul_ps(du, _mm512_set1_ps(pr[R])));
-      y = _mm512_fmadd_ps(h1, _mm512_set1_ps(pr[R + 1]), y);
-    } else {
-      __m512 y_odd = _mm512_setzero_ps();
-#pragma GCC unroll 16
-      for (int64_t n = 0; n < N; ++n) {
-        const __m512 a = exp2_avx512(_mm512_mul_ps(dt, _mm512_load_ps(A2_l + n * W)));
-        const __m512 hv = _mm512_fmadd_ps(a, _mm512_load_ps(h + n * W), _mm512_mul_ps(du, _mm512_set1_ps(pr[R + n])));
-        _mm512_store_ps(h + n * W, hv);
-        if (n & 1) {
-          y_odd = _mm512_fmadd_ps(hv, _mm512_set1_ps(pr[R + N + n]), y_odd);
-        } else {
-          y = _mm512_fmadd_ps(hv, _mm512_set1_ps(pr[R + N + n]), y);
-        }
-      }
-      y = _mm512_add_ps(y, y_odd);
+  const float* pb = o.proj + ub.b * p.L * o.P + ou0.off;
+  const int64_t* ord = ou0.ord + t0;
+  const int64_t avail = p.L - t0;
+  for (int64_t g0 = 0; g0 < ub.count; g0 += kRowGroup) {
+    const int64_t nb = std::min(kRowGroup, ub.count - g0);
+    const int64_t col = (ub.first + g0) * W;
+    const int64_t lanes = std::min<int64_t>(nb * W, inner - col);
+    const int64_t rem = lanes - (nb - 1) * W;
+    const __mmask16 last = rem >= W ? __mmask16(0xFFFF) : __mmask16((1u << rem) - 1);
+    const float* xb = o.x + ub.b * p.L * inner + col;
+    float* yb = o.y + ub.b * p.L * yrow + ub.g * inner + col;
+    alignas(64) float h[kRowGroup * W], sum[kRowGroup * W];
+    for (int64_t j = 0; j < nb; ++j) {
+      std::memcpy(h + j * W, bs.extra(g0 + j), W * sizeof(float));
+      std::memcpy(sum + j * W, bs.extra(g0 + j) + W, W * sizeof(float));
     }
-    _mm512_mask_storeu_ps(yb + pos * yrow, mask, y);
-    sum = _mm512_add_ps(sum, y);
+    for (int64_t t = 0; t < tl; ++t) {
+      if (t + kRowPrefetch < avail) {
+        const int64_t ahead = ord[t + kRowPrefetch];
+        prefetch_step(xb + ahead * inner, yb + ahead * yrow, pb + ahead * o.P, lanes, R + 2);
+      }
+      const int64_t pos = ord[t];
+      const float* pr = pb + pos * o.P;
+      const float* xr = xb + pos * inner;
+      float* yr = yb + pos * yrow;
+      const __m512 b_in = _mm512_set1_ps(pr[R]);
+      const __m512 c_out = _mm512_set1_ps(pr[R + 1]);
+      for (int64_t j = 0; j < nb; ++j) {
+        const __mmask16 mask = j + 1 < nb ? __mmask16(0xFFFF) : last;
+        const float* dtw = bs.dt_w(g0 + j);
+        const __m512 u = _mm512_maskz_loadu_ps(mask, xr + j * W);
+        __m512 raw = _mm512_load_ps(bs.bias(g0 + j));
+        for (int64_t r = 0; r < R; ++r) {
+          raw = _mm512_fmadd_ps(_mm512_load_ps(dtw + r * W), _mm512_set1_ps(pr[r]), raw);
+        }
+        const __m512 dt = softplus_avx512(raw, nullptr);
+        const __m512 a = exp2_avx512(_mm512_mul_ps(dt, _mm512_load_ps(bs.A2(g0 + j))));
+        const __m512 hv = _mm512_fmadd_ps(a, _mm512_load_ps(h + j * W),
+                                          _mm512_mul_ps(_mm512_mul_ps(dt, u), b_in));
+        _mm512_store_ps(h + j * W, hv);
+        const __m512 y = _mm512_fmadd_ps(hv, c_out, _mm512_mul_ps(_mm512_load_ps(bs.D(g0 + j)), u));
+        _mm512_mask_storeu_ps(yr + j * W, mask, y);
+        _mm512_store_ps(sum + j * W, _mm512_add_ps(_mm512_load_ps(sum + j * W), y));
+      }
+    }
+    for (int64_t j = 0; j < nb; ++j) {
+      std::memcpy(bs.extra(g0 + j), h + j * W, W * sizeof(float));
+      std::memcpy(bs.extra(g0 + j) + W, sum + j * W, W * sizeof(float));
+    }
   }
-  if constexpr (NN == 1) _mm512_store_ps(h, h1);
-  _mm512_store_ps(ysum, sum);
 }
 #endif
 
@@ -850,9 +877,22 @@ void forward_unit(const Problem<T>& p, const Ordered<T>* o, int64_t unit, T* y, 
     const T* Bt0 = kOrdered ? Bbuf : Bb + t0 * N;
     const T* Ct0 = kOrdered ? Cbuf : Cb + t0 * N;
     if constexpr (kOrdered) {
-      if (!one_pass) gather_ordered_steps(p, *o, l0, ou0, t0, tl, dlow, Bbuf, Cbuf);
-      prefetch_ordered_tile(p, *o, ub, ou0, t0 + TT, std::min(TT, p.L - t0 - TT), false);
+      if (!one_pass) {
+        gather_ordered_steps(p, *o, l0, ou0, t0, tl, dlow, Bbuf, Cbuf);
+        prefetch_ordered_tile(p, *o, ub, ou0, t0 + TT, std::min(TT, p.L - t0 - TT), false);
+      }
     }
+#if defined(__AVX512F__)
+    if constexpr (kOrdered && std::is_same_v<T, float> && NN == 1) {
+      if (one_pass) {
+        ordered_rows_n1_avx512(p, *o, ub, ou0, t0, tl, bs);
+        for (int64_t j = 0; j < ub.count; ++j) {
+          store_checkpoint(p, lanes_of(p, ub.b, ub.g, ub.first + j), k, bs.extra(j), ckpt);
+        }
+        continue;
+      }
+    }
+#endif
     for (int64_t j = 0; j < ub.count; ++j) {
       const Lanes<T> l = lanes_of(p, ub.b, ub.g, ub.first + j);
       const T* A2_l = bs.A2(j);
@@ -860,16 +900,6 @@ void forward_unit(const Problem<T>& p, const Ordered<T>* o, int64_t unit, T* y, 
       T* ysum = h + N * W;
       const T* D_l = bs.D(j);
       const T* bias_l = bs.bias(j);
-#if defined(__AVX512F__)
-      if constexpr (kOrdered && std::is_same_v<T, float>) {
-        if (one_pass) {
-          ordered_steps_avx512<NN>(p, *o, l, ordered_unit(p, *o, l), t0, tl, A2_l, D_l, bias_l,
-                                   bs.dt_w(j), h, ysum);
-          store_checkpoint(p, l, k, h, ckpt);
-          continue;
-        }
-      }
-#endif
       OrderedUnit<T> ou{};
       if constexpr (kOrdered) {
         ou = ordered_unit(p, *o, l);
