@@ -81,6 +81,7 @@ CASES = [  # batch, H, W, inner, R, N, per-image orders
     (2, 4, 4, 16, 4, 3, True),
     (3, 13, 11, 66, 4, 1, False),
     (1, 17, 9, 33, 12, 16, False),  # several tiles (64 steps) and a partial channel block
+    (2, 9, 10, 140, 3, 1, True),  # N = 1 with more channel blocks than one group of the row kernel
 ]
 
 
@@ -100,10 +101,16 @@ def test_kernel_matches_reference_float64(compiled: None, case: tuple, threads: 
 
 
 @pytest.mark.parametrize("case", CASES[1:3] + CASES[4:])
-def test_kernel_matches_reference_float32(compiled: None, case: tuple) -> None:
+@pytest.mark.parametrize("threads", [1, 2])
+def test_kernel_matches_reference_float32(compiled: None, case: tuple, threads: int) -> None:
     batch, height, width, inner, rank, n_state, per_image = case
     tensors, order, inverse = make_inputs(batch, height, width, inner, rank, n_state, per_image=per_image, dtype=torch.float32)
-    fused, reference = run_both(tensors, order, inverse)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        fused, reference = run_both(tensors, order, inverse)
+    finally:
+        torch.set_num_threads(previous)
     assert (fused[0] - reference[0]).abs().max().item() < 1e-5
     for got, want in zip(fused, reference):
         assert rel_err(got, want) < 2e-6

@@ -613,6 +613,25 @@ class BlockSlots {
   Scratch<T> buf_;
 };
 
+// A backward unit's BlockSlots: after the constants, per block, the adjoint dh and dA sums
+// ([n][lane] each), dD and dbias sums ([lane]), dt_proj gradient sums ([r][lane]) and the dy
+// shift ([lane]).
+template <typename T>
+class BackwardSlots : public BlockSlots<T> {
+ public:
+  BackwardSlots(int64_t blocks, int64_t N, int64_t R)
+      : BlockSlots<T>(blocks, N, R, W * (2 * N + 3 + R)), N_(N), R_(R) {}
+  T* dh(int64_t j) { return this->extra(j); }
+  T* dA(int64_t j) { return this->extra(j) + N_ * W; }
+  T* dD(int64_t j) { return this->extra(j) + 2 * N_ * W; }
+  T* dbias(int64_t j) { return this->extra(j) + (2 * N_ + 1) * W; }
+  T* dtw(int64_t j) { return this->extra(j) + (2 * N_ + 2) * W; }
+  T* shift(int64_t j) { return this->extra(j) + (2 * N_ + 2 + R_) * W; }
+
+ private:
+  int64_t N_, R_;
+};
+
 // Loads every block's constants; returns whether dt * A <= 0 holds for all of them.
 template <typename T, bool kOrdered>
 bool load_block_constants(const Problem<T>& p, const Ordered<T>* o, const UnitBlocks& ub,
@@ -1018,6 +1037,207 @@ void lane_dot_outer(const T* a, const T* b, int64_t tl, int64_t R, T* out) {
   lane_dot(a, 1, 0, b, 0, 1, tl * R, R, out);
 }
 
+#if defined(__AVX512F__)
+// out[r] = sum over lanes of rows[r][lane], 16 rows per sum16.
+inline void lane_sums(const float* __restrict rows, int64_t count, float* __restrict out) {
+  int64_t r = 0;
+  for (; r + 16 <= count; r += 16) {
+    __m512 v[16];
+    for (int k = 0; k < 16; ++k) v[k] = _mm512_load_ps(rows + (r + k) * W);
+    _mm512_storeu_ps(out + r, sum16(v));
+  }
+  for (; r < count; ++r) out[r] = _mm512_reduce_add_ps(_mm512_load_ps(rows + r * W));
+}
+
+// Scratch of ordered_rows_n1_backward per tile of TT steps: four [t][block][lane] records
+// of the recomputed forward and, per step, the R + 2 lane vectors of the shared gradients
+// and their sums, and the steps' dt_low ([t][r]).
+inline int64_t rows_n1_backward_scratch(int64_t TT, int64_t R) {
+  return 4 * TT * kRowGroup * W + TT * (R + 2) * W + TT * (R + 2) + TT * R;
+}
+
+// The Δ-projection gradients of a tile for ordered_rows_n1_backward: with gdt[t][j][lane]
+// (d loss / d raw for block g0 + j), dt_w's sums += sum_t gdt * dlow[t][r] and
+// shared[t][r][lane] += sum_j gdt * dt_w[j][r][lane]. Loops keep one accumulator per
+// (block, r) or (t, r) in a register: arrays of accumulators indexed by a runtime R stayed
+// in memory (measured 3x slower).
+inline void rows_dt_proj_grads(int64_t tl, int64_t nb, int64_t R, int64_t g0, const float* gdt,
+                               const float* dlow, BackwardSlots<float>& bs, float* shared) {
+  const int64_t Q = R + 2;
+  for (int64_t j = 0; j < nb; ++j) {
+    float* dtw_acc = bs.dtw(g0 + j);
+    for (int64_t r = 0; r < R; ++r) {
+      __m512 even = _mm512_load_ps(dtw_acc + r * W), odd = _mm512_setzero_ps();
+      int64_t t = 0;
+      for (; t + 1 < tl; t += 2) {
+        even = _mm512_fmadd_ps(_mm512_load_ps(gdt + (t * kRowGroup + j) * W), _mm512_set1_ps(dlow[t * R + r]), even);
+        odd = _mm512_fmadd_ps(_mm512_load_ps(gdt + ((t + 1) * kRowGroup + j) * W),
+                              _mm512_set1_ps(dlow[(t + 1) * R + r]), odd);
+      }
+      if (t < tl) even = _mm512_fmadd_ps(_mm512_load_ps(gdt + (t * kRowGroup + j) * W), _mm512_set1_ps(dlow[t * R + r]), even);
+      _mm512_store_ps(dtw_acc + r * W, _mm512_add_ps(even, odd));
+    }
+  }
+  for (int64_t t = 0; t < tl; ++t) {
+    float* sh = shared + t * Q * W;
+    for (int64_t r = 0; r < R; ++r) {
+      __m512 acc = _mm512_load_ps(sh + r * W);
+      for (int64_t j = 0; j < nb; ++j) {
+        acc = _mm512_fmadd_ps(_mm512_load_ps(gdt + (t * kRowGroup + j) * W), _mm512_load_ps(bs.dt_w(g0 + j) + r * W), acc);
+      }
+      _mm512_store_ps(sh + r * W, acc);
+    }
+  }
+}
+
+// The ordered backward of one tile for N = 1, float: the counterpart of
+// ordered_rows_n1_avx512. Pass 1 recomputes the tile's steps from the state at its start and
+// records dt, d dt / d raw, the decay and the previous state; pass 2 runs the adjoint
+// recurrence backwards through the steps, every block of the group at each step, and sums
+// the gradients of dt_low, B and C (shared by the direction's channels) over blocks and then
+// lanes before adding them to the step's proj row.
+void ordered_rows_n1_backward(const Problem<float>& p, const Ordered<float>& o, const UnitBlocks& ub,
+                              const OrderedUnit<float>& ou0, int64_t k, int64_t t0, int64_t tl,
+                              const float* ckpt, BackwardSlots<float>& bs, float* dproj,
+                              float* scratch) {
+  const int64_t R = o.R;
+  const int64_t Q = R + 2;  // shared gradients per step: dt_low (R), B, C
+  const int64_t inner = p.per_group;
+  const int64_t yrow = p.G * inner;
+  const int64_t TT = p.tile;
+  const float* pb = o.proj + ub.b * p.L * o.P + ou0.off;
+  float* dpb = dproj + ub.b * p.L * o.P + ou0.off;
+  const int64_t* ord = ou0.ord + t0;
+  float* rec_dt = scratch;
+  float* rec_dsp = rec_dt + TT * kRowGroup * W;
+  float* rec_a = rec_dsp + TT * kRowGroup * W;
+  float* rec_hp = rec_a + TT * kRowGroup * W;
+  float* shared = rec_hp + TT * kRowGroup * W;  // [t][q][lane]
+  float* sums = shared + TT * Q * W;  // [t][q]
+  float* dlow = sums + TT * Q;  // [t][r]
+  std::fill(shared, shared + tl * Q * W, 0.0f);
+  for (int64_t t = 0; t < tl; ++t) std::memcpy(dlow + t * R, pb + ord[t] * o.P, R * sizeof(float));
+  for (int64_t g0 = 0; g0 < ub.count; g0 += kRowGroup) {
+    const int64_t nb = std::min(kRowGroup, ub.count - g0);
+    const int64_t col = (ub.first + g0) * W;
+    const int64_t lanes = std::min<int64_t>(nb * W, inner - col);
+    const int64_t rem = lanes - (nb - 1) * W;
+    const __mmask16 last = rem >= W ? __mmask16(0xFFFF) : __mmask16((1u << rem) - 1);
+    const float* xb = o.x + ub.b * p.L * inner + col;
+    const float* dyb = o.dy + ub.b * p.L * yrow + ub.g * inner + col;
+    float* dxb = o.dx + ub.b * p.L * yrow + ub.g * inner + col;
+    // Pass 1: the tile's forward from its checkpoint.
+    alignas(64) float h[kRowGroup * W];
+    for (int64_t j = 0; j < nb; ++j) {
+      const Lanes<float> l = lanes_of(p, ub.b, ub.g, ub.first + g0 + j);
+      for (int64_t c = 0; c < W; ++c) {
+        h[j * W + c] = (k > 0 && c < l.nl) ? ckpt[((l.b * p.dim) + l.d0 + c) * p.tiles + k - 1] : 0.0f;
+      }
+    }
+    for (int64_t t = 0; t < tl; ++t) {
+      if (t + kRowPrefetch < tl) {
+        const int64_t ahead = ord[t + kRowPrefetch];
+        const float* xa = xb + ahead * inner;
+        for (int64_t v = 0; v < lanes; v += W) __builtin_prefetch(xa + v, 0, 3);
+        __builtin_prefetch(xa + lanes - 1, 0, 3);
+        __builtin_prefetch(pb + ahead * o.P, 0, 3);
+        __builtin_prefetch(pb + ahead * o.P + Q - 1, 0, 3);
+      }
+      const int64_t pos = ord[t];
+      const float* pr = pb + pos * o.P;
+      const float* xr = xb + pos * inner;
+      const __m512 b_in = _mm512_set1_ps(pr[R]);
+      for (int64_t j = 0; j < nb; ++j) {
+        const __mmask16 mask = j + 1 < nb ? __mmask16(0xFFFF) : last;
+        const float* dtw = bs.dt_w(g0 + j);
+        const __m512 u = _mm512_maskz_loadu_ps(mask, xr + j * W);
+        __m512 raw = _mm512_load_ps(bs.bias(g0 + j));
+        for (int64_t r = 0; r < R; ++r) {
+          raw = _mm512_fmadd_ps(_mm512_load_ps(dtw + r * W), _mm512_set1_ps(pr[r]), raw);
+        }
+        __m512 dsp;
+        const __m512 dt = softplus_avx512(raw, &dsp);
+        const __m512 a = exp2_avx512(_mm512_mul_ps(dt, _mm512_load_ps(bs.A2(g0 + j))));
+        const __m512 hp = _mm512_load_ps(h + j * W);
+        const int64_t at = (t * kRowGroup + j) * W;
+        _mm512_store_ps(rec_dt + at, dt);
+        _mm512_store_ps(rec_dsp + at, dsp);
+        _mm512_store_ps(rec_a + at, a);
+        _mm512_store_ps(rec_hp + at, hp);
+        _mm512_store_ps(h + j * W, _mm512_fmadd_ps(a, hp, _mm512_mul_ps(_mm512_mul_ps(dt, u), b_in)));
+      }
+    }
+    // Pass 2: the adjoint recurrence, last step first.
+    for (int64_t t = tl - 1; t >= 0; --t) {
+      if (t >= kRowPrefetch) {
+        const int64_t ahead = ord[t - kRowPrefetch];
+        const float* da = dyb + ahead * yrow;
+        float* xa = dxb + ahead * yrow;
+        for (int64_t v = 0; v < lanes; v += W) {
+          __builtin_prefetch(da + v, 0, 3);
+          __builtin_prefetch(xa + v, 1, 3);
+        }
+        __builtin_prefetch(da + lanes - 1, 0, 3);
+        __builtin_prefetch(xa + lanes - 1, 1, 3);
+        __builtin_prefetch(dpb + ahead * o.P, 1, 3);
+        __builtin_prefetch(dpb + ahead * o.P + Q - 1, 1, 3);
+      }
+      const int64_t pos = ord[t];
+      const float* pr = pb + pos * o.P;
+      const float* xr = xb + pos * inner;
+      const float* dyr = dyb + pos * yrow;
+      float* dxr = dxb + pos * yrow;
+      const __m512 b_in = _mm512_set1_ps(pr[R]);
+      const __m512 c_out = _mm512_set1_ps(pr[R + 1]);
+      float* sh = shared + t * Q * W;
+      __m512 d_b = _mm512_load_ps(sh + R * W);
+      __m512 d_c = _mm512_load_ps(sh + (R + 1) * W);
+      for (int64_t j = 0; j < nb; ++j) {
+        const __mmask16 mask = j + 1 < nb ? __mmask16(0xFFFF) : last;
+        const int64_t at = (t * kRowGroup + j) * W;
+        const __m512 dt = _mm512_load_ps(rec_dt + at);
+        const __m512 a = _mm512_load_ps(rec_a + at);
+        const __m512 hp = _mm512_load_ps(rec_hp + at);
+        const __m512 u = _mm512_maskz_loadu_ps(mask, xr + j * W);
+        const __m512 dy = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, dyr + j * W),
+                                        _mm512_load_ps(bs.shift(g0 + j)));
+        const __m512 dtu = _mm512_mul_ps(dt, u);
+        float* dh = bs.dh(g0 + j);
+        const __m512 g = _mm512_fmadd_ps(c_out, dy, _mm512_load_ps(dh));  // d loss / d h_t
+        const __m512 g_dtu = _mm512_mul_ps(g, b_in);
+        const __m512 q = _mm512_mul_ps(_mm512_mul_ps(g, hp), a);  // d loss / d (dt * A)
+        float* dA = bs.dA(g0 + j);
+        _mm512_store_ps(dA, _mm512_fmadd_ps(q, dt, _mm512_load_ps(dA)));
+        _mm512_store_ps(dh, _mm512_mul_ps(g, a));
+        const __m512 g_dt = _mm512_fmadd_ps(g_dtu, u, _mm512_mul_ps(q, _mm512_load_ps(bs.A(g0 + j))));
+        const __m512 gdt = _mm512_mul_ps(g_dt, _mm512_load_ps(rec_dsp + at));  // d loss / d raw
+        const __m512 du = _mm512_fmadd_ps(g_dtu, dt, _mm512_mul_ps(_mm512_load_ps(bs.D(g0 + j)), dy));
+        _mm512_mask_storeu_ps(dxr + j * W, mask, du);
+        float* dD = bs.dD(g0 + j);
+        _mm512_store_ps(dD, _mm512_fmadd_ps(dy, u, _mm512_load_ps(dD)));
+        float* dbias = bs.dbias(g0 + j);
+        _mm512_store_ps(dbias, _mm512_add_ps(_mm512_load_ps(dbias), gdt));
+        _mm512_store_ps(rec_dsp + at, gdt);  // read above; the dt_proj sums below take gdt
+        d_b = _mm512_fmadd_ps(g, dtu, d_b);
+        // h_t = a * h_{t-1} + dt * u * B, the state that C reads.
+        d_c = _mm512_fmadd_ps(_mm512_fmadd_ps(a, hp, _mm512_mul_ps(dtu, b_in)), dy, d_c);
+      }
+      _mm512_store_ps(sh + R * W, d_b);
+      _mm512_store_ps(sh + (R + 1) * W, d_c);
+    }
+    // The dt_proj gradients, over the tile: dt_w's (sum over steps of gdt x dt_low) and
+    // dt_low's (sum over the group's blocks of gdt x dt_w rows), in registers rather than as
+    // per-step read-modify-writes.
+    rows_dt_proj_grads(tl, nb, R, g0, rec_dsp, dlow, bs, shared);
+  }
+  lane_sums(shared, tl * Q, sums);
+  for (int64_t t = 0; t < tl; ++t) {
+    float* dp = dpb + ord[t] * o.P;
+    for (int64_t q = 0; q < Q; ++q) dp[q] += sums[t * Q + q];
+  }
+}
+#endif
+
 // One work unit of the backward (blocks as in forward_unit), tiles in reverse order.
 template <typename T, int NN, bool kOrdered>
 void backward_unit(const Problem<T>& p, const Ordered<T>* o, int64_t unit, int tid, const T* ckpt,
@@ -1026,16 +1246,12 @@ void backward_unit(const Problem<T>& p, const Ordered<T>* o, int64_t unit, int t
   const int64_t TT = p.tile;
   const int64_t R = kOrdered ? o->R : 0;
   const UnitBlocks ub = blocks_of(p, unit);
-  // Per block, after the constants: the adjoint dh and dA sums ([n][lane] each), dD and dbias
-  // sums ([lane]), dt_proj gradient sums ([r][lane]) and the dy shift ([lane]).
-  BlockSlots<T> bs(ub.count, N, R, W * (2 * N + 3 + R));
-  const auto dh_of = [&](int64_t j) { return bs.extra(j); };
-  const auto dA_of = [&](int64_t j) { return bs.extra(j) + N * W; };
-  const auto dD_of = [&](int64_t j) { return bs.extra(j) + 2 * N * W; };
-  const auto dbias_of = [&](int64_t j) { return bs.extra(j) + (2 * N + 1) * W; };
-  const auto dtw_acc_of = [&](int64_t j) { return bs.extra(j) + (2 * N + 2) * W; };
-  const auto shift_of = [&](int64_t j) { return bs.extra(j) + (2 * N + 2 + R) * W; };
+  BackwardSlots<T> bs(ub.count, N, R);
+  const bool rows = kOrdered && kAvx512 && std::is_same_v<T, float> && p.softplus && N == 1;
   Scratch<T> buf(W * (2 * N + 8 * TT + 2 * TT * N) + TT * (2 * R + 4 * N) * kOrdered);
+#if defined(__AVX512F__)
+  Scratch<T> rows_buf(rows ? rows_n1_backward_scratch(TT, R) : 0);
+#endif
   T* h0 = buf.data();  // state before the tile
   T* h = h0 + N * W;  // running state of the recomputation
   T* ut = h + N * W;
@@ -1059,7 +1275,7 @@ void backward_unit(const Problem<T>& p, const Ordered<T>* o, int64_t unit, int t
   const bool decay = load_block_constants<T, kOrdered>(p, o, ub, bs);
   for (int64_t j = 0; j < ub.count && kOrdered && o->dy_shift; ++j) {
     const Lanes<T> l = lanes_of(p, ub.b, ub.g, ub.first + j);
-    for (int64_t c = 0; c < l.nl; ++c) shift_of(j)[c] = o->dy_shift[l.b * p.dim + l.d0 + c];
+    for (int64_t c = 0; c < l.nl; ++c) bs.shift(j)[c] = o->dy_shift[l.b * p.dim + l.d0 + c];
   }
   const Lanes<T> l0 = lanes_of(p, ub.b, ub.g, ub.first);
   const OrderedUnit<T> ou0 = kOrdered ? ordered_unit(p, *o, l0) : OrderedUnit<T>{};
@@ -1075,6 +1291,14 @@ void backward_unit(const Problem<T>& p, const Ordered<T>* o, int64_t unit, int t
     const int64_t tl = std::min(TT, p.L - t0);
     const T* Bt0 = kOrdered ? Bbuf : Bb + t0 * N;
     const T* Ct0 = kOrdered ? Cbuf : Cb + t0 * N;
+#if defined(__AVX512F__)
+    if constexpr (kOrdered && std::is_same_v<T, float> && NN == 1) {
+      if (rows) {
+        ordered_rows_n1_backward(p, *o, ub, ou0, k, t0, tl, ckpt, bs, dproj, rows_buf.data());
+        continue;
+      }
+    }
+#endif
     if constexpr (kOrdered) {
       gather_ordered_steps(p, *o, l0, ou0, t0, tl, dlow, Bbuf, Cbuf);
       std::fill(dlow_g, dlow_g + TT * (R + 2 * N), T(0));
@@ -1084,21 +1308,21 @@ void backward_unit(const Problem<T>& p, const Ordered<T>* o, int64_t unit, int t
       const Lanes<T> l = lanes_of(p, ub.b, ub.g, ub.first + j);
       const T* A_l = bs.A(j);
       const T* A2_l = bs.A2(j);
-      T* dh = dh_of(j);
-      T* dA_acc = dA_of(j);
+      T* dh = bs.dh(j);
+      T* dA_acc = bs.dA(j);
       const T* D_l = bs.D(j);
       const T* bias_l = bs.bias(j);
-      T* dD_acc = dD_of(j);
-      T* dbias_acc = dbias_of(j);
+      T* dD_acc = bs.dD(j);
+      T* dbias_acc = bs.dbias(j);
       const T* dtw_l = bs.dt_w(j);
-      T* dtw_acc = dtw_acc_of(j);
+      T* dtw_acc = bs.dtw(j);
       OrderedUnit<T> ou{};
       if constexpr (kOrdered) {
         ou = ordered_unit(p, *o, l);
         gather_ordered_lanes(p, l, ou, t0, tl, o->x, false, ut);
         gather_ordered_lanes(p, l, ou, t0, tl, o->dy, true, dyt);
         if (o->dy_shift) {
-          const T* shift = shift_of(j);
+          const T* shift = bs.shift(j);
           for (int64_t t = 0; t < tl; ++t) {
             RCS_SIMD
             for (int c = 0; c < W; ++c) dyt[t * W + c] += shift[c];
@@ -1201,10 +1425,10 @@ void backward_unit(const Problem<T>& p, const Ordered<T>* o, int64_t unit, int t
   }
   for (int64_t j = 0; j < ub.count; ++j) {
     const Lanes<T> l = lanes_of(p, ub.b, ub.g, ub.first + j);
-    const T* dA_acc = dA_of(j);
-    const T* dD_acc = dD_of(j);
-    const T* dbias_acc = dbias_of(j);
-    const T* dtw_acc = dtw_acc_of(j);
+    const T* dA_acc = bs.dA(j);
+    const T* dD_acc = bs.dD(j);
+    const T* dbias_acc = bs.dbias(j);
+    const T* dtw_acc = bs.dtw(j);
     for (int64_t c = 0; c < l.nl; ++c) {
       const int64_t d = l.d0 + c;
       for (int64_t n = 0; n < N; ++n) static_cast<T*>(gr.dA)[(l.b * p.dim + d) * N + n] = dA_acc[n * W + c];
