@@ -70,6 +70,15 @@ def run_both(tensors, order, inverse, seed=1):
     return results
 
 
+def run_with_threads(threads: int, tensors: list, order: torch.Tensor, inverse: torch.Tensor) -> list:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return run_both(tensors, order, inverse)
+    finally:
+        torch.set_num_threads(previous)
+
+
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     return ((got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-300)).item()
 
@@ -90,12 +99,7 @@ CASES = [  # batch, H, W, inner, R, N, per-image orders
 def test_kernel_matches_reference_float64(compiled: None, case: tuple, threads: int) -> None:
     batch, height, width, inner, rank, n_state, per_image = case
     tensors, order, inverse = make_inputs(batch, height, width, inner, rank, n_state, per_image=per_image)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        fused, reference = run_both(tensors, order, inverse)
-    finally:
-        torch.set_num_threads(previous)
+    fused, reference = run_with_threads(threads, tensors, order, inverse)
     for label, got, want in zip(("y", "mean", "x", "proj", "dt_weight", "dt_bias", "A", "D"), fused, reference):
         assert rel_err(got, want) < 1e-12, label
 
@@ -105,12 +109,7 @@ def test_kernel_matches_reference_float64(compiled: None, case: tuple, threads: 
 def test_kernel_matches_reference_float32(compiled: None, case: tuple, threads: int) -> None:
     batch, height, width, inner, rank, n_state, per_image = case
     tensors, order, inverse = make_inputs(batch, height, width, inner, rank, n_state, per_image=per_image, dtype=torch.float32)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        fused, reference = run_both(tensors, order, inverse)
-    finally:
-        torch.set_num_threads(previous)
+    fused, reference = run_with_threads(threads, tensors, order, inverse)
     assert (fused[0] - reference[0]).abs().max().item() < 1e-5
     for got, want in zip(fused, reference):
         assert rel_err(got, want) < 2e-6

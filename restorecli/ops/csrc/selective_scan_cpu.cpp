@@ -772,17 +772,11 @@ void load_dt_weight(const Ordered<T>& o, const Lanes<T>& l, T* dtw_l) {
 // (hardware prefetch only) 40% slower at 256 x 256 (docs/benchmarks.md).
 constexpr int64_t kRowPrefetch = 8;
 
-// Prefetches the map rows that step `ahead` reads and writes: `lanes` values of x and y from
-// their unit columns, and the direction's dt_low | B | C in proj.
-inline void prefetch_step(const float* xr, float* yr, const float* pr, int64_t lanes, int64_t pn) {
-  for (int64_t v = 0; v < lanes; v += W) {
-    __builtin_prefetch(xr + v, 0, 3);
-    __builtin_prefetch(yr + v, 1, 3);
-  }
-  __builtin_prefetch(xr + lanes - 1, 0, 3);
-  __builtin_prefetch(yr + lanes - 1, 1, 3);
-  __builtin_prefetch(pr, 0, 3);
-  __builtin_prefetch(pr + pn - 1, 0, 3);
+// Prefetches `count` consecutive floats from `first` (kWrite: for a store).
+template <int kWrite>
+inline void prefetch_span(const float* first, int64_t count) {
+  for (int64_t v = 0; v < count; v += W) __builtin_prefetch(first + v, kWrite, 3);
+  __builtin_prefetch(first + count - 1, kWrite, 3);
 }
 
 // The ordered forward for N = 1, float, in one pass with everything in registers: every
@@ -792,6 +786,24 @@ inline void prefetch_step(const float* xr, float* yr, const float* pr, int64_t l
 // step waited on its predecessor's chain; the staged tile path writes five [t][lane] buffers
 // between its stages. This pass measured 1.6x faster than either at 256 x 256.)
 constexpr int64_t kRowGroup = 8;
+
+// The channel blocks [g0, g0 + nb) of a unit that the row kernels run together: their first
+// column, the lanes they span and the lanes in use of the last block.
+struct RowGroup {
+  int64_t g0, nb, col, lanes;
+  __mmask16 last;
+};
+
+inline RowGroup row_group(const Problem<float>& p, const UnitBlocks& ub, int64_t g0) {
+  RowGroup rg;
+  rg.g0 = g0;
+  rg.nb = std::min(kRowGroup, ub.count - g0);
+  rg.col = (ub.first + g0) * W;
+  rg.lanes = std::min<int64_t>(rg.nb * W, p.per_group - rg.col);
+  const int64_t rem = rg.lanes - (rg.nb - 1) * W;
+  rg.last = rem >= W ? __mmask16(0xFFFF) : __mmask16((1u << rem) - 1);
+  return rg;
+}
 
 void ordered_rows_n1_avx512(const Problem<float>& p, const Ordered<float>& o, const UnitBlocks& ub,
                             const OrderedUnit<float>& ou0, int64_t t0, int64_t tl,
@@ -803,13 +815,10 @@ void ordered_rows_n1_avx512(const Problem<float>& p, const Ordered<float>& o, co
   const int64_t* ord = ou0.ord + t0;
   const int64_t avail = p.L - t0;
   for (int64_t g0 = 0; g0 < ub.count; g0 += kRowGroup) {
-    const int64_t nb = std::min(kRowGroup, ub.count - g0);
-    const int64_t col = (ub.first + g0) * W;
-    const int64_t lanes = std::min<int64_t>(nb * W, inner - col);
-    const int64_t rem = lanes - (nb - 1) * W;
-    const __mmask16 last = rem >= W ? __mmask16(0xFFFF) : __mmask16((1u << rem) - 1);
-    const float* xb = o.x + ub.b * p.L * inner + col;
-    float* yb = o.y + ub.b * p.L * yrow + ub.g * inner + col;
+    const RowGroup rg = row_group(p, ub, g0);
+    const int64_t nb = rg.nb;
+    const float* xb = o.x + ub.b * p.L * inner + rg.col;
+    float* yb = o.y + ub.b * p.L * yrow + ub.g * inner + rg.col;
     alignas(64) float h[kRowGroup * W], sum[kRowGroup * W];
     for (int64_t j = 0; j < nb; ++j) {
       std::memcpy(h + j * W, bs.extra(g0 + j), W * sizeof(float));
@@ -818,7 +827,9 @@ void ordered_rows_n1_avx512(const Problem<float>& p, const Ordered<float>& o, co
     for (int64_t t = 0; t < tl; ++t) {
       if (t + kRowPrefetch < avail) {
         const int64_t ahead = ord[t + kRowPrefetch];
-        prefetch_step(xb + ahead * inner, yb + ahead * yrow, pb + ahead * o.P, lanes, R + 2);
+        prefetch_span<0>(xb + ahead * inner, rg.lanes);
+        prefetch_span<1>(yb + ahead * yrow, rg.lanes);
+        prefetch_span<0>(pb + ahead * o.P, R + 2);
       }
       const int64_t pos = ord[t];
       const float* pr = pb + pos * o.P;
@@ -827,7 +838,7 @@ void ordered_rows_n1_avx512(const Problem<float>& p, const Ordered<float>& o, co
       const __m512 b_in = _mm512_set1_ps(pr[R]);
       const __m512 c_out = _mm512_set1_ps(pr[R + 1]);
       for (int64_t j = 0; j < nb; ++j) {
-        const __mmask16 mask = j + 1 < nb ? __mmask16(0xFFFF) : last;
+        const __mmask16 mask = j + 1 < nb ? __mmask16(0xFFFF) : rg.last;
         const float* dtw = bs.dt_w(g0 + j);
         const __m512 u = _mm512_maskz_loadu_ps(mask, xr + j * W);
         __m512 raw = _mm512_load_ps(bs.bias(g0 + j));
@@ -1118,14 +1129,11 @@ void ordered_rows_n1_backward(const Problem<float>& p, const Ordered<float>& o, 
   std::fill(shared, shared + tl * Q * W, 0.0f);
   for (int64_t t = 0; t < tl; ++t) std::memcpy(dlow + t * R, pb + ord[t] * o.P, R * sizeof(float));
   for (int64_t g0 = 0; g0 < ub.count; g0 += kRowGroup) {
-    const int64_t nb = std::min(kRowGroup, ub.count - g0);
-    const int64_t col = (ub.first + g0) * W;
-    const int64_t lanes = std::min<int64_t>(nb * W, inner - col);
-    const int64_t rem = lanes - (nb - 1) * W;
-    const __mmask16 last = rem >= W ? __mmask16(0xFFFF) : __mmask16((1u << rem) - 1);
-    const float* xb = o.x + ub.b * p.L * inner + col;
-    const float* dyb = o.dy + ub.b * p.L * yrow + ub.g * inner + col;
-    float* dxb = o.dx + ub.b * p.L * yrow + ub.g * inner + col;
+    const RowGroup rg = row_group(p, ub, g0);
+    const int64_t nb = rg.nb;
+    const float* xb = o.x + ub.b * p.L * inner + rg.col;
+    const float* dyb = o.dy + ub.b * p.L * yrow + ub.g * inner + rg.col;
+    float* dxb = o.dx + ub.b * p.L * yrow + ub.g * inner + rg.col;
     // Pass 1: the tile's forward from its checkpoint.
     alignas(64) float h[kRowGroup * W];
     for (int64_t j = 0; j < nb; ++j) {
@@ -1137,18 +1145,15 @@ void ordered_rows_n1_backward(const Problem<float>& p, const Ordered<float>& o, 
     for (int64_t t = 0; t < tl; ++t) {
       if (t + kRowPrefetch < tl) {
         const int64_t ahead = ord[t + kRowPrefetch];
-        const float* xa = xb + ahead * inner;
-        for (int64_t v = 0; v < lanes; v += W) __builtin_prefetch(xa + v, 0, 3);
-        __builtin_prefetch(xa + lanes - 1, 0, 3);
-        __builtin_prefetch(pb + ahead * o.P, 0, 3);
-        __builtin_prefetch(pb + ahead * o.P + Q - 1, 0, 3);
+        prefetch_span<0>(xb + ahead * inner, rg.lanes);
+        prefetch_span<0>(pb + ahead * o.P, Q);
       }
       const int64_t pos = ord[t];
       const float* pr = pb + pos * o.P;
       const float* xr = xb + pos * inner;
       const __m512 b_in = _mm512_set1_ps(pr[R]);
       for (int64_t j = 0; j < nb; ++j) {
-        const __mmask16 mask = j + 1 < nb ? __mmask16(0xFFFF) : last;
+        const __mmask16 mask = j + 1 < nb ? __mmask16(0xFFFF) : rg.last;
         const float* dtw = bs.dt_w(g0 + j);
         const __m512 u = _mm512_maskz_loadu_ps(mask, xr + j * W);
         __m512 raw = _mm512_load_ps(bs.bias(g0 + j));
@@ -1171,16 +1176,9 @@ void ordered_rows_n1_backward(const Problem<float>& p, const Ordered<float>& o, 
     for (int64_t t = tl - 1; t >= 0; --t) {
       if (t >= kRowPrefetch) {
         const int64_t ahead = ord[t - kRowPrefetch];
-        const float* da = dyb + ahead * yrow;
-        float* xa = dxb + ahead * yrow;
-        for (int64_t v = 0; v < lanes; v += W) {
-          __builtin_prefetch(da + v, 0, 3);
-          __builtin_prefetch(xa + v, 1, 3);
-        }
-        __builtin_prefetch(da + lanes - 1, 0, 3);
-        __builtin_prefetch(xa + lanes - 1, 1, 3);
-        __builtin_prefetch(dpb + ahead * o.P, 1, 3);
-        __builtin_prefetch(dpb + ahead * o.P + Q - 1, 1, 3);
+        prefetch_span<0>(dyb + ahead * yrow, rg.lanes);
+        prefetch_span<1>(dxb + ahead * yrow, rg.lanes);
+        prefetch_span<1>(dpb + ahead * o.P, Q);
       }
       const int64_t pos = ord[t];
       const float* pr = pb + pos * o.P;
@@ -1193,7 +1191,7 @@ void ordered_rows_n1_backward(const Problem<float>& p, const Ordered<float>& o, 
       __m512 d_b = _mm512_load_ps(sh + R * W);
       __m512 d_c = _mm512_load_ps(sh + (R + 1) * W);
       for (int64_t j = 0; j < nb; ++j) {
-        const __mmask16 mask = j + 1 < nb ? __mmask16(0xFFFF) : last;
+        const __mmask16 mask = j + 1 < nb ? __mmask16(0xFFFF) : rg.last;
         const int64_t at = (t * kRowGroup + j) * W;
         const __m512 dt = _mm512_load_ps(rec_dt + at);
         const __m512 a = _mm512_load_ps(rec_a + at);
