@@ -42,3 +42,14 @@ def cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+@pytest.fixture
+def compiled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Require the compiled CPU kernel (``RESTORECLI_CPU_SCAN=compiled``); skip where it cannot build."""
+    from restorecli.ops import scan_cpu
+
+    monkeypatch.setenv(scan_cpu.ENV_IMPL, "compiled")
+    status = scan_cpu.cpu_kernel_status()
+    if status.implementation != "compiled":
+        pytest.skip(f"compiled CPU kernel unavailable here: {status.reason}")

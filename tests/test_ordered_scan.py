@@ -18,14 +18,6 @@ from restorecli.ops.scan_order import mair_scan_order
 from restorecli.ops.scan_ref import OrderedScanInputs
 
 
-@pytest.fixture
-def compiled(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(scan_cpu.ENV_IMPL, "compiled")
-    status = scan_cpu.cpu_kernel_status()
-    if status.implementation != "compiled":
-        pytest.skip(f"compiled CPU kernel unavailable here: {status.reason}")
-
-
 def make_inputs(batch, height, width, inner, rank, n_state, *, per_image=False, dtype=torch.float64, seed=0):
     """Inputs in Mamba's regime: softplus⁻¹ of small steps as Δ bias, A = -exp(log(1..N))."""
     gen = torch.Generator().manual_seed(seed)

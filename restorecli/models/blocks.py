@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from restorecli.ops.block_epilogue import merge_norm_gate, residual_norm
 from restorecli.ops.scan_order import mair_scan_order
 
 DIRECTIONS = 4
@@ -108,13 +109,20 @@ class SelectiveScanLayer(nn.Module):
             backend=self.scan_backend,
         )
 
-    def project_in(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def project_in(
+        self, x: torch.Tensor, *, out: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """in_proj: (..., C) -> scan input xa and gate z, each (..., Di) and contiguous.
 
         Two GEMMs instead of one and a split: a contiguous xa's NCHW view is channels-last, so
-        the depthwise conv runs without a layout copy (2x faster measured).
+        the depthwise conv runs without a layout copy (2x faster measured). ``out``: (n, Di)
+        row blocks that x (n, C) is projected into, without autograd (streamed inference).
         """
         weight = self.in_proj.weight
+        if out is not None:
+            torch.mm(x, weight[: self.inner].t(), out=out[0])
+            torch.mm(x, weight[self.inner :].t(), out=out[1])
+            return out
         return F.linear(x, weight[: self.inner]), F.linear(x, weight[self.inner :])
 
 
@@ -203,15 +211,7 @@ class MambaMixer2D(SelectiveScanLayer):
         Returns:
             (B, n, C).
         """
-        fused = self._merge(y, gates)
-        return self.out_proj(self.out_norm(fused.to(z.dtype)) * F.silu(z))
-
-    def _merge(self, y: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-        if y.device.type == "meta":
-            return torch.einsum("blkd,bkd->bld", y, gates)  # counted by the flop counter
-        from restorecli.ops.ordered_scan import merge_directions
-
-        return merge_directions(y, gates, backend=self.scan_backend)
+        return self.out_proj(merge_norm_gate(y, gates, z, self.out_norm, backend=self.scan_backend))
 
 
 class ChannelMLP(nn.Module):
@@ -295,7 +295,7 @@ class ResidualMambaBlock(nn.Module):
         xa_rows = xa.view(batch * length, inner)
         for start in range(0, batch * length, STREAM_ROWS):
             run = slice(start, start + STREAM_ROWS)
-            xa_rows[run], z[run] = mixer.project_in(self.ln_1(rows_in[run]))
+            mixer.project_in(self.ln_1(rows_in[run]), out=(xa_rows[run], z[run]))
         y, gates = mixer.scan_and_gate(xa)
         out = torch.empty_like(rows_in)
         mlp = getattr(self, self.mlp_name)
@@ -304,8 +304,8 @@ class ResidualMambaBlock(nn.Module):
                 run = slice(start, min(start + STREAM_ROWS, (image + 1) * length))
                 local = slice(run.start - image * length, run.stop - image * length)
                 mixed = mixer.project_out(y[image : image + 1, local], gates[image : image + 1], z[run].unsqueeze(0))[0]
-                a = rows_in[run] * self.skip_scale + mixed
-                out[run] = a * self.skip_scale2 + mlp(self.ln_2(a))
+                a, normed = residual_norm(rows_in[run], self.skip_scale, mixed, self.ln_2, backend=mixer.scan_backend)
+                torch.addcmul(mlp(normed), a, self.skip_scale2, out=out[run])
         return out.view(batch, height, width, channels)
 
 

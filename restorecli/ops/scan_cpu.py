@@ -47,7 +47,7 @@ ENV_EXTENSIONS_DIR = "RESTORECLI_EXTENSIONS_DIR"
 IMPLEMENTATIONS = ("auto", "torch", "compiled")
 
 _SOURCE = "selective_scan_cpu.cpp"
-_ABI_VERSION = 2
+_ABI_VERSION = 3
 _BUILD_TIMEOUT_S = 300
 _LOCK_WAIT_S = 300
 # Above this state size the chunked torch scan's (batch, dim, L, N) temporaries cost
@@ -131,11 +131,11 @@ def selective_scan_cpu(x: ScanInputs) -> torch.Tensor:
     Raises:
         BackendUnavailableError: ``RESTORECLI_CPU_SCAN=compiled`` and no kernel.
     """
-    lib = _usable_kernel(x.u.numel() > 0)
+    lib = usable_kernel(x.u.numel() > 0)
     return scan_torch(x) if lib is None else _KernelScan.apply(*x, lib)
 
 
-def _usable_kernel(has_work: bool) -> ctypes.CDLL | None:
+def usable_kernel(has_work: bool = True) -> ctypes.CDLL | None:
     """The loaded kernel, or None where the torch formulation runs instead: the fallback is
     requested, the input is empty (nothing for the kernel to do), or the kernel is unavailable.
 
@@ -169,16 +169,17 @@ def _tile_steps(n_state: int) -> int:
     return max(8, min(64, 1024 // n_state))
 
 
-def _ptr(x: torch.Tensor | None) -> int | None:
+def pointer(x: torch.Tensor | None) -> int | None:
     return None if x is None else x.data_ptr()
 
 
-def _call(lib: ctypes.CDLL, name: str, dtype: torch.dtype, *args: object) -> None:
+def call_library(lib: ctypes.CDLL, name: str, dtype: torch.dtype, *args: object) -> None:
+    """Call ``rcs_<name>_f32`` or ``rcs_<name>_f64`` of the kernel library; raise on failure."""
     suffix = "f64" if dtype == torch.float64 else "f32"
-    status = getattr(lib, f"rcs_scan_{name}_{suffix}")(*args)
+    status = getattr(lib, f"rcs_{name}_{suffix}")(*args)
     if status != 0:
         # 1: a worker thread failed (allocation); 2: sizes the caller should have rejected.
-        raise RuntimeError(f"CPU scan kernel {name} failed with status {status}")
+        raise RuntimeError(f"CPU kernel rcs_{name} failed with status {status}")
 
 
 def _backward_threads(u: torch.Tensor, b_t: torch.Tensor) -> int:
@@ -215,10 +216,10 @@ class _KernelScan(torch.autograd.Function):
         needs_grad = any(ctx.needs_input_grad[:7])  # type: ignore[attr-defined]
         tiles = -(-length // tile)
         ckpt = u.new_empty(batch, dim, tiles, n_state) if needs_grad else None
-        _call(
-            lib, "fwd", u.dtype, _ptr(u), _ptr(delta), _ptr(A), _ptr(b_t), _ptr(c_t), _ptr(D),
-            _ptr(delta_bias), int(delta_softplus), batch, dim, length, n_state, groups, tile,
-            _ptr(y), _ptr(ckpt), torch.get_num_threads(),
+        call_library(
+            lib, "scan_fwd", u.dtype, pointer(u), pointer(delta), pointer(A), pointer(b_t), pointer(c_t), pointer(D),
+            pointer(delta_bias), int(delta_softplus), batch, dim, length, n_state, groups, tile,
+            pointer(y), pointer(ckpt), torch.get_num_threads(),
         )  # fmt: skip
         if needs_grad:
             ctx.save_for_backward(u, delta, A, b_t, c_t, D, delta_bias, ckpt)
@@ -242,11 +243,11 @@ class _KernelScan(torch.autograd.Function):
         dc_part = u.new_zeros(threads, batch, groups, length, n_state)
         dd_part = None if D is None else u.new_empty(batch, dim)
         dbias_part = None if delta_bias is None else u.new_empty(batch, dim)
-        _call(
-            lib, "bwd", u.dtype, _ptr(u), _ptr(delta), _ptr(A), _ptr(b_t), _ptr(c_t), _ptr(D),
-            _ptr(delta_bias), int(delta_softplus), batch, dim, length, n_state, groups, tile,
-            _ptr(ckpt), _ptr(dy), _ptr(du), _ptr(ddelta), _ptr(da_part), _ptr(db_part),
-            _ptr(dc_part), _ptr(dd_part), _ptr(dbias_part), threads,
+        call_library(
+            lib, "scan_bwd", u.dtype, pointer(u), pointer(delta), pointer(A), pointer(b_t), pointer(c_t), pointer(D),
+            pointer(delta_bias), int(delta_softplus), batch, dim, length, n_state, groups, tile,
+            pointer(ckpt), pointer(dy), pointer(du), pointer(ddelta), pointer(da_part), pointer(db_part),
+            pointer(dc_part), pointer(dd_part), pointer(dbias_part), threads,
         )  # fmt: skip
         d_b = db_part.sum(0).transpose(-1, -2)
         d_c = dc_part.sum(0).transpose(-1, -2)
@@ -260,12 +261,12 @@ def ordered_scan_kernel(inputs: OrderedScanInputs) -> tuple[torch.Tensor, torch.
 
     Returns:
         The (B, L, K, Di) output and its mean over L (B, K, Di), or None where the kernel does
-        not run (see :func:`_usable_kernel`): the caller then runs the reference formulation.
+        not run (see :func:`usable_kernel`): the caller then runs the reference formulation.
 
     Raises:
         BackendUnavailableError: ``RESTORECLI_CPU_SCAN=compiled`` and no kernel.
     """
-    lib = _usable_kernel(inputs.x.numel() > 0)
+    lib = usable_kernel(inputs.x.numel() > 0)
     if lib is None:
         return None
     return _OrderedKernelScan.apply(*inputs[:7], lib)
@@ -303,10 +304,10 @@ class _OrderedKernelScan(torch.autograd.Function):
         needs_grad = any(ctx.needs_input_grad[:6])  # type: ignore[attr-defined]
         tiles = -(-length // tile)
         ckpt = x.new_empty(batch, directions * inner, tiles, n_state) if needs_grad else None
-        _call_ordered(
-            lib, "fwd", x.dtype, _ptr(order), order_stride, _ptr(x), _ptr(proj), proj.shape[2], rank,
-            _ptr(dt_weight), _ptr(A), _ptr(D), _ptr(dt_bias), 1, batch, inner, length, n_state,
-            directions, tile, _ptr(y), _ptr(y_sum), _ptr(ckpt), torch.get_num_threads(),
+        call_library(
+            lib, "oscan_fwd", x.dtype, pointer(order), order_stride, pointer(x), pointer(proj), proj.shape[2], rank,
+            pointer(dt_weight), pointer(A), pointer(D), pointer(dt_bias), 1, batch, inner, length, n_state,
+            directions, tile, pointer(y), pointer(y_sum), pointer(ckpt), torch.get_num_threads(),
         )  # fmt: skip
         if needs_grad:
             ctx.save_for_backward(x, proj, dt_weight, dt_bias, A, D, order, ckpt)
@@ -333,11 +334,11 @@ class _OrderedKernelScan(torch.autograd.Function):
         dd_part = x.new_empty(batch, dim)
         dbias_part = x.new_empty(batch, dim)
         ddtw_part = x.new_empty(batch, dim, rank)
-        _call_ordered(
-            lib, "bwd", x.dtype, _ptr(order), order_stride, _ptr(x), _ptr(proj), proj.shape[2], rank,
-            _ptr(dt_weight), _ptr(A), _ptr(D), _ptr(dt_bias), 1, batch, inner, length, n_state,
-            directions, tile, _ptr(ckpt), _ptr(dy), _ptr(dy_shift), _ptr(dx_dirs), _ptr(dproj_part), _ptr(da_part),
-            _ptr(dd_part), _ptr(dbias_part), _ptr(ddtw_part), threads,
+        call_library(
+            lib, "oscan_bwd", x.dtype, pointer(order), order_stride, pointer(x), pointer(proj), proj.shape[2], rank,
+            pointer(dt_weight), pointer(A), pointer(D), pointer(dt_bias), 1, batch, inner, length, n_state,
+            directions, tile, pointer(ckpt), pointer(dy), pointer(dy_shift), pointer(dx_dirs), pointer(dproj_part), pointer(da_part),
+            pointer(dd_part), pointer(dbias_part), pointer(ddtw_part), threads,
         )  # fmt: skip
         return (
             dx_dirs.sum(2),
@@ -353,7 +354,7 @@ class _OrderedKernelScan(torch.autograd.Function):
 
 def merge_kernel(y: torch.Tensor, gates: torch.Tensor) -> torch.Tensor | None:
     """``merge_directions`` on the compiled kernel, or None where the kernel does not run."""
-    lib = _usable_kernel(y.numel() > 0)
+    lib = usable_kernel(y.numel() > 0)
     if lib is None:
         return None
     dtype = torch.float64 if y.dtype == torch.float64 else torch.float32
@@ -368,7 +369,7 @@ class _MergeKernel(torch.autograd.Function):
         y, gates = y.contiguous(), gates.contiguous()
         batch, length, directions, inner = y.shape
         out = y.new_empty(batch, length, inner)
-        _call_merge(lib, "fwd", y.dtype, _ptr(y), _ptr(gates), batch, length, directions, inner, _ptr(out), torch.get_num_threads())
+        call_library(lib, "merge_fwd", y.dtype, pointer(y), pointer(gates), batch, length, directions, inner, pointer(out), torch.get_num_threads())
         ctx.save_for_backward(y, gates)
         ctx.lib = lib  # type: ignore[attr-defined]
         return out
@@ -382,22 +383,8 @@ class _MergeKernel(torch.autograd.Function):
         dout = dout.to(y.dtype).contiguous()
         dy = torch.empty_like(y)
         dg_part = y.new_zeros(threads, batch, directions, inner)
-        _call_merge(ctx.lib, "bwd", y.dtype, _ptr(y), _ptr(gates), _ptr(dout), batch, length, directions, inner, _ptr(dy), _ptr(dg_part), threads)  # type: ignore[attr-defined]
+        call_library(ctx.lib, "merge_bwd", y.dtype, pointer(y), pointer(gates), pointer(dout), batch, length, directions, inner, pointer(dy), pointer(dg_part), threads)  # type: ignore[attr-defined]
         return dy, dg_part.sum(0), None
-
-
-def _call_merge(lib: ctypes.CDLL, name: str, dtype: torch.dtype, *args: object) -> None:
-    suffix = "f64" if dtype == torch.float64 else "f32"
-    status = getattr(lib, f"rcs_merge_{name}_{suffix}")(*args)
-    if status != 0:
-        raise RuntimeError(f"CPU merge kernel {name} failed with status {status}")
-
-
-def _call_ordered(lib: ctypes.CDLL, name: str, dtype: torch.dtype, *args: object) -> None:
-    suffix = "f64" if dtype == torch.float64 else "f32"
-    status = getattr(lib, f"rcs_oscan_{name}_{suffix}")(*args)
-    if status != 0:
-        raise RuntimeError(f"CPU ordered scan kernel {name} failed with status {status}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -589,6 +576,12 @@ def _open(path: Path) -> ctypes.CDLL:
         mbwd = getattr(lib, f"rcs_merge_bwd_{suffix}")
         mbwd.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, ptr, ptr, ctypes.c_int]
         mbwd.restype = ctypes.c_int
+        gate = getattr(lib, f"rcs_merge_norm_gate_{suffix}")
+        gate.argtypes = [ptr] * 5 + [ctypes.c_double, i64, i64, i64, ptr, ctypes.c_int]
+        gate.restype = ctypes.c_int
+        resid = getattr(lib, f"rcs_residual_norm_{suffix}")
+        resid.argtypes = [ptr] * 5 + [ctypes.c_double, i64, i64, ptr, ptr, ctypes.c_int]
+        resid.restype = ctypes.c_int
     return lib
 
 

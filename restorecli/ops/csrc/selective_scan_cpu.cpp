@@ -65,7 +65,7 @@
 namespace {
 
 constexpr int W = 16;  // lanes (channels) per work unit: one AVX-512 float vector
-constexpr int kAbiVersion = 2;
+constexpr int kAbiVersion = 3;
 
 // ---------------------------------------------------------------------------------------
 // Vectorisable math. float versions are approximations with < 2 ulp error; the double
@@ -1568,6 +1568,168 @@ int merge_backward(const T* y, const T* g, const T* dout, int64_t batch, int64_t
   return ok ? 0 : 1;
 }
 
+
+// ---------------------------------------------------------------------------------------
+// Inference epilogues of the Mamba block on runs of positions (forward only, no autograd;
+// restorecli/ops/block_epilogue.py holds their PyTorch formulations, which are the
+// reference): one pass over each position instead of four to six PyTorch operations, each
+// of which reads and writes the whole run.
+
+inline float sigmoid(float x) {
+  const float e = exp_neg_approx(-std::fabs(x));
+  return (x >= 0.0f ? 1.0f : e) / (1.0f + e);
+}
+inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+
+// out = (v - mean(v)) / sqrt(var(v) + eps) * w + b over one row of n values (biased variance,
+// two passes, as torch's layer_norm).
+template <typename T>
+inline void normalise_row(const T* __restrict v, int64_t n, const T* __restrict w, const T* __restrict b,
+                          T eps, T* __restrict out) {
+  T sum = 0;
+  RCS_PRAGMA(omp simd reduction(+ : sum))
+  for (int64_t c = 0; c < n; ++c) sum += v[c];
+  const T mean = sum / static_cast<T>(n);
+  T sq = 0;
+  RCS_PRAGMA(omp simd reduction(+ : sq))
+  for (int64_t c = 0; c < n; ++c) sq += (v[c] - mean) * (v[c] - mean);
+  const T rstd = T(1) / std::sqrt(sq / static_cast<T>(n) + eps);
+  RCS_SIMD
+  for (int64_t c = 0; c < n; ++c) out[c] = (v[c] - mean) * rstd * w[c] + b[c];
+}
+
+constexpr int64_t kEpilogueRows = 64;  // rows per parallel work unit
+
+#if defined(__AVX512F__)
+// Rows of up to kMaxRowVectors * 16 values in registers (wider rows take the generic loops,
+// which the compiler did not vectorise: 4x slower).
+constexpr int64_t kMaxRowVectors = 16;
+
+inline __mmask16 tail_mask(int64_t n, int64_t v) {
+  const int64_t left = n - v * W;
+  return left >= W ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+}
+
+// LayerNorm of a row held in nv vectors (lanes past n are zero); the result replaces it.
+inline void normalise_vectors(__m512* v, int64_t nv, int64_t n, const float* w, const float* b, float eps) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < nv; ++i) acc = _mm512_add_ps(acc, v[i]);
+  const __m512 mean = _mm512_set1_ps(_mm512_reduce_add_ps(acc) / static_cast<float>(n));
+  acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < nv; ++i) {
+    const __m512 d = _mm512_maskz_sub_ps(tail_mask(n, i), v[i], mean);
+    acc = _mm512_fmadd_ps(d, d, acc);
+  }
+  const __m512 rstd = _mm512_set1_ps(1.0f / std::sqrt(_mm512_reduce_add_ps(acc) / static_cast<float>(n) + eps));
+  for (int64_t i = 0; i < nv; ++i) {
+    const __mmask16 m = tail_mask(n, i);
+    v[i] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_sub_ps(v[i], mean), rstd), _mm512_maskz_loadu_ps(m, w + i * W),
+                           _mm512_maskz_loadu_ps(m, b + i * W));
+  }
+}
+
+inline __m512 silu_avx512(__m512 z) {
+  const __m512 one = _mm512_set1_ps(1.0f);
+  const __m512 e = exp_neg_avx512(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(z)));
+  const __mmask16 pos = _mm512_cmp_ps_mask(z, _mm512_setzero_ps(), _CMP_GE_OQ);
+  const __m512 sig = _mm512_div_ps(_mm512_mask_blend_ps(pos, e, one), _mm512_add_ps(one, e));
+  return _mm512_mul_ps(z, sig);
+}
+
+inline void merge_norm_gate_row(const float* yr, const float* g, const float* zr, const float* w,
+                                const float* b, float eps, int64_t K, int64_t inner, float* out) {
+  const int64_t nv = (inner + W - 1) / W;
+  __m512 v[kMaxRowVectors];
+  for (int64_t i = 0; i < nv; ++i) {
+    const __mmask16 m = tail_mask(inner, i);
+    __m512 acc = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, g + i * W), _mm512_maskz_loadu_ps(m, yr + i * W));
+    for (int64_t k = 1; k < K; ++k) {
+      acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, g + k * inner + i * W),
+                            _mm512_maskz_loadu_ps(m, yr + k * inner + i * W), acc);
+    }
+    v[i] = acc;
+  }
+  normalise_vectors(v, nv, inner, w, b, eps);
+  for (int64_t i = 0; i < nv; ++i) {
+    const __mmask16 m = tail_mask(inner, i);
+    _mm512_mask_storeu_ps(out + i * W, m, _mm512_mul_ps(v[i], silu_avx512(_mm512_maskz_loadu_ps(m, zr + i * W))));
+  }
+}
+
+inline void residual_norm_row(const float* xr, const float* skip, const float* mr, const float* w,
+                              const float* b, float eps, int64_t C, float* ar, float* out) {
+  const int64_t nv = (C + W - 1) / W;
+  __m512 v[kMaxRowVectors];
+  for (int64_t i = 0; i < nv; ++i) {
+    const __mmask16 m = tail_mask(C, i);
+    v[i] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, xr + i * W), _mm512_maskz_loadu_ps(m, skip + i * W),
+                           _mm512_maskz_loadu_ps(m, mr + i * W));
+    _mm512_mask_storeu_ps(ar + i * W, m, v[i]);
+  }
+  normalise_vectors(v, nv, C, w, b, eps);
+  for (int64_t i = 0; i < nv; ++i) _mm512_mask_storeu_ps(out + i * W, tail_mask(C, i), v[i]);
+}
+#endif
+
+// The mixer's output side: out[r] = LayerNorm(sum_k g[k] * y[r, k]) * silu(z[r]), for rows r
+// of y (rows, K, inner) and z (rows, inner) that share the gates g (K, inner).
+template <typename T>
+int merge_norm_gate(const T* y, const T* g, const T* z, const T* w, const T* b, T eps, int64_t rows,
+                    int64_t K, int64_t inner, T* out, int threads) {
+  const int64_t units = (rows + kEpilogueRows - 1) / kEpilogueRows;
+  const bool ok = parallel_units(units, threads, [&](int64_t unit, int) {
+    std::vector<T> merged(inner);
+    for (int64_t r = unit * kEpilogueRows; r < std::min(rows, (unit + 1) * kEpilogueRows); ++r) {
+#if defined(__AVX512F__)
+      if constexpr (std::is_same_v<T, float>) {
+        if (inner <= kMaxRowVectors * W) {
+          merge_norm_gate_row(y + r * K * inner, g, z + r * inner, w, b, eps, K, inner, out + r * inner);
+          continue;
+        }
+      }
+#endif
+      const T* yr = y + r * K * inner;
+      RCS_SIMD
+      for (int64_t d = 0; d < inner; ++d) merged[d] = g[d] * yr[d];
+      for (int64_t k = 1; k < K; ++k) {
+        RCS_SIMD
+        for (int64_t d = 0; d < inner; ++d) merged[d] += g[k * inner + d] * yr[k * inner + d];
+      }
+      T* o = out + r * inner;
+      normalise_row(merged.data(), inner, w, b, eps, o);
+      const T* zr = z + r * inner;
+      RCS_SIMD
+      for (int64_t d = 0; d < inner; ++d) o[d] *= zr[d] * sigmoid(zr[d]);
+    }
+  });
+  return ok ? 0 : 1;
+}
+
+// The block's residual: a = x * skip + mixed and normed = LayerNorm(a), per row of C values.
+template <typename T>
+int residual_norm(const T* x, const T* skip, const T* mixed, const T* w, const T* b, T eps,
+                  int64_t rows, int64_t C, T* a, T* normed, int threads) {
+  const int64_t units = (rows + kEpilogueRows - 1) / kEpilogueRows;
+  const bool ok = parallel_units(units, threads, [&](int64_t unit, int) {
+    for (int64_t r = unit * kEpilogueRows; r < std::min(rows, (unit + 1) * kEpilogueRows); ++r) {
+#if defined(__AVX512F__)
+      if constexpr (std::is_same_v<T, float>) {
+        if (C <= kMaxRowVectors * W) {
+          residual_norm_row(x + r * C, skip, mixed + r * C, w, b, eps, C, a + r * C, normed + r * C);
+          continue;
+        }
+      }
+#endif
+      const T* xr = x + r * C;
+      const T* mr = mixed + r * C;
+      T* ar = a + r * C;
+      RCS_SIMD
+      for (int64_t c = 0; c < C; ++c) ar[c] = xr[c] * skip[c] + mr[c];
+      normalise_row(ar, C, w, b, eps, normed + r * C);
+    }
+  });
+  return ok ? 0 : 1;
+}
 }  // namespace
 
 // ---------------------------------------------------------------------------------------
@@ -1643,3 +1805,20 @@ RCS_DEFINE(f64, double)
 
 RCS_DEFINE_MERGE(f32, float)
 RCS_DEFINE_MERGE(f64, double)
+
+#define RCS_DEFINE_EPILOGUE(SUFFIX, T)                                                         \
+  RCS_EXPORT int rcs_merge_norm_gate_##SUFFIX(const T* y, const T* g, const T* z, const T* w,  \
+                                              const T* b, double eps, int64_t rows, int64_t K,  \
+                                              int64_t inner, T* out, int threads) {             \
+    if (rows < 0 || K < 1 || inner < 1) return 2;                                              \
+    return merge_norm_gate<T>(y, g, z, w, b, static_cast<T>(eps), rows, K, inner, out, threads); \
+  }                                                                                             \
+  RCS_EXPORT int rcs_residual_norm_##SUFFIX(const T* x, const T* skip, const T* mixed,         \
+                                            const T* w, const T* b, double eps, int64_t rows,   \
+                                            int64_t C, T* a, T* normed, int threads) {          \
+    if (rows < 0 || C < 1) return 2;                                                           \
+    return residual_norm<T>(x, skip, mixed, w, b, static_cast<T>(eps), rows, C, a, normed, threads); \
+  }
+
+RCS_DEFINE_EPILOGUE(f32, float)
+RCS_DEFINE_EPILOGUE(f64, double)
