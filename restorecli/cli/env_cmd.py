@@ -34,8 +34,8 @@ def collect() -> dict[str, Any]:
     """Gather the environment report (imports torch; may build the CPU scan kernel)."""
     import torch
 
-    from restorecli import __version__
-    from restorecli.hub import cache_dir
+    from restorecli._version import __version__
+    from restorecli.paths import cache_dir
     from restorecli.ops import available_backends, scan_cpu, scan_cuda
 
     devices = [
