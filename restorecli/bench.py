@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from restorecli.errors import UnknownModelError, UsageError
+from restorecli.errors import UsageError
 
 if TYPE_CHECKING:
     import torch
@@ -234,8 +234,9 @@ class BenchReport:
 class Network:
     """A model name resolved to what builds it.
 
-    ``official`` when restorecli.models' table (and so ``models.stats``) knows the name; otherwise
-    it came from the weights manifest (bundled networks such as ``restorecli-light-x4``).
+    ``official`` when the name has an official MaIR checkpoint; otherwise it is one of restorecli's
+    own networks (such as the bundled ``restorecli-light-x4``), a VAMamba config or a user
+    manifest's model.
     """
 
     name: str
@@ -245,25 +246,15 @@ class Network:
 
 
 def resolve_network(name: str) -> Network:
-    """Architecture and config of an official name or of a manifest name (bundled networks).
+    """Architecture and config of a model name (the registry's lookup: the model table, then the manifest).
 
     Raises:
-        UnknownModelError: in neither table (with the closest names).
+        UnknownModelError: an unknown name (with the closest names).
     """
-    import difflib
+    from restorecli.hub.manifest import load_manifest
 
-    from restorecli import hub, models
-
-    if name in models.MODELS:
-        spec = models.spec(name)
-        return Network(name=name, arch=spec.arch, config=spec.config, official=True)
-    manifest = hub.load_manifest()
-    if name in manifest:
-        entry = manifest.get(name)
-        return Network(name=name, arch=entry.arch, config=entry.config, official=False)
-    close = difflib.get_close_matches(name, sorted({*models.names(), *manifest.names()}), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise UnknownModelError(f"unknown model {name!r}{hint} (see `restore models list`)")
+    spec = load_manifest().spec(name)
+    return Network(name=spec.name, arch=spec.arch, config=spec.config, official=bool(spec.official_file))
 
 
 def forward_flops(network: Network, height: int, width: int) -> int:
@@ -369,7 +360,7 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _meta(settings: BenchSettings, device: torch.device, backend: str, command: str) -> dict[str, Any]:
+def _meta(settings: BenchSettings, device: torch.device, backend: str, label: str | None, command: str) -> dict[str, Any]:
     import torch
 
     return {
@@ -379,6 +370,7 @@ def _meta(settings: BenchSettings, device: torch.device, backend: str, command: 
         "command": command,
         "device": str(device),
         "scan_backend": backend,
+        "backend": label,
         "repeats": settings.repeats,
         "gemm": f"fp32 torch.mm {GEMM_SIDE}x{GEMM_SIDE} @ {GEMM_SIDE}x{GEMM_SIDE}, best of {GEMM_REPEATS}",
         "train_flops": TRAIN_FLOPS_CONVENTION,
@@ -402,7 +394,8 @@ def run_benchmark(settings: BenchSettings, *, command: str = "", progress: Calla
     import torch
 
     from restorecli import models
-    from restorecli.inference import resolve_device
+    from restorecli.inference import resolve_device, scan_backend_label
+    from restorecli.loading import load_model
     from restorecli.ops import resolve_backend
 
     settings.check()
@@ -418,6 +411,7 @@ def run_benchmark(settings: BenchSettings, *, command: str = "", progress: Calla
     train: list[TrainRow] = []
     skipped: list[SkippedSizes] = []
     flops_cache: dict[tuple[str, int], int] = {}
+    labels: set[str] = set()
 
     def flops(network: Network, side: int) -> int:
         if (network.name, side) not in flops_cache:
@@ -430,8 +424,10 @@ def run_benchmark(settings: BenchSettings, *, command: str = "", progress: Calla
             gemm[count] = gemm_rate(device)
             say(f"gemm threads={count}: {gemm[count].gflops:.1f} GFLOP/s")
         for network in networks:
-            net = models.build_arch(network.arch, network.config, device=device)
-            models.set_scan_backend(net, backend)
+            net = load_model(network.name, pretrained=False, device=str(device)).module  # speed only: random weights
+            # the request, not its resolution: an automatic choice may fall back, an explicit one may not
+            models.set_scan_backend(net, settings.backend)
+            labels.add(scan_backend_label(net, device) or "none")
             for count in thread_counts:
                 torch.set_num_threads(count)
                 peak = gemm[count].gflops
@@ -482,7 +478,7 @@ def run_benchmark(settings: BenchSettings, *, command: str = "", progress: Calla
     finally:
         torch.set_num_threads(default_threads)
     return BenchReport(
-        meta=_meta(settings, device, backend, command),
+        meta=_meta(settings, device, backend, "+".join(sorted(labels)) or None, command),
         gemm=tuple(gemm.values()),
         forward=tuple(forward),
         train=tuple(train),
@@ -518,7 +514,7 @@ def format_markdown(report: BenchReport) -> str:
     machine = meta["machine"]
     lines = [
         f"{meta['date']} · {machine['cpu']} ({machine['cpu_count']} CPUs) · {machine['platform']} · torch {meta['torch']}",
-        f"device {meta['device']} · scan backend {meta['scan_backend']} · best of {meta['repeats']} after a warm-up",
+        f"device {meta['device']} · scan {meta.get('backend') or meta['scan_backend']} · best of {meta['repeats']} after a warm-up",
         f"command: `{meta['command']}`",
         "",
         f"GEMM ({meta['gemm']}):",

@@ -183,7 +183,7 @@ def load_pins() -> dict[str, dict]:
 
 def cache_root() -> Path:
     """Folder that downloaded sets go to: ``datasets/`` in the tool's cache (``RESTORECLI_CACHE``)."""
-    from restorecli.hub import cache_dir
+    from restorecli.paths import cache_dir
 
     return cache_dir() / "datasets"
 

@@ -359,7 +359,7 @@ def _fetch_with_retries(
     import requests
     import urllib3
 
-    from restorecli import __version__
+    from restorecli._version import __version__
 
     own_session = session is None
     if session is None:

@@ -45,6 +45,8 @@ from restorecli.metrics import psnr, ssim
 if TYPE_CHECKING:
     import torch
 
+    from restorecli.models.descriptor import LoadedModel
+
 PROTOCOLS = ("blended", "tiled-official", "whole")
 BASELINES = ("bicubic", "noisy")
 _COMPARISON_IMAGES = 3
@@ -293,8 +295,10 @@ class ProtocolRunner:
         if self.restorer is not None:
             self.restorer.warm_up()
             return
+        from restorecli.models import run_facts
+
         side = PROBE_SIDE.get(self.device.type, 64)
-        self._forward(torch.rand(1, _model_channels(self.model), side, side))
+        self._forward(torch.rand(1, run_facts(self.model).in_channels, side, side))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         from restorecli.inference import self_ensemble
@@ -325,10 +329,6 @@ def _synchronise(device: str) -> None:
         import torch
 
         torch.cuda.synchronize()
-
-
-def _model_channels(model: torch.nn.Module) -> int:
-    return int(getattr(model, "in_chans", 3))
 
 
 def _infer(run: Callable[[torch.Tensor], torch.Tensor], img: np.ndarray, channels: int) -> np.ndarray:
@@ -385,7 +385,7 @@ def evaluate(
     samples: Sequence[Sample],
     config: EvalConfig,
     *,
-    model: torch.nn.Module | None = None,
+    model: LoadedModel | torch.nn.Module | None = None,
     model_info: ModelInfo | None = None,
     dataset: DatasetSpec | None = None,
     progress: Callable[[int, int, str], None] | None = None,
@@ -395,7 +395,8 @@ def evaluate(
     Args:
         samples: Ground truth (and LR) files, e.g. from :func:`restorecli.datasets.list_samples`.
         config: Task, protocol and metric options.
-        model: Network (float NCHW RGB [0, 1] in and out); None with ``config.baseline``.
+        model: A loaded model (``restorecli.load_model``) or a bare network (float NCHW RGB
+            [0, 1] in and out); None with ``config.baseline``.
         model_info: Name and weights digest for the report.
         dataset: The set, for the report.
         progress: Called as ``progress(done, total, name)`` after each image.
@@ -412,8 +413,13 @@ def evaluate(
         raise UsageError("evaluate either a model or a baseline (--baseline), not both or neither")
     grey = bool(dataset and dataset.grey)
     samples = list(samples)[: config.limit] if config.limit else list(samples)
+    channels = 3
+    if model is not None:
+        from restorecli.models import LoadedModel, run_facts
+
+        channels = run_facts(model).in_channels
+        model = model.module if isinstance(model, LoadedModel) else model
     setup = _prepare(model, config) if model is not None else None
-    channels = _model_channels(model) if model is not None else 3
     results: list[ImageResult] = []
     shown: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, dict[str, float]]] = []
     lr_sources: set[str] = set()

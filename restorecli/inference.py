@@ -28,6 +28,8 @@ from restorecli.tiling import (  # DEFAULT_OVERLAP: restorecli/evaluate.py reads
 if TYPE_CHECKING:
     import torch
 
+    from restorecli.models.descriptor import LoadedModel
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 CPU_TILE_CAP = 512
 """Largest automatic tile on the CPU. The cost per pixel of a forward pass is flat up to 512²
@@ -156,8 +158,9 @@ class ImageRestorer:
     """Runs a restoration network on host images, tile by tile on its device.
 
     Args:
-        model: Network taking (N, 3, H, W) in [0, 1] and returning (N, 3, H*upscale, W*upscale);
-            moved to ``device`` and put in eval mode.
+        model: A loaded model (``restorecli.load_model``), or a bare network taking (N, 3, H, W)
+            in [0, 1] and returning (N, 3, H*upscale, W*upscale) (see
+            ``restorecli.models.descriptor.run_facts``); moved to ``device`` and put in eval mode.
         device: ``auto|cpu|cuda|cuda:N``.
         precision: ``fp32|bf16|fp16`` (autocast; parameters stay float32).
         tile: Tile side in input pixels; 0 for the whole image, None to size it from free memory.
@@ -174,7 +177,7 @@ class ImageRestorer:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: LoadedModel | torch.nn.Module,
         *,
         device: str = "auto",
         precision: str = "fp32",
@@ -183,20 +186,24 @@ class ImageRestorer:
         ensemble: bool = False,
         tile_batch: int | None = None,
     ) -> None:
-        check_tile(tile, overlap, multiple=tile_multiple(model))
+        from restorecli.models import LoadedModel, run_facts
+
+        facts = run_facts(model)
+        check_tile(tile, overlap, multiple=facts.size_rule.multiple_of)
         self.device = resolve_device(device)
         self.autocast_dtype = resolve_precision(precision, self.device)
         self.precision = precision
-        self.model = model.to(self.device).eval()
-        self.scale = int(getattr(model, "upscale", 1))
+        module = model.module if isinstance(model, LoadedModel) else model
+        self.model = module.to(self.device).eval()
+        # before any work: an explicit backend that cannot run is an error, not a silent fallback
+        self.scan_backend = scan_backend_label(self.model, self.device)
+        self.scale = facts.scale
         self.overlap = auto_overlap(tile) if overlap is None else overlap
         self.ensemble = ensemble
         self.tile_batch = tile_batch or (4 if self.device.type == "cuda" else 1)
         self.requested_tile = tile
         self._tile = tile
-        size_rule = getattr(model, "size_rule", None)
-        self._multiple = int(getattr(size_rule, "multiple_of", 1) or 1)
-        self._min_size = int(getattr(size_rule, "min_size", 1) or 1)
+        self._size_rule = facts.size_rule
 
     @property
     def tile(self) -> int | None:
@@ -235,7 +242,7 @@ class ImageRestorer:
                 overlap=self.overlap,
                 scale=self.scale,
                 batch_size=self.tile_batch,
-                min_tile=max(MIN_TILE, self._min_size),
+                min_tile=max(MIN_TILE, self._size_rule.min_size),
                 on_progress=progress,
             )
             if (result.tile, result.batch_size) != (tile, self.tile_batch):
@@ -262,8 +269,8 @@ class ImageRestorer:
 
         height, width = tiles.shape[-2:]
         x = tiles.to(self.device, non_blocking=True)
-        pad_h = _padded(height, self._multiple, self._min_size) - height
-        pad_w = _padded(width, self._multiple, self._min_size) - width
+        pad_h = self._size_rule.padded(height) - height
+        pad_w = self._size_rule.padded(width) - width
         if pad_h or pad_w:
             # reflect needs the pad to be smaller than the side; replicate covers the rest
             reflect_h, reflect_w = min(pad_h, height - 1), min(pad_w, width - 1)
@@ -290,7 +297,7 @@ class ImageRestorer:
         """
         import torch
 
-        side = _padded(PROBE_SIDE.get(self.device.type, 64), self._multiple, self._min_size)
+        side = self._size_rule.padded(PROBE_SIDE.get(self.device.type, 64))
         self._forward(torch.rand(1, 3, side, side))
         if self._tile is None:
             self._tile = self.auto_tile()
@@ -322,27 +329,19 @@ class ImageRestorer:
         return tile_from_budget(0.4 * available, per_pixel, cap=CPU_TILE_CAP)
 
 
-def tile_multiple(model: torch.nn.Module) -> int:
-    """What a network's tile sides must be a multiple of: its size rule, else MaIRUNet's 8, else 1.
+def tile_multiple(model: LoadedModel | torch.nn.Module) -> int:
+    """What a network's tile sides must be a multiple of: its side rule's ``multiple_of``.
 
-    MaIRUNet pads every input to a multiple of 8 itself (restorecli/models/mairunet.py), so a
-    tile of another side would be computed partly on padding at every inner tile edge.
+    MaIRUNet pads every input to a multiple of 8 (three 2x down-samplings), so a tile of another
+    side would be computed partly on padding at every inner tile edge.
     """
-    from restorecli.models.mairunet import SIZE_MULTIPLE, MaIRUNet
+    from restorecli.models import run_facts
 
-    size_rule = getattr(model, "size_rule", None)
-    if size_rule is not None:
-        return int(getattr(size_rule, "multiple_of", 1) or 1)
-    return SIZE_MULTIPLE if isinstance(model, MaIRUNet) else 1
-
-
-def _padded(side: int, multiple: int, min_size: int) -> int:
-    side = max(side, min_size)
-    return -(-side // multiple) * multiple
+    return run_facts(model).size_rule.multiple_of
 
 
 def restore_tensor(
-    model: torch.nn.Module,
+    model: LoadedModel | torch.nn.Module,
     x: torch.Tensor,
     *,
     tile: int | None = 0,
@@ -371,8 +370,9 @@ def restore_tensor(
 
 
 def scan_backend_label(module: torch.nn.Module, device: torch.device | str) -> str | None:
-    """What the network's selective scans run on ``device``, as the reports name it.
+    """What the network's selective scans run on ``device``, as every report names it.
 
+    The one source of the ``backend`` field of reports (restore commands, eval, bench, env).
     Each scanning layer's backend is resolved as its scans resolve it (the layer's pinned
     ``scan_backend``, else ``RESTORECLI_SCAN_BACKEND``, else auto) and named with the
     implementation behind it: ``cpu:compiled`` or ``cpu:torch`` (the compiled kernel or its
@@ -389,163 +389,48 @@ def scan_backend_label(module: torch.nn.Module, device: torch.device | str) -> s
 
     Raises:
         BackendUnavailableError: A pinned or ``RESTORECLI_SCAN_BACKEND`` backend that cannot run
-            on ``device``, as the scans themselves would raise.
+            on ``device``, as the scans themselves would raise; or one named explicitly whose own
+            implementation cannot run here (an explicit ``cuda`` without mamba_ssm, an explicit
+            ``cpu`` whose kernel does not build): its fallback is never substituted silently.
     """
-    from restorecli.ops import resolve_backend
-
     pinned = {sub.scan_backend for sub in module.modules() if hasattr(sub, "scan_backend")}
     if not pinned:
         return None
-    return "+".join(sorted({_implementation_label(resolve_backend(name, device)) for name in pinned}))
+    return "+".join(sorted({scan_label(name, device) for name in pinned}))
 
 
-def _implementation_label(backend: str) -> str:
-    if backend == "cpu":
-        from restorecli.ops.scan_cpu import cpu_kernel_status
-
-        return f"cpu:{cpu_kernel_status().implementation}"
-    if backend == "cuda":
-        from restorecli.ops.scan_cuda import cuda_kernel_status
-
-        return f"cuda:{cuda_kernel_status().implementation}"
-    return backend
-
-
-# ---------------------------------------------------------------------------------------------
-# the network for a command
-
-
-@dataclass(frozen=True)
-class LoadedNetwork:
-    """A network with its weights loaded, and where they came from."""
-
-    module: torch.nn.Module
-    name: str | None
-    """Official or manifest name when known (``mair-sr-x4``), else None."""
-    arch: str
-    scale: int
-    weights_path: str
-    weights_sha256: str
-    weights_source: str
-    """``bundled``, ``cache``, ``download``, ``file`` or ``url``."""
-
-
-def load_network(
-    task: str,
-    *,
-    model: str | None = None,
-    weights: str | None = None,
-    scale: int | None = None,
-    sigma: int | None = None,
-    variant: str | None = None,
-    real: bool = False,
-    allow_unverified: bool = False,
-    manifest: str | None = None,
-    cache_dir: str | None = None,
-    progress: bool = False,
-) -> LoadedNetwork:
-    """Resolve, read and load the weights for a restoration task.
-
-    The architecture comes from the file itself (restorecli checkpoints carry it), else from the
-    manifest entry or ``model``, else from the keys and shapes of an official checkpoint.
-
-    Args:
-        task: ``sr``, ``denoise``, ``deblur`` or ``dehaze``.
-        model: Model name (``--model``).
-        weights: Checkpoint path or URL (``--weights``).
-        scale: Requested upscaling (sr), checked against the network.
-        sigma: Requested noise level (denoise).
-        variant: Requested variant (dehaze ``indoor|outdoor|mix``).
-        real: Real-noise denoising.
-        allow_unverified: Accept downloads without a pinned sha256.
-        manifest: Extra weights manifest.
-        cache_dir: Weights cache folder.
-        progress: Show download progress on stderr.
+def scan_label(backend: str | None, device: torch.device | str) -> str:
+    """The implementation label of a requested backend (None: the environment's, else auto) on ``device``.
 
     Raises:
-        UnknownModelError, DownloadError, ChecksumError: From weight resolution.
-        CheckpointError: The file is unreadable or does not fit the architecture.
-        UsageError: The network does another task or scale than asked.
+        BackendUnavailableError: See :func:`scan_backend_label`.
     """
-    from pathlib import Path
+    import os
 
-    from restorecli import hub, models
-    from restorecli.errors import CheckpointError
+    from restorecli.ops import resolve_backend
+    from restorecli.ops.selective_scan import ENV_BACKEND
 
-    resolved = hub.resolve_weights(
-        task,
-        model=model,
-        weights=weights,
-        scale=scale,
-        sigma=sigma,
-        variant=variant,
-        real=real,
-        allow_unverified=allow_unverified,
-        manifest=Path(manifest) if manifest else None,
-        cache_dir=Path(cache_dir) if cache_dir else None,
-        progress=progress,
-    )
-    checkpoint = models.read_checkpoint(resolved.path)
-    name = resolved.name or model or checkpoint.name
-    if checkpoint.arch and checkpoint.config is not None:
-        arch, config = checkpoint.arch, checkpoint.config
-    elif resolved.arch and resolved.config is not None:
-        arch, config = resolved.arch, resolved.config
-    elif name:
-        spec = models.spec(name)
-        _check_spec_task(spec, task)
-        arch, config = spec.arch, spec.config
-    else:
-        spec = _identify_for_task(checkpoint.state_dict, task, scale=scale, sigma=sigma, variant=variant, path=resolved.path)
-        name, arch, config = spec.name, spec.arch, spec.config
-    module = models.build_arch(arch, config)
-    try:
-        models.load_checkpoint(module, checkpoint.state_dict)
-    except CheckpointError as error:
-        what = name or arch
-        raise CheckpointError(f"weights {resolved.path} do not fit {what}: {str(error).split(': ', 1)[-1]}") from None
-    upscale = int(getattr(module, "upscale", 1))
-    expected = scale if task == "sr" else 1
-    if task == "sr" and upscale == 1:
-        raise UsageError(f"{resolved.path} holds a same-size (x1) network; `restore sr` needs an upscaling model")
-    if expected is not None and upscale != expected:
-        raise UsageError(f"{resolved.path} holds a x{upscale} network; expected x{expected} for `restore {task}`")
-    return LoadedNetwork(
-        module=module,
-        name=name,
-        arch=arch,
-        scale=upscale,
-        weights_path=str(resolved.path),
-        weights_sha256=resolved.sha256,
-        weights_source=resolved.source,
-    )
+    resolved = resolve_backend(backend, device)
+    requested = (backend or os.environ.get(ENV_BACKEND, "")).strip().lower()
+    explicit = requested not in ("", "auto")
+    if resolved == "cpu":
+        from restorecli.ops.scan_cpu import cpu_kernel_status, requested_implementation
 
+        status = cpu_kernel_status()
+        if explicit and status.implementation != "compiled" and requested_implementation() == "auto":
+            raise BackendUnavailableError(
+                f"scan backend 'cpu' was requested, but its compiled kernel cannot run here: {status.reason}; "
+                "set RESTORECLI_CPU_SCAN=torch to run its PyTorch fallback, or use backend 'auto'"
+            )
+        return f"cpu:{status.implementation}"
+    if resolved == "cuda":
+        from restorecli.ops.scan_cuda import ENV_IMPL, INSTALL_HINT, cuda_kernel_status
 
-def _check_spec_task(spec: Any, task: str) -> None:
-    if spec.task != task:
-        raise UsageError(f"model {spec.name} does {spec.task}, not {task}; pick a {task} model (`restore models list`)")
-
-
-def _identify_for_task(
-    state_dict: Any, task: str, *, scale: int | None, sigma: int | None, variant: str | None, path: Any
-) -> Any:
-    """The official model an anonymous checkpoint is, among those doing ``task``."""
-    from restorecli import models
-    from restorecli.errors import CheckpointError
-
-    matches = [models.spec(name) for name in models.identify(state_dict)]
-    if not matches:
-        raise CheckpointError(
-            f"{path}: its keys and shapes match no known MaIR model; expected an official MaIR checkpoint "
-            "or a restorecli checkpoint (pass --model NAME to name the architecture)"
-        )
-    for_task = [spec for spec in matches if spec.task == task]
-    if not for_task:
-        found = ", ".join(f"{spec.name} ({spec.task})" for spec in matches)
-        raise UsageError(f"{path} holds weights of {found}; expected a {task} model")
-    preferred = [
-        spec
-        for spec in for_task
-        if (scale is None or spec.scale == scale) and (sigma is None or spec.sigma == sigma) and (variant is None or spec.variant == variant)
-    ]
-    return (preferred or for_task)[0]
+        status = cuda_kernel_status()
+        if explicit and status.implementation != "mamba_ssm" and os.environ.get(ENV_IMPL, "").strip().lower() != "torch":
+            raise BackendUnavailableError(
+                f"scan backend 'cuda' was requested, but mamba_ssm cannot run here: {status.reason}; {INSTALL_HINT} "
+                f"(or set {ENV_IMPL}=torch to run the PyTorch scan on CUDA, or use backend 'auto')"
+            )
+        return f"cuda:{status.implementation}"
+    return resolved

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from restorecli import headers, icc
-from restorecli.errors import ConfigError, ImageReadError, ImageTooLargeError, ImageWriteError
+from restorecli.errors import ConfigError, ImageReadError, ImageTooLargeError, ImageWriteError, RestoreError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -613,26 +613,29 @@ def write_bytes_atomic(path: str | os.PathLike[str], data: bytes, *, overwrite: 
 
 
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_output(
+    path: str | os.PathLike[str], *, overwrite: bool = False, error: type[RestoreError] = ImageWriteError
+) -> Iterator[Path]:
     """A temporary file beside ``path`` that is renamed over it when the block ends normally.
 
     The block writes the temporary file (by its path: ``torch.save``, ``Path.write_bytes``);
     on any exception, Ctrl-C included, it is removed instead, and an ``OSError`` becomes an
-    ``ImageWriteError``. Its name is short (see
-    :func:`temporary_prefix`), so it fits the folder even when ``path``'s own name is long.
+    ``error`` (``ImageWriteError`` unless the caller writes something else, e.g. a checkpoint).
+    Its name is short (see :func:`temporary_prefix`), so it fits the folder even when ``path``'s
+    own name is long. This is the one atomic writer of the package.
 
     Raises:
-        ImageWriteError: ``path`` is a folder, exists without ``overwrite``, has a name over the
+        ImageWriteError: (or ``error``) ``path`` is a folder, exists without ``overwrite``, has a name over the
             folder's limit (:func:`check_name_length`), or the folder is not writable.
     """
     from restorecli import interrupts
 
     path = Path(path)
-    check_name_length(path)  # first: the system refuses even to look up a name over its limit
+    check_name_length(path, error=error)  # first: the system refuses even to look up a name over its limit
     if path.is_dir():
-        raise ImageWriteError(f"{path}: is a folder, expected an output file path")
+        raise error(f"{path}: is a folder, expected an output file path")
     if not overwrite and path.exists():
-        raise ImageWriteError(f"{path}: exists (pass --overwrite to replace it)")
+        raise error(f"{path}: exists (pass --overwrite to replace it)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with interrupts.deferred():  # no signal between creating the file and knowing its name
@@ -640,18 +643,18 @@ def atomic_output(path: str | os.PathLike[str], *, overwrite: bool = False) -> I
                 prefix=temporary_prefix(path.name, name_limit(path.parent)), suffix=TEMPORARY_SUFFIX, dir=path.parent
             )
             os.close(handle)
-    except OSError as error:
-        raise ImageWriteError(f"{path.parent}: cannot write into this folder: {error.strerror or error}") from None
+    except OSError as failure:
+        raise error(f"{path.parent}: cannot write into this folder: {failure.strerror or failure}") from None
     temporary = Path(name)
     try:
         yield temporary
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; an output is an ordinary file
         os.replace(temporary, path)
-    except BaseException as error:
+    except BaseException as failure:
         with contextlib.suppress(OSError):
             temporary.unlink()
-        if isinstance(error, OSError):
-            raise ImageWriteError(f"{path}: cannot write: {error.strerror or error}") from None
+        if isinstance(failure, OSError):
+            raise error(f"{path}: cannot write: {failure.strerror or failure}") from None
         raise
 
 
@@ -677,16 +680,19 @@ def name_limit(folder: str | os.PathLike[str]) -> int:
     return limit if limit > 0 else 255
 
 
-def check_name_length(path: str | os.PathLike[str], *, hint: str = "use a shorter name") -> None:
+def check_name_length(
+    path: str | os.PathLike[str], *, hint: str = "use a shorter name", error: type[RestoreError] = ImageWriteError
+) -> None:
     """Refuse an output whose own name is longer than its folder's file system allows.
 
     Raises:
-        ImageWriteError: The name is over the limit (the message names both lengths and ``hint``).
+        ImageWriteError: (or ``error``) The name is over the limit (the message names both lengths
+            and ``hint``).
     """
     path = Path(path)
     length, limit = len(os.fsencode(path.name)), name_limit(path.parent)
     if length > limit:
-        raise ImageWriteError(
+        raise error(
             f"{path}: the output name is {length} bytes long, over the file system's limit of {limit} bytes; {hint}"
         )
 

@@ -202,7 +202,7 @@ def test_load_model_reads_a_restorecli_checkpoint(tmp_path: Path) -> None:
         tmp_path / "tiny.safetensors", models.build_arch("mair", TINY_MAIR), "mair", TINY_MAIR, name="tiny-x4"
     )
     module, info = eval_cmd.load_model("sr", None, str(tmp_path / "tiny.safetensors"), 4, None)
-    assert module.upscale == 4
+    assert module.scale == 4 and module.module.upscale == 4
     assert info == ev.ModelInfo("tiny-x4", sha256_file(tmp_path / "tiny.safetensors"), "mair")
 
 
@@ -361,8 +361,13 @@ def test_restore_commands_report_the_same_backend_label() -> None:
     from restorecli.ops.scan_cpu import cpu_kernel_status
 
     module = models.build_arch("mair", TINY_MAIR)
-    network = inference.LoadedNetwork(module, "tiny-x4", "mair", 4, "tiny.safetensors", "ab" * 32, "file")
-    settings = restore_cmds._network_settings(network, inference.ImageRestorer(module, device="cpu"))
+    network = models.LoadedModel(
+        module=module, name="tiny-x4", arch="mair", config=models.config_from_mapping("mair", TINY_MAIR), task="sr",
+        scale=4, in_channels=3, out_channels=3, size_rule=models.SizeRule(), tiling=models.TilingPolicy(),
+        precisions=models.PRECISIONS, device=torch.device("cpu"),
+        weights=models.WeightsProvenance(path="tiny.safetensors", sha256="ab" * 32, source="file"),
+    )  # fmt: skip
+    settings = restore_cmds._network_settings(network, inference.ImageRestorer(network, device="cpu"))
     expected = f"cpu:{cpu_kernel_status().implementation}"
     assert settings["backend"] == inference.scan_backend_label(module, "cpu") == expected
     assert inference.scan_backend_label(Nearest(2), "cpu") is None  # no selective scans

@@ -60,12 +60,19 @@ def test_packaged_manifest_is_identical_to_repo_root() -> None:
 
 
 def test_schema_contract() -> None:
+    from restorecli import models
+
     data = json.loads(hub.PACKAGE_MANIFEST.read_text())
     assert data["version"] == 1 and isinstance(data["models"], list)
     for model in data["models"]:
-        assert {"name", "arch", "task", "config", "files"} <= set(model)
+        assert {"name", "files"} <= set(model)
+        # Network facts have one home, the model table; the shipped manifest holds weights only.
+        assert model["name"] in models.MODELS
+        assert not {"arch", "task", "config", "scale", "sigma", "variant"} & set(model), model["name"]
         for file in model["files"]:
             assert {"filename", "url", "sha256", "size"} <= set(file)
+    joined = hub.load_manifest().get(data["models"][0]["name"])
+    assert joined.arch and joined.task and joined.config  # joined from the table by name
 
 
 def test_all_seventeen_official_models_with_official_file_names() -> None:
@@ -83,15 +90,17 @@ def test_manifest_configs_and_params_match_the_models_package() -> None:
     models = pytest.importorskip("restorecli.models")
     manifest = hub.load_manifest()
     # VAMamba names have no published weights and (yet) no manifest entries.
+    official = [n for n in models.names() if models.spec(n).official_file]
+    assert sorted(OFFICIAL) == official
     with_weights = [n for n in models.names() if models.spec(n).arch != "vamamba"]
-    assert sorted(OFFICIAL) == with_weights
+    assert sorted(manifest.names()) == with_weights  # every table model with weights, once
     for name in with_weights:
         spec, entry = models.spec(name), manifest.get(name)
         assert entry.config_dict() == dataclasses.asdict(spec.config), name
         assert (entry.arch, entry.task, entry.scale, entry.sigma, entry.variant) == (
             spec.arch, spec.task, spec.scale, spec.sigma, spec.variant,
         )  # fmt: skip
-        assert entry.weights.filename == spec.official_file
+        assert entry.weights.filename == (spec.official_file or f"{name}.safetensors")
         net = models.build_arch(entry.arch, entry.config, device="meta")
         assert entry.params == sum(p.numel() for p in net.parameters()), name
 
@@ -128,7 +137,7 @@ def test_default_after_import_is_the_cached_model(tmp_path: Path, monkeypatch: p
     folder = tmp_path / "cache" / "models" / "mair-light-t-x4"
     folder.mkdir(parents=True)
     (folder / "mair-light-t-x4.safetensors").write_bytes(PAYLOAD)
-    hub._write_record(folder, folder / "mair-light-t-x4.safetensors", name="mair-light-t-x4", origin="import")
+    hub.cache.write_record(folder, folder / "mair-light-t-x4.safetensors", name="mair-light-t-x4", origin="import")
     assert hub.default_model("sr", scale=4) == "mair-light-t-x4"
     resolved = hub.resolve_weights("sr", model=None, weights=None, scale=4)
     assert (resolved.name, resolved.source, resolved.sha256) == ("mair-light-t-x4", "cache", DIGEST)

@@ -23,7 +23,7 @@ DISTINCT_CONFIGS = [
 
 
 def test_distinct_configs_cover_every_name() -> None:
-    official = [name for name in models.names() if models.spec(name).arch in ("mair", "mairunet")]
+    official = [name for name in models.names() if models.spec(name).official_file]
     assert len(official) == 17
     configs = {name: models.spec(name).config for name in official}
     assert {configs[n] for n in DISTINCT_CONFIGS} == set(configs.values())

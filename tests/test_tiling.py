@@ -323,9 +323,9 @@ def test_smallest_tile_stays_close_to_whole_image_output(task: str, name: str, m
     from pathlib import Path
 
     from restorecli import io
-    from restorecli.inference import load_network
+    from restorecli import load_model
 
-    module = load_network(task, model=name, scale=4 if task == "sr" else None).module
+    module = load_model(name, task=task, scale=4 if task == "sr" else None, device="cpu").module
     image = io.image_to_tensor(io.read_image(Path(__file__).resolve().parents[1] / "examples" / "parrots.png"))
     if task == "denoise":
         noise = torch.randn(image.shape, generator=torch.Generator().manual_seed(0))

@@ -34,8 +34,8 @@ def collect() -> dict[str, Any]:
     """Gather the environment report (imports torch; may build the CPU scan kernel)."""
     import torch
 
-    from restorecli import __version__
-    from restorecli.hub import cache_dir
+    from restorecli._version import __version__
+    from restorecli.paths import cache_dir
     from restorecli.ops import available_backends, scan_cpu, scan_cuda
 
     devices = [
@@ -48,6 +48,8 @@ def collect() -> dict[str, Any]:
         for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0)
     ]
     backends = {name: {"usable": why is None, "reason": why} for name, why in available_backends().items()}
+    # what a network's scans would run here, named as every report names it
+    runs_on = {device: _scan_label(device) for device in ("cpu", "cuda") if backends[device]["usable"]}
     cpu = scan_cpu.cpu_kernel_status()
     cuda = scan_cuda.cuda_kernel_status() if backends["cuda"]["usable"] else None
     return {
@@ -66,10 +68,22 @@ def collect() -> dict[str, Any]:
             "backends": backends,
             "cpu_kernel": {"implementation": cpu.implementation, "reason": cpu.reason, "library": cpu.library},
             "cuda_kernel": None if cuda is None else {"implementation": cuda.implementation, "reason": cuda.reason},
+            "runs": runs_on,
         },
         "cache": {"root": str(cache_dir()), "extensions": str(scan_cpu.extensions_dir())},
         "environment": {name: os.environ[name] for name in _ENV_VARS if name in os.environ},
     }
+
+
+def _scan_label(device: str) -> str:
+    """The scan label of ``device`` (``inference.scan_label``), or why it cannot run."""
+    from restorecli.errors import BackendUnavailableError
+    from restorecli.inference import scan_label
+
+    try:
+        return scan_label(None, device)
+    except BackendUnavailableError as error:
+        return f"error: {error}"
 
 
 def _text(report: dict[str, Any]) -> str:
@@ -96,6 +110,8 @@ def _text(report: dict[str, Any]) -> str:
         lines.append(f"                {cpu_kernel['library']}")
     if scan["cuda_kernel"]:
         lines.append(f"cuda scan       {scan['cuda_kernel']['implementation']}: {scan['cuda_kernel']['reason']}")
+    for device, label in scan["runs"].items():
+        lines.append(f"scans on {device:<6} {label}")
     lines.append(f"cache           {report['cache']['root']}")
     lines.append(f"extensions      {report['cache']['extensions']}")
     for name, value in report["environment"].items():

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -27,9 +27,8 @@ from restorecli.cli.options import (
 from restorecli.errors import UnknownModelError, UsageError
 
 if TYPE_CHECKING:
-    import torch
-
     from restorecli.evaluate import EvalReport, ModelInfo
+    from restorecli.models import LoadedModel, ModelSpec
 
 datasets_app = typer.Typer(help="Benchmark data sets: list them, download them into the cache.", no_args_is_help=True)
 
@@ -45,36 +44,35 @@ def load_model(
     *,
     manifest: Path | None = None,
     allow_unverified: bool = False,
-) -> tuple[torch.nn.Module, ModelInfo]:
-    """Obtain the network to evaluate: resolve the weights through the hub, build, load.
+) -> tuple[LoadedModel, ModelInfo]:
+    """Obtain the network to evaluate through ``restorecli.load_model``, as the restore commands do.
 
-    Kept small and separate so that tests can replace it and the hub can change under it.
+    Kept small and separate so that tests can replace it.
     """
     from restorecli.evaluate import ModelInfo
-    from restorecli.inference import load_network
+    from restorecli.loading import load_model as load
 
-    # The same resolution as the restore commands: arch from the file, the manifest, --model, or
-    # recognised from the keys of an official checkpoint; scale/sigma checked against the network.
-    loaded = load_network(
-        task,
-        model=model,
+    loaded = load(
+        model,
         weights=weights,
+        task=task,
         scale=scale,
         sigma=int(sigma) if sigma is not None else None,
-        manifest=str(manifest) if manifest else None,
+        device="cpu",  # evaluate() moves it to --device
+        manifest=manifest,
         allow_unverified=allow_unverified,
         progress=True,
     )
-    name = loaded.name or Path(loaded.weights_path).name
-    return loaded.module, ModelInfo(name, loaded.weights_sha256, loaded.arch)
+    name = loaded.name or Path(loaded.weights.path).name
+    return loaded, ModelInfo(name, loaded.weights.sha256, loaded.arch)
 
 
-def _model_spec(name: str) -> Any:
-    """Task/scale/sigma of a named model, or None when the table does not know it."""
-    from restorecli import models
+def _model_spec(name: str, manifest: Path | None) -> ModelSpec | None:
+    """Task/scale/sigma of a named model (the one name lookup), or None for an unknown name."""
+    from restorecli.hub.manifest import load_manifest
 
     try:
-        return models.spec(name)
+        return load_manifest(manifest).spec(name)
     except UnknownModelError:  # reported by load_model, with suggestions
         return None
 
@@ -102,11 +100,11 @@ def _show_progress(quiet: bool, as_json: bool) -> bool:
     return not (quiet or as_json) and sys.stderr.isatty()
 
 
-def _infer_task(dataset_tasks: tuple[str, ...] | None, sigma: float | None, spec: Any) -> str:
+def _infer_task(dataset_tasks: tuple[str, ...] | None, sigma: float | None, spec: ModelSpec | None) -> str:
     if sigma is not None:
         return "denoise"
-    if spec is not None and getattr(spec, "task", None) in ("sr", "denoise"):
-        return str(spec.task)
+    if spec is not None and spec.task in ("sr", "denoise"):
+        return spec.task
     if dataset_tasks and len(dataset_tasks) == 1:
         return dataset_tasks[0]
     return "sr"
@@ -245,16 +243,16 @@ def eval_command(
         raise UsageError("--baseline replaces the model: drop --model/--weights")
     if baseline is not None and baseline not in ev.BASELINES:
         raise UsageError(f"--baseline: expected one of {', '.join(ev.BASELINES)}, got {baseline!r}")
-    model_spec = _model_spec(model) if model else None
+    model_spec = _model_spec(model, manifest) if model else None
     task = _infer_task(spec_ds.tasks, sigma, model_spec)
     if baseline == "noisy":
         task = "denoise"
     if task == "sr":
-        scale = scale or getattr(model_spec, "scale", None)
+        scale = scale or (model_spec.scale if model_spec is not None else None)
         if not scale and baseline is None and weights is None and model is None:
             raise UsageError("--scale is required for super-resolution (or give --model/--weights)")
     else:
-        sigma = sigma if sigma is not None else getattr(model_spec, "sigma", None)
+        sigma = sigma if sigma is not None or model_spec is None else model_spec.sigma
         if sigma is None:
             raise UsageError(f"{spec_ds.name} is a denoising set: give the noise level with --sigma (15, 25 or 50)")
 
@@ -270,7 +268,7 @@ def eval_command(
             allow_unverified=allow_unverified,
         )
         if task == "sr":
-            scale = scale or int(getattr(module, "upscale", 0)) or None
+            scale = scale or module.scale
     if task == "sr" and not scale:
         raise UsageError("--scale is required for super-resolution")
     config = ev.EvalConfig(

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from restorecli.batch import BatchEvents, BatchReport, FileResult, InputFile
-    from restorecli.inference import ImageRestorer, LoadedNetwork
+    from restorecli.inference import ImageRestorer
+    from restorecli.models.descriptor import LoadedModel
 
 SCALES = (2, 3, 4)
 SIGMAS = (15, 25, 50)
@@ -107,7 +108,8 @@ def _restore(
 ) -> None:
     """Discover inputs, load the network, run the batch, report; exits with the batch's code."""
     from restorecli import batch
-    from restorecli.inference import ImageRestorer, load_network, resolve_device, resolve_precision
+    from restorecli.inference import ImageRestorer, resolve_device, resolve_precision
+    from restorecli.loading import load_model
     from restorecli.tiling import check_tile
 
     started = time.perf_counter()
@@ -121,17 +123,19 @@ def _restore(
 
     images, skips = batch.discover_inputs(options.inputs, recursive=options.recursive)
     _require_images(images, skips, options.inputs)
-    network = load_network(
-        task,
-        model=options.model,
+    network = load_model(
+        options.model,
         weights=options.weights,
+        task=task,
         scale=scale,
         sigma=sigma,
         variant=variant,
         real=real,
+        device=options.device,
+        precision=options.precision,
         allow_unverified=options.allow_unverified,
-        manifest=str(options.manifest) if options.manifest else None,
-        cache_dir=str(options.cache_dir) if options.cache_dir else None,
+        manifest=options.manifest,
+        cache_dir=options.cache_dir,
         progress=display.enabled,
     )
     suffix = batch.default_suffix(task, network.scale) if options.suffix is None else options.suffix
@@ -142,7 +146,7 @@ def _restore(
     _require_images(images, skips, options.inputs)
 
     restorer = ImageRestorer(
-        network.module,
+        network,
         device=options.device,
         precision=options.precision,
         tile=options.tile,
@@ -192,18 +196,16 @@ def _restore(
     raise typer.Exit(report.exit_code)
 
 
-def _network_settings(network: LoadedNetwork, restorer: ImageRestorer) -> dict[str, Any]:
+def _network_settings(network: LoadedModel, restorer: ImageRestorer) -> dict[str, Any]:
     """What the report says about the network and where it ran."""
-    from restorecli.inference import scan_backend_label
-
     return {
         "model": network.name,
         "arch": network.arch,
-        "weights": network.weights_path,
-        "weights_sha256": network.weights_sha256,
-        "weights_source": network.weights_source,
+        "weights": network.weights.path,
+        "weights_sha256": network.weights.sha256,
+        "weights_source": network.weights.source,
         "device": str(restorer.device),
-        "backend": scan_backend_label(network.module, restorer.device),
+        "backend": restorer.scan_backend,
         "precision": restorer.precision,
         "ensemble": restorer.ensemble,
     }

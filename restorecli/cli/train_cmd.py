@@ -8,13 +8,12 @@ torch is imported inside the command bodies so that ``--help`` stays instant.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -144,41 +143,6 @@ def train_command(
         raise typer.Exit(interrupts.exit_code(signum))
 
 
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def manifest_entry(name: str, arch: str, config: dict[str, Any], out: Path, params: int) -> dict[str, Any]:
-    """The ``weights_manifest.json`` entry of an exported file (``source: restorecli``)."""
-    scale = int(config.get("upscale", 1)) if arch == "mair" else 1
-    task = "sr" if scale > 1 else "denoise"
-    return {
-        "name": name,
-        "arch": arch,
-        "task": task,
-        "scale": scale,
-        "config": config,
-        "params": params,
-        "source": "restorecli",
-        "description": "Trained by restorecli (`restore train`), not the official MaIR weights.",
-        "files": [
-            {
-                "filename": out.name,
-                "url": None,
-                "sha256": sha256_of(out),
-                "size": out.stat().st_size,
-                "format": "safetensors",
-                "bundled": out.name,
-            }
-        ],
-    }
-
-
 @train_app.command("export")
 def export_command(
     checkpoint: Annotated[Path, typer.Argument(help="Training checkpoint (latest.pth, best.pth, ...).", dir_okay=False, show_default=False)],
@@ -186,13 +150,18 @@ def export_command(
     half: Annotated[bool, typer.Option("--half", help="Store float16 weights (half the size; loaded back as float32).")] = False,
     name: Annotated[Optional[str], typer.Option("--name", help="Model name in the file and manifest entry (default: the run name).")] = None,  # noqa: UP045
     raw: Annotated[bool, typer.Option("--params", help="Export the raw weights even when EMA weights exist.")] = False,
+    task: Annotated[Optional[str], typer.Option("--task", help="sr, denoise, deblur or dehaze (default: what the run trained).")] = None,  # noqa: UP045
 ) -> None:
     """Write inference-only weights and print the manifest entry (sha256, size, config) as JSON."""
     if out.suffix != ".safetensors":
         raise UsageError(f"the output must end in .safetensors, got {out.name}")
     from restorecli import models
+    from restorecli.hub.manifest import TASKS
     from restorecli.train import read_training_checkpoint
+    from restorecli.train.export import manifest_entry, training_task
 
+    if task is not None and task not in TASKS:
+        raise UsageError(f"--task: expected one of {', '.join(TASKS)}, got {task!r}")
     state = read_training_checkpoint(checkpoint)
     weights = state["params"] if raw or "params_ema" not in state else state["params_ema"]
     net_config = dict(state["config"])
@@ -200,9 +169,10 @@ def export_command(
     models.load_checkpoint(module, weights)  # proves the weights fit before anything is written
     tensors = {k: (v.half() if half and v.dtype.is_floating_point else v) for k, v in weights.items()}
     label = name or state["name"]
-    models.save_checkpoint(out, tensors, state["arch"], net_config, name=label)
+    task = task or training_task(state["train_config"], state["arch"], net_config)
+    models.save_checkpoint(out, tensors, state["arch"], net_config, name=label, task=task)
     params = sum(p.numel() for p in module.parameters())
-    entry = manifest_entry(label, state["arch"], net_config, out, params)
+    entry = manifest_entry(name=label, arch=state["arch"], config=net_config, task=task, out=out, params=params)
     entry["trained"] = {"iterations": int(state["iteration"]), "best_psnr": state["best"].get("metric")}
     sys.stdout.write(json.dumps(entry, indent=2) + "\n")
 

@@ -5,12 +5,18 @@
     ['mair-deblur', 'mair-dehaze-its']
     >>> net = models.build("mair-light-t-x4")          # random init
     >>> models.load_checkpoint(net, "MaIR_T_lightSR_x4.pth")   # official file, strict
+
+Two explicit tables, nothing registers itself: ``ARCHS`` (architecture id -> module, config and the
+facts every network of it shares) and ``MODELS`` (name -> architecture, task and config; see
+``zoo.py`` and ``vamamba_zoo.py``). Weight files are joined to ``MODELS`` by name in the weights
+manifest (``restorecli.hub.manifest``). To load a network with its weights, use
+``restorecli.load_model``.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, asdict, dataclass, fields
 from functools import lru_cache
 from typing import Any
@@ -21,24 +27,72 @@ from torch import nn
 from restorecli.errors import ConfigError, UnknownModelError
 from restorecli.models.blocks import SelectiveScanLayer, set_scan_backend
 from restorecli.models.checkpoint import Checkpoint, layout_mismatch, load_checkpoint, read_checkpoint, save_checkpoint
+from restorecli.models.descriptor import LoadedModel, SizeRule, TilingPolicy, WeightsProvenance
 from restorecli.models.mair import MaIR, MaIRConfig
-from restorecli.models.mairunet import MaIRUNet, MaIRUNetConfig
+from restorecli.models.mairunet import SIZE_MULTIPLE, MaIRUNet, MaIRUNetConfig
 from restorecli.models.vamamba import VAMamba, VAMambaConfig
 from restorecli.models.vamamba_zoo import VAMAMBA_MODELS
-from restorecli.models.zoo import OFFICIAL_MODELS, ModelSpec
+from restorecli.models.zoo import OFFICIAL_MODELS, RESTORECLI_MODELS, ModelSpec
 
-# Architecture id -> (module class, config dataclass). The whole table; nothing registers itself.
-ARCHS: dict[str, tuple[type[nn.Module], type]] = {
-    "mair": (MaIR, MaIRConfig),
-    "mairunet": (MaIRUNet, MaIRUNetConfig),
-    "vamamba": (VAMamba, VAMambaConfig),
-}
-# Every named model: the official MaIR variants and our VAMamba configs (no official weights).
-MODELS: dict[str, ModelSpec] = {**OFFICIAL_MODELS, **VAMAMBA_MODELS}
+AnyConfig = MaIRConfig | MaIRUNetConfig | VAMambaConfig
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Architecture:
+    """One architecture: how to build it and what every network of it declares.
+
+    Attributes:
+        module: The ``nn.Module`` class (keyword-only constructor, the config's fields).
+        config: The frozen config dataclass.
+        size_rule: Input side requirements (MaIRUNet: multiples of 8, three 2x down-samplings).
+        tiling: Tiled-inference policy.
+        precisions: Compute precisions it supports.
+        scale_of: Output/input side ratio of a config.
+        channels_of: (input, output) channels of a config.
+    """
+
+    module: type[nn.Module]
+    config: type
+    size_rule: SizeRule
+    tiling: TilingPolicy
+    precisions: tuple[str, ...]
+    scale_of: Callable[[Any], int]
+    channels_of: Callable[[Any], tuple[int, int]]
+
+
+def _head_scale(config: MaIRConfig | VAMambaConfig) -> int:
+    return config.upscale if config.upsampler else 1  # a same-size head ignores upscale
+
+
+# The whole architecture table.
+ARCHS: dict[str, Architecture] = {
+    "mair": Architecture(
+        module=MaIR, config=MaIRConfig, size_rule=SizeRule(), tiling=TilingPolicy(), precisions=PRECISIONS,
+        scale_of=_head_scale, channels_of=lambda c: (c.in_chans, c.in_chans),
+    ),
+    "mairunet": Architecture(
+        module=MaIRUNet, config=MaIRUNetConfig, size_rule=SizeRule(multiple_of=SIZE_MULTIPLE), tiling=TilingPolicy(),
+        precisions=PRECISIONS, scale_of=lambda _c: 1, channels_of=lambda c: (c.inp_channels, c.out_channels),
+    ),
+    "vamamba": Architecture(
+        module=VAMamba, config=VAMambaConfig, size_rule=SizeRule(), tiling=TilingPolicy(), precisions=PRECISIONS,
+        scale_of=_head_scale, channels_of=lambda c: (c.in_chans, c.in_chans),
+    ),
+}  # fmt: skip
+# Every named model: the official MaIR variants, restorecli's trained ones and the VAMamba configs.
+MODELS: dict[str, ModelSpec] = {**OFFICIAL_MODELS, **RESTORECLI_MODELS, **VAMAMBA_MODELS}
 
 __all__ = [
     "ARCHS",
+    "PRECISIONS",
+    "Architecture",
     "Checkpoint",
+    "LoadedModel",
+    "SizeRule",
+    "TilingPolicy",
+    "RunFacts",
+    "WeightsProvenance",
     "MaIR",
     "MaIRConfig",
     "MaIRUNet",
@@ -55,6 +109,7 @@ __all__ = [
     "load_checkpoint",
     "names",
     "read_checkpoint",
+    "run_facts",
     "save_checkpoint",
     "set_scan_backend",
     "spec",
@@ -84,7 +139,7 @@ def spec(name: str) -> ModelSpec:
         raise UnknownModelError(f"unknown model {name!r}{_suggest(name, names())} (see `restore models list`)") from None
 
 
-def config_from_mapping(arch: str, config: Mapping[str, Any]) -> MaIRConfig | MaIRUNetConfig | VAMambaConfig:
+def config_from_mapping(arch: str, config: Mapping[str, Any]) -> AnyConfig:
     """Turn a plain mapping (manifest, checkpoint metadata, YAML) into the arch's frozen config.
 
     Raises:
@@ -92,7 +147,7 @@ def config_from_mapping(arch: str, config: Mapping[str, Any]) -> MaIRConfig | Ma
     """
     if arch not in ARCHS:
         raise ConfigError(f"unknown architecture {arch!r}; expected one of {sorted(ARCHS)}{_suggest(arch, sorted(ARCHS))}")
-    config_type = ARCHS[arch][1]
+    config_type = ARCHS[arch].config
     valid = {field.name: field for field in fields(config_type)}
     for key in config:
         if key not in valid:
@@ -119,9 +174,9 @@ def build_arch(
         device: where parameters live; ``meta`` allocates nothing (for shape checks).
     """
     cfg = config_from_mapping(arch, config) if isinstance(config, Mapping) else config
-    if arch not in ARCHS or not isinstance(cfg, ARCHS[arch][1]):
+    if arch not in ARCHS or not isinstance(cfg, ARCHS[arch].config):
         raise ConfigError(f"a {type(cfg).__name__} does not configure architecture {arch!r}; expected one of {sorted(ARCHS)}")
-    module_type = ARCHS[arch][0]
+    module_type = ARCHS[arch].module
     with torch.device(device):
         module = module_type(**asdict(cfg))
     return module.eval()
@@ -188,3 +243,36 @@ def arch_stats(arch: str, config: Mapping[str, Any] | MaIRConfig | MaIRUNetConfi
     dense = int(counter.get_total_flops())
     params = sum(p.numel() for p in module.parameters())
     return ModelStats(params=params, flops=dense + scan_flops, dense_flops=dense, scan_flops=scan_flops)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunFacts:
+    """What running a network needs to know: scale, input channels, side rule."""
+
+    scale: int
+    in_channels: int
+    size_rule: SizeRule
+
+
+def run_facts(model: LoadedModel | nn.Module) -> RunFacts:
+    """The run facts of a loaded model, or of a bare module (library and test use).
+
+    A :class:`LoadedModel` carries them. A bare module of a table architecture declares
+    ``upscale`` and ``in_chans`` and takes its side rule from the table; any other module must
+    declare ``upscale`` and may declare ``in_chans`` (default 3) and ``size_rule`` (this is the
+    whole contract for modules the tool did not build).
+    """
+    if isinstance(model, LoadedModel):
+        return RunFacts(scale=model.scale, in_channels=model.in_channels, size_rule=model.size_rule)
+    declared = {key: value for cls in reversed(type(model).__mro__) for key, value in vars(cls).items()} | vars(model)
+    for architecture in ARCHS.values():
+        if isinstance(model, architecture.module):
+            return RunFacts(scale=int(model.upscale), in_channels=int(model.in_chans), size_rule=architecture.size_rule)
+    if "upscale" not in declared:
+        raise TypeError(f"a {type(model).__name__} does not declare upscale; load networks with restorecli.load_model")
+    rule = declared.get("size_rule")
+    return RunFacts(
+        scale=int(declared["upscale"]),
+        in_channels=int(declared.get("in_chans", 3)),
+        size_rule=SizeRule(multiple_of=int(rule.multiple_of), min_size=int(rule.min_size)) if rule is not None else SizeRule(),
+    )

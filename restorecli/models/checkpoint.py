@@ -16,7 +16,6 @@ import json
 import os
 import pickle
 import pickletools
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -41,6 +40,7 @@ class Checkpoint:
     arch: str | None
     config: dict[str, Any] | None
     name: str | None
+    task: str | None = None
 
 
 def _unwrap(obj: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -227,7 +227,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             :func:`load_file`).
     """
     path = Path(path)
-    arch = name = None
+    arch = name = task = None
     config: dict[str, Any] | None = None
     loaded, metadata = load_file(path)
     if metadata is not None:
@@ -235,6 +235,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         if metadata.get("format") == FORMAT_TAG:
             arch = metadata.get("arch")
             name = metadata.get("name") or None
+            task = metadata.get("task") or None
             config = json.loads(metadata["config"]) if "config" in metadata else None
     else:
         state, outer = _unwrap(loaded, path)
@@ -247,7 +248,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     if not state or non_tensors:
         detail = f"non-tensor entries such as {non_tensors[0]!r}" if non_tensors else "no tensors"
         raise CheckpointError(f"{path}: expected a state dict of tensors, found {detail}")
-    return Checkpoint(state_dict=state, arch=arch, config=config, name=name)
+    return Checkpoint(state_dict=state, arch=arch, config=config, name=name, task=task)
 
 
 def _examples(keys: list[str], limit: int = 3) -> str:
@@ -298,25 +299,23 @@ def load_checkpoint(module: nn.Module, source: str | os.PathLike[str] | Mapping[
 
 
 def save_checkpoint(
-    path: str | os.PathLike[str], module: nn.Module | Mapping[str, torch.Tensor], arch: str, config: Mapping[str, Any], name: str | None = None
+    path: str | os.PathLike[str],
+    module: nn.Module | Mapping[str, torch.Tensor],
+    arch: str,
+    config: Mapping[str, Any],
+    name: str | None = None,
+    task: str | None = None,
 ) -> None:
-    """Write restorecli's own inference checkpoint (safetensors + arch/config metadata), atomically."""
+    """Write restorecli's own inference checkpoint (safetensors + arch/config/task metadata), atomically."""
     from safetensors.torch import save_file
 
     path = Path(path)
     state = module.state_dict() if isinstance(module, nn.Module) else dict(module)
     tensors = {key: value.detach().to("cpu").contiguous() for key, value in state.items()}
     metadata = {"format": FORMAT_TAG, "arch": arch, "config": json.dumps(dict(config), sort_keys=True), "name": name or ""}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from restorecli.io import name_limit, temporary_prefix
+    if task:
+        metadata["task"] = task
+    from restorecli.io import atomic_output
 
-    # A short temporary name: ".<name>.XXXXXXXX.tmp" would not fit beside a long output name.
-    prefix = temporary_prefix(path.name, name_limit(path.parent))
-    handle, temporary = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_output(path, overwrite=True, error=CheckpointError) as temporary:
         save_file(tensors, temporary, metadata=metadata)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -1,11 +1,16 @@
-"""The table of official MaIR variants: name -> architecture, task and network config.
+"""The table of MaIR models: name -> architecture, task and network config.
 
-Values are those of the official option files (specification section 1.1).
+Official variants take the values of the official option files (docs/models.md); the
+``restorecli-*`` models are small networks trained by this project (their weights ship in
+``restorecli/weights``). Weight files, checksums and scores live in the weights manifest, joined
+to this table by name.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
 
 from restorecli.models.mair import MaIRConfig
 from restorecli.models.mairunet import MaIRUNetConfig
@@ -23,9 +28,9 @@ class ModelSpec:
         scale: output/input size ratio (1 for same-size tasks).
         sigma: Gaussian noise level (0-255 scale) for synthetic denoising models, else None.
         variant: task variant (``real`` noise; dehaze ``indoor``/``outdoor``/``mix``), else None.
-        config: network config.
+        config: network config (a mapping only for a model a user manifest adds, checked when built).
         official_file: file name of the official checkpoint; ``""`` for models without official
-            weights (VAMamba).
+            weights (restorecli-trained, VAMamba).
     """
 
     name: str
@@ -34,8 +39,12 @@ class ModelSpec:
     scale: int
     sigma: int | None
     variant: str | None
-    config: MaIRConfig | MaIRUNetConfig | VAMambaConfig
+    config: MaIRConfig | MaIRUNetConfig | VAMambaConfig | Mapping[str, Any]
     official_file: str
+
+    def config_dict(self) -> dict[str, Any]:
+        """The config as a plain dict (tuples kept), for manifests and checkpoint metadata."""
+        return dict(self.config) if isinstance(self.config, Mapping) else asdict(self.config)
 
 
 def _classic_sr(scale: int) -> MaIRConfig:
@@ -94,3 +103,22 @@ def _official_table() -> dict[str, ModelSpec]:
 
 
 OFFICIAL_MODELS: dict[str, ModelSpec] = _official_table()
+
+
+def _restorecli_light(scale: int) -> MaIRConfig:
+    return MaIRConfig(
+        upscale=scale, in_chans=3, img_range=1.0, embed_dim=48, depths=(2, 2, 2), d_state=1, ssm_ratio=1.1,
+        mlp_ratio=1.6, upsampler="pixelshuffledirect" if scale > 1 else "", resi_connection="1conv", scan_len=8,
+        drop_path_rate=0.0,
+    )  # fmt: skip
+
+
+# Trained with `restore train` (presets restorecli-light-*-cpu); one blind denoiser for every sigma.
+RESTORECLI_MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec("restorecli-light-dn", "mair", "denoise", 1, None, None, _restorecli_light(1), ""),
+        ModelSpec("restorecli-light-x2", "mair", "sr", 2, None, None, _restorecli_light(2), ""),
+        ModelSpec("restorecli-light-x4", "mair", "sr", 4, None, None, _restorecli_light(4), ""),
+    )
+}

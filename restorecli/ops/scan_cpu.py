@@ -89,7 +89,7 @@ def extensions_dir() -> Path:
     override = os.environ.get(ENV_EXTENSIONS_DIR)
     if override:
         return Path(override).expanduser()
-    from restorecli.hub import cache_dir
+    from restorecli.paths import cache_dir
 
     return cache_dir() / "extensions"
 

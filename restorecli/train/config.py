@@ -357,7 +357,9 @@ def _check_values(config: TrainConfig) -> None:
         raise ConfigError("data.hq needs at least one folder (pass --set data.hq=PATH)")
     if config.data.lq and len(config.data.lq) != len(config.data.hq):
         raise ConfigError(f"data.lq has {len(config.data.lq)} folders but data.hq has {len(config.data.hq)}")
-    scale = getattr(config.model.config, "upscale", 1)
+    from restorecli import models
+
+    scale = models.ARCHS[config.model.arch].scale_of(config.model.config)
     if config.degradation.scale != scale:
         raise ConfigError(f"degradation.scale is {config.degradation.scale} but the network upscales x{scale}")
     if scale > 1 and not config.data.lq and "bicubic" not in config.degradation.steps:

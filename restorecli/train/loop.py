@@ -18,12 +18,12 @@ uninterrupted run (on the same device, thread count and backend).
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import logging
 import math
-import os
 import signal
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -117,21 +117,11 @@ def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimiz
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename (no torn checkpoints)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from restorecli.io import name_limit, temporary_prefix
+    """``torch.save`` through the package's atomic writer (no torn checkpoints)."""
+    from restorecli.io import atomic_output
 
-    # A short temporary name: ".<name>.XXXXXXXX.tmp" would not fit beside a long output name.
-    prefix = temporary_prefix(path.name, name_limit(path.parent))
-    handle, temporary = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_output(path, overwrite=True, error=CheckpointError) as temporary:
         torch.save(obj, temporary)
-        os.chmod(temporary, 0o644)  # mkstemp makes 0600; a checkpoint is an ordinary file
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -284,16 +274,20 @@ class _MetricsLog:
 
 def _build_model(config: TrainConfig, device: torch.device) -> nn.Module:
     from restorecli import models
+    from restorecli.loading import load_model
+    from restorecli.train.export import training_task
 
     model = models.build_arch(config.model.arch, config.model.config, device=device)
     if config.model.pretrained:
-        ckpt = models.read_checkpoint(config.model.pretrained)
+        # The one loading path: an official file, a restorecli checkpoint or safetensors.
+        task = training_task(config_to_mapping(config), config.model.arch, dataclasses.asdict(config.model.config))
+        state = load_model(config.model.pretrained, task=task, device="cpu").module.state_dict()
         if config.model.strict:
-            models.load_checkpoint(model, ckpt.state_dict)
+            models.load_checkpoint(model, state)
         else:
             # Official fine-tuning starts (x3/x4 from x2) load what fits and skip the rest.
             own = model.state_dict()
-            fitting = {k: v for k, v in ckpt.state_dict.items() if k in own and own[k].shape == v.shape}
+            fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
             model.load_state_dict(fitting, strict=False)
             logger.info("loaded %d of %d tensors from %s (strict: false)", len(fitting), len(own), config.model.pretrained)
     return model.train()
