@@ -106,12 +106,13 @@ def _restore(
     real: bool = False,
 ) -> None:
     """Discover inputs, load the network, run the batch, report; exits with the batch's code."""
-    from restorecli import batch
+    from restorecli import batch, torchrun
     from restorecli.inference import ImageRestorer, load_network, resolve_device, resolve_precision
     from restorecli.tiling import check_tile
 
     started = time.perf_counter()
-    rank, world = batch.rank_and_world()
+    place = torchrun.from_environment()
+    rank, world = place.rank, place.world
     display = _Display(quiet=options.quiet or rank != 0, json_output=options.json_output)
     # cheap checks first: a typo should not wait for a download or a model build
     check_tile(options.tile, options.tile_overlap)  # the model's own side rule is checked once it is known
