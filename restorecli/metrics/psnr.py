@@ -2,7 +2,7 @@
 
 Arrays are HWC (or HW) images in [0, 255], uint8 or float; tensors are NCHW in [0, 1]. The
 benchmark convention computes both on uint8-quantised images: quantise first
-(``restorecli.evaluate.to_uint8``), then call these.
+(``restorecli.io.quantize_to_uint8``), then call these.
 """
 
 from __future__ import annotations
