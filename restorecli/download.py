@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
+from restorecli.console import bars_wanted, progress_bars
 from restorecli.errors import ChecksumError, DownloadError
 from restorecli.filelock import exclusive_lock
 
@@ -169,7 +169,7 @@ def download(
         size: Expected size in bytes, if known.
         allow_unverified: Accept a file without a pinned digest; its digest is logged so it
             can be pinned.
-        progress: Show a progress bar on stderr (only when stderr is a terminal).
+        progress: Show a progress bar on stderr (only on terminals, see ``restorecli.console``).
         timeout: Seconds, or (connect, read) seconds, per network operation.
         retries: Extra attempts after a connection error, timeout or 5xx answer.
         backoff: First wait between attempts in seconds; doubles each time.
@@ -406,37 +406,9 @@ def _content_range_total(header: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _stderr_is_terminal() -> bool:
-    return sys.stderr.isatty()
-
-
 @contextmanager
 def _progress_bar(enabled: bool, label: str) -> Iterator[Callable[[int, int | None], None]]:
-    """Yield ``report(done, total)``; draws a rich bar on stderr when that is a terminal."""
-    if not enabled or not _stderr_is_terminal():
-        yield lambda done, total: None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(label, total=None)
-
-        def report(done: int, total: int | None) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield report
+    """Yield ``report(done, total)``; draws a bar on stderr when terminals allow (``restorecli.console``)."""
+    with progress_bars(enabled=enabled and bars_wanted(), unit="bytes") as bars:
+        bar = bars.add(label)
+        yield lambda done, total: bars.update(bar, completed=done, total=total)

@@ -271,7 +271,7 @@ def test_bad_sha256_argument_is_a_programming_error(tmp_path: Path) -> None:
 
 
 def test_progress_bar_on_a_terminal(server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dl, "_stderr_is_terminal", lambda: True)
+    monkeypatch.setattr(dl, "bars_wanted", lambda: True)
     url = server.add("/w.bin", PAYLOAD, "cut")
     dl.download(url, tmp_path / "w.bin", sha256=DIGEST, progress=True, backoff=0.0)
     assert (tmp_path / "w.bin").read_bytes() == PAYLOAD
