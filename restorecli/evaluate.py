@@ -1,15 +1,15 @@
 """Benchmark evaluation with the conventions of the papers, and the reports of ``restore eval``.
 
-Super-resolution (spec §1.3, §1.5, §6): LR from the set's ``LR_bicubic/X{s}`` or, failing that,
+Super-resolution (the convention of the MaIR/BasicSR test code): LR from the set's ``LR_bicubic/X{s}`` or, failing that,
 MATLAB-bicubic ``imresize(GT, 1/s)`` of the ground truth cropped to a multiple of s; the ground truth
 is cropped to ``s × LR size``; output clamped to [0, 1] and quantised to uint8; PSNR/SSIM on the
 BT.601 Y channel with ``crop_border = s``.
 
-Colour denoising (spec §1.5): noisy = GT/255 + N(0, (σ/255)²) drawn over the (H, W, 3) **BGR**
+Colour denoising (as MaIR's denoising test code): noisy = GT/255 + N(0, (σ/255)²) drawn over the (H, W, 3) **BGR**
 array right after seeding NumPy with 0, for every image; float, not clipped, not quantised.
 Metrics on RGB (the literature's headline) and on Y (what MaIR's own test configs report).
 
-Inference (spec §5): ``tiled-official`` is MaIR's ``MambaIRModel.test`` tiling, ``whole`` one
+Inference: ``tiled-official`` is MaIR's ``MambaIRModel.test`` tiling, ``whole`` one
 forward pass, ``blended`` the tool's own overlapping tiles; ``ensemble`` is the 8-fold self-ensemble.
 The network runs without autograd (``torch.no_grad``; not ``inference_mode``, whose tensors, once
 cached by a model, would break a later training step in the same process, for no measurable gain).
@@ -174,7 +174,7 @@ def _metrics(out: np.ndarray, gt: np.ndarray, border: int) -> dict[str, float]:
 
 
 def tiled_official(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scale: int) -> torch.Tensor:
-    """MaIR's own test-time tiling (``MambaIRModel.test``, spec §5.1), reproduced exactly.
+    """MaIR's own test-time tiling (``MambaIRModel.test`` in the official code), reproduced exactly.
 
     ``h // 200 + 1`` × ``w // 200 + 1`` tiles of the reflect-padded image, each extended by a tenth
     of its size into its neighbours, run separately and pasted without blending.
