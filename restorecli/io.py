@@ -18,6 +18,9 @@ note on a damaged JPEG that still decoded, or in the DEBUG log.
 
 Writing encodes in memory and then writes a temporary file in the destination folder that is
 renamed over the target, so a crash or Ctrl-C never leaves a partial output.
+
+The module is longer than most on purpose: it is the one place where pixels change dtype, range
+or layout, and reading, the 8-bit benchmark conventions and writing share its format tables.
 """
 
 from __future__ import annotations

@@ -300,24 +300,7 @@ def datasets_list(as_json: JsonOpt = False) -> None:
     """List the benchmark sets, their source and whether they are in the cache."""
     from restorecli import datasets
 
-    pins = datasets.load_pins()
-    rows = []
-    for spec in datasets.DATASETS.values():
-        pin = pins.get(spec.name)
-        rows.append(
-            {
-                "name": spec.name,
-                "tasks": list(spec.tasks),
-                "grey": spec.grey,
-                "images": spec.images,
-                "lr_scales": list(spec.lr_scales),
-                "source": f"{pin['repo']}@{pin['commit'][:12]}" if pin else None,
-                "files": len(pin["files"]) if pin else 0,
-                "bytes": sum(f["size"] for f in pin["files"]) if pin else 0,
-                "cached": datasets.is_cached(spec.name),
-                "description": spec.description,
-            }
-        )
+    rows = datasets.catalogue()
     output = Output(json_output=as_json)
     if as_json:
         output.data(rows)
