@@ -9,7 +9,7 @@ Compares, in one process and on the same inputs:
   written, libm ``exp``/``log1p``, threads over channels), built with the kernel's flags;
 * ``plain loop fm`` -- the same loop with ``-ffast-math`` (lets gcc vectorise ``exp``).
 
-Forward for all; forward+backward for the ``cpu`` paths. Shapes follow the MaIR spec
+Forward for all; forward+backward for the ``cpu`` paths. Shapes follow MaIR's SS2D
 (B = 1, G = 4 scan directions, float32, Mamba's initialisation regime). Prints markdown
 tables (or one JSON document with ``--json``).
 

@@ -510,15 +510,7 @@ def skipped_results(skips: Iterable[Skip]) -> list[FileResult]:
 
 
 # ---------------------------------------------------------------------------------------------
-# torchrun
-
-
-def rank_and_world() -> tuple[int, int]:
-    """(RANK, WORLD_SIZE) from the torchrun environment; (0, 1) outside it."""
-    try:
-        return int(os.environ.get("RANK", "0")), max(1, int(os.environ.get("WORLD_SIZE", "1")))
-    except ValueError:
-        return 0, 1
+# torchrun (the ranks and world size come from restorecli.torchrun)
 
 
 def share_of_rank(items: Sequence[InputFile], rank: int, world: int) -> list[tuple[int, InputFile]]:
@@ -559,7 +551,6 @@ __all__ = [
     "drop_earlier_outputs",
     "output_collisions",
     "gather_results",
-    "rank_and_world",
     "run_batch",
     "share_of_rank",
     "skipped_results",

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from restorecli.errors import ConfigError, DownloadError, ImageReadError
 
@@ -191,6 +192,29 @@ def cache_root() -> Path:
 def is_cached(name: str) -> bool:
     """Whether a complete, verified copy of the set is in the cache."""
     return (cache_root() / get_dataset(name).name / _COMPLETE_MARKER).is_file()
+
+
+def catalogue() -> list[dict[str, Any]]:
+    """One row per known set: tasks, images, LR scales, pinned source, download size, cached or not."""
+    pins = load_pins()
+    rows = []
+    for spec in DATASETS.values():
+        pin = pins.get(spec.name)
+        rows.append(
+            {
+                "name": spec.name,
+                "tasks": list(spec.tasks),
+                "grey": spec.grey,
+                "images": spec.images,
+                "lr_scales": list(spec.lr_scales),
+                "source": f"{pin['repo']}@{pin['commit'][:12]}" if pin else None,
+                "files": len(pin["files"]) if pin else 0,
+                "bytes": sum(f["size"] for f in pin["files"]) if pin else 0,
+                "cached": is_cached(spec.name),
+                "description": spec.description,
+            }
+        )
+    return rows
 
 
 def file_url(repo: str, commit: str, source: str) -> str:

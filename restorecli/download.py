@@ -19,16 +19,17 @@ import logging
 import os
 import re
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
+from restorecli.console import bars_wanted, progress_bars
 from restorecli.errors import ChecksumError, DownloadError
+from restorecli.filelock import exclusive_lock
 
 if TYPE_CHECKING:
     import requests
@@ -168,7 +169,7 @@ def download(
         size: Expected size in bytes, if known.
         allow_unverified: Accept a file without a pinned digest; its digest is logged so it
             can be pinned.
-        progress: Show a progress bar on stderr (only when stderr is a terminal).
+        progress: Show a progress bar on stderr (only on terminals, see ``restorecli.console``).
         timeout: Seconds, or (connect, read) seconds, per network operation.
         retries: Extra attempts after a connection error, timeout or 5xx answer.
         backoff: First wait between attempts in seconds; doubles each time.
@@ -205,7 +206,10 @@ def download(
     part = dest.with_name(dest.name + ".part")
     # Two processes fetching the same file (a batch script started twice, torchrun ranks) would
     # append to one .part; the second waits here and then finds the first one's verified file.
-    with _exclusive_lock(dest.with_name(dest.name + ".lock"), url):
+    with exclusive_lock(
+        dest.with_name(dest.name + ".lock"),
+        on_wait=lambda: logger.info("waiting for another process that is downloading %s", url),
+    ):
         if _already_verified(dest, expected, size):  # fetched by the process we waited for
             return DownloadResult(dest, expected, dest.stat().st_size, verified=True)
         resumed = part.is_file() and part.stat().st_size > 0
@@ -233,83 +237,6 @@ def _already_verified(dest: Path, expected: str | None, size: int | None) -> boo
     if expected is None or not dest.is_file() or (size is not None and dest.stat().st_size != size):
         return False
     return sha256_file(dest) == expected
-
-
-@contextmanager
-def _exclusive_lock(lock_path: Path, url: str) -> Iterator[None]:
-    """Hold an advisory exclusive lock on ``lock_path`` for the duration; remove the file after.
-
-    The lock belongs to the open file, so the operating system releases it when a process dies
-    (a lock file left by a killed process blocks nobody and is removed by the next holder). The
-    holder unlinks the file before unlocking, so a waiter that locked the unlinked file sees that
-    the path no longer names it and starts over on a fresh one.
-    """
-    announced = False
-    while True:
-        handle = open(lock_path, "a+b")  # noqa: SIM115 (kept open for the lock's lifetime)
-        if not _try_lock(handle):
-            if not announced:
-                logger.info("waiting for another process that is downloading %s", url)
-                announced = True
-            _lock(handle)
-        if _names_open_file(lock_path, handle):
-            break
-        handle.close()
-    try:
-        yield
-    finally:
-        if sys.platform != "win32":
-            lock_path.unlink(missing_ok=True)
-        _unlock(handle)
-        handle.close()
-        if sys.platform == "win32":
-            with suppress(OSError):  # another process may hold it open already
-                lock_path.unlink(missing_ok=True)
-
-
-def _names_open_file(path: Path, handle: IO[bytes]) -> bool:
-    try:
-        on_disk = os.stat(path)
-    except FileNotFoundError:
-        return False
-    opened = os.fstat(handle.fileno())
-    return (on_disk.st_dev, on_disk.st_ino) == (opened.st_dev, opened.st_ino)
-
-
-if sys.platform == "win32":
-    import msvcrt
-
-    def _try_lock(handle: IO[bytes]) -> bool:
-        handle.seek(0)  # msvcrt locks bytes from the current position
-        try:
-            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-
-    def _lock(handle: IO[bytes]) -> None:
-        while not _try_lock(handle):
-            time.sleep(0.5)
-
-    def _unlock(handle: IO[bytes]) -> None:
-        handle.seek(0)
-        msvcrt.locking(handle.fileno(), msvcrt.LK_UNLCK, 1)
-
-else:
-    import fcntl
-
-    def _try_lock(handle: IO[bytes]) -> bool:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
-
-    def _lock(handle: IO[bytes]) -> None:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-
-    def _unlock(handle: IO[bytes]) -> None:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def _verify(part: Path, url: str, expected: str | None, size: int | None) -> tuple[str, int]:
@@ -479,37 +406,9 @@ def _content_range_total(header: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _stderr_is_terminal() -> bool:
-    return sys.stderr.isatty()
-
-
 @contextmanager
 def _progress_bar(enabled: bool, label: str) -> Iterator[Callable[[int, int | None], None]]:
-    """Yield ``report(done, total)``; draws a rich bar on stderr when that is a terminal."""
-    if not enabled or not _stderr_is_terminal():
-        yield lambda done, total: None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(label, total=None)
-
-        def report(done: int, total: int | None) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield report
+    """Yield ``report(done, total)``; draws a bar on stderr when terminals allow (``restorecli.console``)."""
+    with progress_bars(enabled=enabled and bars_wanted(), unit="bytes") as bars:
+        bar = bars.add(label)
+        yield lambda done, total: bars.update(bar, completed=done, total=total)

@@ -1,15 +1,15 @@
 """Benchmark evaluation with the conventions of the papers, and the reports of ``restore eval``.
 
-Super-resolution (spec §1.3, §1.5, §6): LR from the set's ``LR_bicubic/X{s}`` or, failing that,
+Super-resolution (the convention of the MaIR/BasicSR test code): LR from the set's ``LR_bicubic/X{s}`` or, failing that,
 MATLAB-bicubic ``imresize(GT, 1/s)`` of the ground truth cropped to a multiple of s; the ground truth
 is cropped to ``s × LR size``; output clamped to [0, 1] and quantised to uint8; PSNR/SSIM on the
 BT.601 Y channel with ``crop_border = s``.
 
-Colour denoising (spec §1.5): noisy = GT/255 + N(0, (σ/255)²) drawn over the (H, W, 3) **BGR**
+Colour denoising (as MaIR's denoising test code): noisy = GT/255 + N(0, (σ/255)²) drawn over the (H, W, 3) **BGR**
 array right after seeding NumPy with 0, for every image; float, not clipped, not quantised.
 Metrics on RGB (the literature's headline) and on Y (what MaIR's own test configs report).
 
-Inference (spec §5): ``tiled-official`` is MaIR's ``MambaIRModel.test`` tiling, ``whole`` one
+Inference: ``tiled-official`` is MaIR's ``MambaIRModel.test`` tiling, ``whole`` one
 forward pass, ``blended`` the tool's own overlapping tiles; ``ensemble`` is the 8-fold self-ensemble.
 The network runs without autograd (``torch.no_grad``; not ``inference_mode``, whose tensors, once
 cached by a model, would break a later training step in the same process, for no measurable gain).
@@ -40,6 +40,7 @@ from restorecli import interrupts
 from restorecli.datasets import DatasetSpec, Sample, image_key, list_samples
 from restorecli.errors import ImageReadError, ImageWriteError, UsageError
 from restorecli.imresize import imresize
+from restorecli.io import quantize_to_uint8, read_rgb8
 from restorecli.metrics import psnr, ssim
 
 if TYPE_CHECKING:
@@ -145,32 +146,6 @@ class _Crops:
 # ----------------------------------------------------------------------------- images
 
 
-def read_image(path: Path, *, grey: bool = False) -> np.ndarray:
-    """Read an image for scoring: (H, W, 3) RGB uint8, or (H, W, 1) for ``grey`` sets.
-
-    A grey file read as colour gets R = G = B, as the benchmark code (cv2 ``IMREAD_COLOR``) does;
-    alpha is dropped; 16-bit samples are rounded to 8 bits.
-
-    Raises:
-        ImageReadError: Missing, undecodable or unsupported file.
-    """
-    from restorecli import io as image_io
-
-    color = image_io.read_image(path).color
-    if color.dtype == np.uint16:
-        color = np.round(color / 257.0).astype(np.uint8)
-    if grey:
-        if color.ndim == 3:
-            color = cv2.cvtColor(color, cv2.COLOR_RGB2GRAY)
-        return color[..., None]
-    return np.repeat(color[..., None], 3, axis=2) if color.ndim == 2 else color
-
-
-def to_uint8(img: np.ndarray) -> np.ndarray:
-    """Quantise a float image in [0, 1] as the benchmark code does: clamp, ×255, round."""
-    return np.round(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
 def add_noise(clean: np.ndarray, sigma: float) -> np.ndarray:
     """The official test-time noisy image: seeded with 0 for every image, drawn in BGR order.
 
@@ -201,7 +176,7 @@ def _metrics(out: np.ndarray, gt: np.ndarray, border: int) -> dict[str, float]:
 
 
 def tiled_official(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scale: int) -> torch.Tensor:
-    """MaIR's own test-time tiling (``MambaIRModel.test``, spec §5.1), reproduced exactly.
+    """MaIR's own test-time tiling (``MambaIRModel.test`` in the official code), reproduced exactly.
 
     ``h // 200 + 1`` × ``w // 200 + 1`` tiles of the reflect-padded image, each extended by a tenth
     of its size into its neighbours, run separately and pasted without blending.
@@ -342,7 +317,7 @@ def _infer(run: Callable[[torch.Tensor], torch.Tensor], img: np.ndarray, channel
     y = run(x)[0].numpy().transpose(1, 2, 0)
     if img.shape[2] == 1 and y.shape[2] == 3:
         y = y.mean(axis=2, keepdims=True)
-    return to_uint8(y)
+    return quantize_to_uint8(y)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -427,7 +402,7 @@ def evaluate(
     with _count_forwards(model) as forwards:
         try:
             for done, sample in enumerate(samples, 1):
-                gt = read_image(sample.gt, grey=grey)
+                gt = read_rgb8(sample.gt, grey=grey)
                 if config.task == "sr":
                     gt, degraded, source = _sr_pair(sample, gt, config, grey)
                     lr_sources.add(source)
@@ -521,13 +496,13 @@ def _count_forwards(model: torch.nn.Module | None) -> Iterator[Callable[[], int]
 def _shown_input(degraded: np.ndarray, config: EvalConfig) -> np.ndarray:
     """The input as the baseline scores it and the comparison shows it: the LR upscaled with
     MATLAB-bicubic imresize, or the noisy image quantised to uint8."""
-    return imresize(degraded, config.scale) if config.task == "sr" else to_uint8(degraded)
+    return imresize(degraded, config.scale) if config.task == "sr" else quantize_to_uint8(degraded)
 
 
 def _sr_pair(sample: Sample, gt: np.ndarray, config: EvalConfig, grey: bool) -> tuple[np.ndarray, np.ndarray, str]:
     s = config.scale
     if sample.lr is not None and not config.lr_from_hr:
-        lr = read_image(sample.lr, grey=grey)
+        lr = read_rgb8(sample.lr, grey=grey)
         h, w = lr.shape[:2]
         if h * s > gt.shape[0] or w * s > gt.shape[1] or gt.shape[0] - h * s >= s or gt.shape[1] - w * s >= s:
             raise ImageReadError(
@@ -639,7 +614,7 @@ def score_dirs(
             raise ImageReadError(
                 f"no prediction for {gt_path.name} in {pred_dir}; expected a file named like {key}.png"
             )
-        pred, gt = read_image(pred_path), read_image(gt_path)
+        pred, gt = read_rgb8(pred_path), read_rgb8(gt_path)
         ph, pw = pred.shape[:2]
         if not (0 <= gt.shape[0] - ph < s and 0 <= gt.shape[1] - pw < s):
             raise ImageReadError(

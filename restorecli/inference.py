@@ -86,14 +86,14 @@ def resolve_device(spec: str) -> torch.device:
         UsageError: Not one of the accepted forms.
         BackendUnavailableError: CUDA asked for but not usable here.
     """
-    import os
-
     import torch
+
+    from restorecli import torchrun
 
     spec = spec.strip().lower()
     if spec == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+            return torch.device("cuda", torchrun.from_environment().local_rank % torch.cuda.device_count())
         return torch.device("cpu")
     if spec == "cpu":
         return torch.device("cpu")
@@ -104,7 +104,8 @@ def resolve_device(spec: str) -> torch.device:
                 "use --device cpu"
             )
         # a bare "cuda" under torchrun is this rank's device
-        index = int(spec[5:]) if ":" in spec else int(os.environ.get("LOCAL_RANK", torch.cuda.current_device()))
+        place = torchrun.from_environment()
+        index = int(spec[5:]) if ":" in spec else place.local_rank if place.enabled else torch.cuda.current_device()
         if index >= torch.cuda.device_count():
             raise BackendUnavailableError(
                 f"--device {spec}: expected an index below {torch.cuda.device_count()} (CUDA devices here)"

@@ -18,6 +18,9 @@ note on a damaged JPEG that still decoded, or in the DEBUG log.
 
 Writing encodes in memory and then writes a temporary file in the destination folder that is
 renamed over the target, so a crash or Ctrl-C never leaves a partial output.
+
+The module is longer than most on purpose: it is the one place where pixels change dtype, range
+or layout, and reading, the 8-bit benchmark conventions and writing share its format tables.
 """
 
 from __future__ import annotations
@@ -490,6 +493,45 @@ def tensor_to_image(tensor: torch.Tensor, like: Image) -> Image:
 
 
 # ---------------------------------------------------------------------------------------------
+# 8-bit arrays for scoring and training (the benchmarks' conventions)
+
+
+def read_rgb8(path: str | os.PathLike[str], *, grey: bool = False) -> np.ndarray:
+    """Read an image as uint8 samples: (H, W, 3) RGB, or (H, W, 1) luma when ``grey``.
+
+    A grey file gets R = G = B, as the benchmark code (OpenCV ``IMREAD_COLOR``) does; alpha is
+    dropped; 16-bit samples are rounded to 8 bits (:func:`to_8_bit`). With ``grey`` a colour file
+    is converted with OpenCV's BT.601 weights.
+
+    Raises:
+        ImageReadError: Missing, undecodable or unsupported file.
+    """
+    color = read_image(path).color
+    if color.dtype == np.uint16:
+        color = to_8_bit(color)
+    if grey:
+        if color.ndim == 3:
+            import cv2
+
+            color = cv2.cvtColor(color, cv2.COLOR_RGB2GRAY)
+        return color[..., None]
+    return np.repeat(color[..., None], 3, axis=2) if color.ndim == 2 else color
+
+
+def to_8_bit(samples: np.ndarray) -> np.ndarray:
+    """16-bit samples rounded to the nearest 8-bit value (65535 -> 255)."""
+    return ((samples.astype(np.uint32) + 128) // 257).astype(np.uint8)
+
+
+def quantize_to_uint8(image: np.ndarray) -> np.ndarray:
+    """A float image in [0, 1] as uint8, as the benchmark code saves it: clamp, x255, round.
+
+    Rounding is half to even (``np.round``), bit-identical to ``torch.round`` on the same values.
+    """
+    return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------
 # writing
 
 
@@ -517,18 +559,14 @@ def fit_to_format(image: Image, fmt: str) -> tuple[Image, list[str]]:
     if image.bit_depth == 16 and fmt not in FORMATS_16_BIT:
         image = replace(
             image,
-            color=_to_8_bit(image.color),
-            alpha=None if image.alpha is None else _to_8_bit(image.alpha),
+            color=to_8_bit(image.color),
+            alpha=None if image.alpha is None else to_8_bit(image.alpha),
         )
         notes.append(f"16-bit input written as 8-bit ({fmt.upper()} holds 8 bits)")
     if image.alpha is not None and fmt not in FORMATS_WITH_ALPHA:
         image = replace(image, alpha=None)
         notes.append(f"alpha dropped ({fmt.upper()} has no alpha)")
     return image, notes
-
-
-def _to_8_bit(samples: np.ndarray) -> np.ndarray:
-    return ((samples.astype(np.uint32) + 128) // 257).astype(np.uint8)
 
 
 def encode_image(image: Image, fmt: str, *, quality: int = DEFAULT_QUALITY) -> tuple[bytes, list[str]]:

@@ -1,4 +1,4 @@
-"""A literal, functional rendering of the MaIR / MaIRUNet specification (sections 2-4) in float64.
+"""A literal, functional rendering of the MaIR / MaIRUNet networks (scan orders, SS2D, blocks) in float64.
 
 Written independently of ``restorecli.models`` (it reads only a state dict and a config) and
 deliberately naive: per-direction gathers, the sequential scan recurrence, the official SSA

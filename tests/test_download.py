@@ -16,6 +16,7 @@ import pytest
 
 from restorecli import download as dl
 from restorecli.errors import ChecksumError, DownloadError
+from restorecli.filelock import exclusive_lock
 
 
 class FileServer:
@@ -270,7 +271,7 @@ def test_bad_sha256_argument_is_a_programming_error(tmp_path: Path) -> None:
 
 
 def test_progress_bar_on_a_terminal(server: FileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dl, "_stderr_is_terminal", lambda: True)
+    monkeypatch.setattr(dl, "bars_wanted", lambda: True)
     url = server.add("/w.bin", PAYLOAD, "cut")
     dl.download(url, tmp_path / "w.bin", sha256=DIGEST, progress=True, backoff=0.0)
     assert (tmp_path / "w.bin").read_bytes() == PAYLOAD
@@ -282,7 +283,7 @@ def test_concurrent_download_waits_and_reuses_the_first_ones_file(server: FileSe
     dest = tmp_path / "cache" / "w.bin"
     dest.parent.mkdir(parents=True)
     results: list[dl.DownloadResult] = []
-    with dl._exclusive_lock(dest.with_name("w.bin.lock"), url):  # another process, mid-download
+    with exclusive_lock(dest.with_name("w.bin.lock")):  # another process, mid-download
         waiter = threading.Thread(target=lambda: results.append(dl.download(url, dest, sha256=DIGEST, **FAST)))
         waiter.start()
         waiter.join(0.5)
@@ -298,7 +299,7 @@ def test_concurrent_download_takes_over_after_a_failed_holder(server: FileServer
     dest = tmp_path / "cache" / "w.bin"
     dest.parent.mkdir(parents=True)
     results: list[dl.DownloadResult] = []
-    with dl._exclusive_lock(dest.with_name("w.bin.lock"), url):
+    with exclusive_lock(dest.with_name("w.bin.lock")):
         waiter = threading.Thread(target=lambda: results.append(dl.download(url, dest, sha256=DIGEST, **FAST)))
         waiter.start()
         waiter.join(0.3)

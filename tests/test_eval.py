@@ -63,7 +63,7 @@ def test_noise_follows_the_official_protocol() -> None:
 
 @pytest.mark.parametrize(
     ("size", "tiles"),
-    [(500, {183, 199}), (256, {140}), (199, {199})],  # spec §5.1 examples: 3×3 of 167 + 16, 2×2 of 128 + 12, one
+    [(500, {183, 199}), (256, {140}), (199, {199})],  # 3×3 of 167 + 16, 2×2 of 128 + 12, one
 )
 def test_tiled_official_geometry_and_exactness(size: int, tiles: set[int]) -> None:
     model = Nearest(2)

@@ -1,4 +1,4 @@
-"""GPS planner and pixel orders (VAMamba specification section 3.2, issue 7)."""
+"""GPS planner and pixel orders (the greedy path scan of docs/models.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from restorecli.ops.gps_order import gps_pixel_orders, inverse_permutation, pixe
 
 
 def reference_plan(scores: np.ndarray) -> list[int]:
-    """The planner exactly as the specification's pseudocode, with masked argmax restarts."""
+    """The planner as docs/models.md describes it, written naively, with masked argmax restarts."""
     h, w = scores.shape
     visited = np.zeros((h, w), dtype=bool)
     order: list[int] = []

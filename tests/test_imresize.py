@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from restorecli.datasets import list_samples
-from restorecli.evaluate import read_image
+from restorecli.io import read_rgb8 as read_image
 from restorecli.imresize import imresize, resize_matrix
 
 

@@ -139,6 +139,25 @@ def marked_image() -> np.ndarray:
     return image
 
 
+def test_8_bit_arrays_follow_the_benchmark_conventions(tmp_path: Path) -> None:
+    """read_rgb8 (grey replicated, 16-bit rounded, luma on request) and quantize_to_uint8."""
+    samples16 = np.array([[0, 128, 129, 385, 65535]], dtype=np.uint16)
+    np.testing.assert_array_equal(io.to_8_bit(samples16), np.round(samples16 / 257.0).astype(np.uint8))
+    io.write_image(tmp_path / "grey16.png", io.Image(color=np.repeat(samples16, 2, axis=0)))
+    rgb = io.read_rgb8(tmp_path / "grey16.png")
+    assert rgb.shape == (2, 5, 3) and rgb.dtype == np.uint8
+    np.testing.assert_array_equal(rgb[..., 0], io.to_8_bit(np.repeat(samples16, 2, axis=0)))
+    assert (rgb[..., 0] == rgb[..., 2]).all()
+    colour = random_image("RGB", 8)
+    io.write_image(tmp_path / "colour.png", colour)
+    luma = io.read_rgb8(tmp_path / "colour.png", grey=True)
+    np.testing.assert_array_equal(luma[..., 0], cv2.cvtColor(colour.color, cv2.COLOR_RGB2GRAY))
+    floats = np.array([-0.1, 0.5 / 255, 1.5 / 255, 0.5, 1.2], dtype=np.float32)
+    np.testing.assert_array_equal(io.quantize_to_uint8(floats), [0, 0, 2, 128, 255])  # clamp; half to even
+    tensor = torch.from_numpy(floats)
+    np.testing.assert_array_equal(io.quantize_to_uint8(floats), (tensor.clamp(0, 1) * 255.0).round().to(torch.uint8))
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
 @pytest.mark.parametrize("fmt", ["jpeg", "png", "webp"])
 def test_exif_orientation_matches_opencv_oriented_decode(tmp_path: Path, fmt: str, orientation: int) -> None:

@@ -1,4 +1,4 @@
-"""PSNR/SSIM/Y against hand-computed values and their defining properties (spec §6)."""
+"""PSNR/SSIM/Y against hand-computed values and their defining properties."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Networks: official layouts, parameter counts, config/constructor agreement, forward shapes,
-checkpoint reading, and agreement of the fast mixer with a literal rendering of the specification."""
+checkpoint reading, and agreement of the fast mixer with a literal rendering of the networks (spec_reference.py)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ KEY_FILES = {
     "mair-dehaze-ots": "mair_Dehaze.txt",
     "mair-dehaze-r6k": "mair_Dehaze.txt",
 }
-PARAM_COUNTS = {  # specification section 1.2 (measured on the official modules)
+PARAM_COUNTS = {  # measured on the official modules
     "mair-sr-x2": 19_444_247, "mair-sr-x3": 19_628_887, "mair-sr-x4": 19_591_959,
     "mair-light-s-x2": 1_354_680, "mair-light-s-x3": 1_362_795, "mair-light-s-x4": 1_374_156,
     "mair-light-t-x2": 877_752, "mair-light-t-x3": 885_867, "mair-light-t-x4": 897_228,

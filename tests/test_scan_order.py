@@ -1,4 +1,4 @@
-"""NSS scan orders: the worked examples of the specification, permutation and inverse properties."""
+"""NSS scan orders: hand-worked examples, permutation and inverse properties."""
 
 from __future__ import annotations
 

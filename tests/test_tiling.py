@@ -162,7 +162,7 @@ def test_images_smaller_than_the_probe_skip_it() -> None:
     assert restorer.restore(torch.rand(1, 3, 20, 30)).tile == 0 and restorer.tile is None
 
 
-# --- MaIR+ self-ensemble (mair_spec §5.2) -------------------------------------------------------
+# --- MaIR+ self-ensemble: 8 flips/transposes, averaged after undoing each ----------------------
 
 
 def test_self_ensemble_order_and_inverse() -> None:

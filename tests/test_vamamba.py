@@ -1,4 +1,4 @@
-"""VAMamba: configs, determinism of the per-pass QCLAM memory, GPS-SS2D, heads, training (issue 7)."""
+"""VAMamba: configs, determinism of the per-pass QCLAM memory, GPS-SS2D, heads, training (docs/models.md)."""
 
 from __future__ import annotations
 

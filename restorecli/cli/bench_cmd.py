@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import shlex
-import sys
 from typing import Annotated
 
 import typer
 from typer.core import TyperCommand
 
 import restorecli.bench as bench_lib  # no torch at import time
+from restorecli.cli.options import DeviceOpt, JsonOpt, QuietOpt
+from restorecli.console import Output
 
 DEFAULTS = bench_lib.BenchSettings()
 
@@ -69,7 +69,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
         train_batch: Annotated[int, typer.Option(help="Batch of the timed training step; 0 skips it.")] = DEFAULTS.train_batch,
         train_patch: Annotated[int, typer.Option(help="Side of the training step's LR patches.")] = DEFAULTS.train_patch,
-        device: Annotated[str, typer.Option(metavar="auto|cpu|cuda|cuda:N", help="Compute device.")] = "cpu",
+        device: DeviceOpt = "cpu",
         backend: Annotated[str | None, typer.Option("--scan-backend", help="ref, cpu or cuda (default: auto).")] = None,
         repeats: Annotated[int, typer.Option(help="Timed runs per case after a warm-up (the best is kept).")] = DEFAULTS.repeats,
         skip_slower_than: Annotated[
@@ -78,8 +78,8 @@ def register(app: typer.Typer) -> None:
         breakdown: Annotated[
             bool, typer.Option("--breakdown/--no-breakdown", help="Profile one more forward per case for the time breakdown.")
         ] = True,
-        as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")] = False,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines on stderr.")] = False,
+        as_json: JsonOpt = False,
+        quiet: QuietOpt = False,
     ) -> None:
         """Time forwards and a training step of named networks (random weights) on this machine.
 
@@ -101,9 +101,10 @@ def register(app: typer.Typer) -> None:
             breakdown=breakdown,
         )
         command = shlex.join(["restore", "bench", *ctx.meta.get("restorecli.bench.args", [])])
-        progress = None if quiet else (lambda line: sys.stderr.write(line + "\n"))
-        report = bench_lib.run_benchmark(settings, command=command, progress=progress)
+        output = Output(json_output=as_json, quiet=quiet)
+        # one line per case on stderr, even under --json: a run takes minutes, and lines suit logs
+        report = bench_lib.run_benchmark(settings, command=command, progress=None if quiet else output.note)
         if as_json:
-            sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
+            output.data(report.to_dict())
         else:
-            sys.stdout.write(bench_lib.format_markdown(report))
+            output.line(bench_lib.format_markdown(report).removesuffix("\n"))

@@ -6,15 +6,15 @@ kernel may build it on first use (a few seconds, once per machine).
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+from restorecli.cli.options import JsonOpt
+from restorecli.console import Output
 
 # Variables that change what the tool does; shown when set.
 _ENV_VARS = (
@@ -125,5 +125,9 @@ def register(app: typer.Typer) -> None:
     @app.command("env")
     def env(json_output: JsonOpt = False) -> None:
         """Show versions, devices, scan backends (usable or why not) and cache folders."""
+        output = Output(json_output=json_output)
         report = collect()
-        typer.echo(json.dumps(report, indent=2) if json_output else _text(report))
+        if json_output:
+            output.data(report)
+        else:
+            output.line(_text(report))

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -24,6 +20,7 @@ from restorecli.cli.options import (
     TileOverlapOpt,
     WeightsOpt,
 )
+from restorecli.console import Bars, Output
 from restorecli.errors import UnknownModelError, UsageError
 
 if TYPE_CHECKING:
@@ -31,9 +28,6 @@ if TYPE_CHECKING:
     from restorecli.models import LoadedModel, ModelSpec
 
 datasets_app = typer.Typer(help="Benchmark data sets: list them, download them into the cache.", no_args_is_help=True)
-
-ProgressFn = Callable[[int, int, str], None]
-
 
 def load_model(
     task: str,
@@ -77,27 +71,15 @@ def _model_spec(name: str, manifest: Path | None) -> ModelSpec | None:
         return None
 
 
-@contextmanager
-def _progress(enabled: bool, label: str) -> Iterator[ProgressFn | None]:
-    """A progress bar on stderr, as a ``(done, total, name)`` callback (None when disabled)."""
-    if not enabled:
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+class _ItemBar:
+    """A ``progress(done, total, name)`` callback of the library drawing one bar (see ``Bars``)."""
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(label, total=None)
+    def __init__(self, bars: Bars, label: str) -> None:
+        self.bars, self.label = bars, label
+        self.bar = bars.add(label)
 
-        def report(done: int, total: int, name: str) -> None:
-            bar.update(task, completed=done, total=total, description=f"{label} {name}")
-
-        yield report
-
-
-def _show_progress(quiet: bool, as_json: bool) -> bool:
-    return not (quiet or as_json) and sys.stderr.isatty()
+    def __call__(self, done: int, total: int, name: str) -> None:
+        self.bars.update(self.bar, completed=done, total=total, description=f"{self.label} {name}")
 
 
 def _infer_task(dataset_tasks: tuple[str, ...] | None, sigma: float | None, spec: ModelSpec | None) -> str:
@@ -110,8 +92,7 @@ def _infer_task(dataset_tasks: tuple[str, ...] | None, sigma: float | None, spec
     return "sr"
 
 
-def _print_summary(report: EvalReport) -> None:
-    from rich.console import Console
+def _print_summary(report: EvalReport, output: Output) -> None:
     from rich.table import Table
 
     summary = report.summary()
@@ -143,24 +124,23 @@ def _print_summary(report: EvalReport) -> None:
         f"{m['seconds']:.3f}",
         style="bold",
     )
-    console = Console()
-    console.print(table)
+    output.show(table)
     key = "y" if head == "y" else "rgb"
-    console.print(
+    output.show(
         f"{summary['dataset']}: PSNR {fmt(m['psnr_' + key], 2)} dB, SSIM {fmt(m['ssim_' + key], 4)} "
         f"({key.upper()}, crop border {summary['crop_border']})",
         highlight=False,
     )
     if summary.get("forwards_per_image") is not None:
         scan = summary["backend"] or "none"
-        console.print(
+        output.show(
             f"{summary['protocol']} protocol, forward passes per image: {summary['forwards_per_image']:g}; "
             f"{summary['time_per_image']:.3f} s per image on {summary['device']} (scan {scan}); "
             f"setup {summary['setup_seconds']:.2f} s, not in the time per image",
             highlight=False,
         )
     for note in summary.get("notes", []):
-        console.print(f"note: {note}", highlight=False, style="dim")
+        output.show(f"note: {note}", highlight=False, style="dim")
 
 
 def eval_command(
@@ -223,15 +203,15 @@ def eval_command(
     """
     from restorecli import evaluate as ev
 
-    show = _show_progress(quiet, as_json)
+    output = Output(json_output=as_json, quiet=quiet)
     if pred_dir is not None or gt_dir is not None:
         if pred_dir is None or gt_dir is None:
             raise UsageError("--pred-dir and --gt-dir go together: give both")
         if dataset or model or weights or baseline:
             raise UsageError("--pred-dir/--gt-dir score existing files; drop --dataset/--model/--weights/--baseline")
-        with _progress(show, "scoring") as progress:
-            report = ev.score_dirs(pred_dir, gt_dir, scale=scale, crop_border=crop_border, progress=progress)
-        _finish(report, out, as_json, quiet)
+        with output.progress() as bars:
+            report = ev.score_dirs(pred_dir, gt_dir, scale=scale, crop_border=crop_border, progress=_ItemBar(bars, "scoring"))
+        _finish(report, out, output)
         return
 
     if dataset is None:
@@ -286,63 +266,43 @@ def eval_command(
         precision=precision,
         limit=limit,
     )
-    downloading = show and data_dir is None and not datasets.is_cached(spec_ds.name)
-    with _progress(downloading, f"downloading {spec_ds.name}") as progress:
-        folder = datasets.locate_dataset(spec_ds.name, data_dir, progress=progress)
-    with _progress(show, f"{spec_ds.name}") as progress:
-        report = ev.evaluate_dataset(spec_ds, folder, config, model=module, model_info=info, progress=progress)
-    _finish(report, out, as_json, quiet)
+    with output.progress() as bars:
+        fetching = bars.enabled and data_dir is None and not datasets.is_cached(spec_ds.name)
+        downloading = _ItemBar(bars, f"downloading {spec_ds.name}") if fetching else None
+        folder = datasets.locate_dataset(spec_ds.name, data_dir, progress=downloading)
+    with output.progress() as bars:
+        report = ev.evaluate_dataset(spec_ds, folder, config, model=module, model_info=info, progress=_ItemBar(bars, spec_ds.name))
+    _finish(report, out, output)
 
 
-def _finish(report: EvalReport, out: Path | None, as_json: bool, quiet: bool = False) -> None:
+def _finish(report: EvalReport, out: Path | None, output: Output) -> None:
     """Write and print the report; after Ctrl-C, SIGTERM or SIGHUP exit with 128 + the signal."""
     from restorecli import interrupts
     from restorecli.evaluate import write_report
 
     if out is not None:
         paths = write_report(report, out)
-        if not quiet:
-            typer.echo(f"report written: {', '.join(str(p) for p in paths)}", err=True)
-    if as_json:
-        typer.echo(json.dumps(report.summary(), indent=2))
+        output.note(f"report written: {', '.join(str(p) for p in paths)}")
+    if output.json_output:
+        output.data(report.summary())
     else:
-        _print_summary(report)
+        _print_summary(report, output)
     if report.stop_signal is not None:
-        if not quiet:
-            done, total = len(report.images), report.meta.get("images_total", len(report.images))
-            typer.echo(f"Interrupted ({interrupts.signal_name(report.stop_signal)}) after {done} of {total} images", err=True)
+        done, total = len(report.images), report.meta.get("images_total", len(report.images))
+        output.note(f"Interrupted ({interrupts.signal_name(report.stop_signal)}) after {done} of {total} images")
         raise typer.Exit(interrupts.exit_code(report.stop_signal))
 
 
 @datasets_app.command("list")
-def datasets_list(
-    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
-) -> None:
+def datasets_list(as_json: JsonOpt = False) -> None:
     """List the benchmark sets, their source and whether they are in the cache."""
     from restorecli import datasets
 
-    pins = datasets.load_pins()
-    rows = []
-    for spec in datasets.DATASETS.values():
-        pin = pins.get(spec.name)
-        rows.append(
-            {
-                "name": spec.name,
-                "tasks": list(spec.tasks),
-                "grey": spec.grey,
-                "images": spec.images,
-                "lr_scales": list(spec.lr_scales),
-                "source": f"{pin['repo']}@{pin['commit'][:12]}" if pin else None,
-                "files": len(pin["files"]) if pin else 0,
-                "bytes": sum(f["size"] for f in pin["files"]) if pin else 0,
-                "cached": datasets.is_cached(spec.name),
-                "description": spec.description,
-            }
-        )
+    rows = datasets.catalogue()
+    output = Output(json_output=as_json)
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        output.data(rows)
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table()
@@ -358,14 +318,14 @@ def datasets_list(
             f"{r['bytes'] / 1e6:.1f} MB" if r["bytes"] else "-",
             "yes" if r["cached"] else "no",
         )
-    Console().print(table)
+    output.show(table)
 
 
 @datasets_app.command("download")
 def datasets_download(
     name: Annotated[str, typer.Argument(help="Set name, e.g. Set5.")],
     dest: Annotated[Path | None, typer.Option("--dest", help="Parent folder (default: the cache).")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    quiet: QuietOpt = False,
 ) -> None:
     """Download a set from its pinned public source, verifying every file; prints the set folder.
 
@@ -376,25 +336,25 @@ def datasets_download(
 
     files_done = [0, len(datasets.load_pins().get(datasets.get_dataset(name).name, {}).get("files", []))]
 
-    with _progress(_show_progress(quiet, False), f"downloading {name}") as progress:
+    output = Output(quiet=quiet)
+    with output.progress() as bars:
+        progress = _ItemBar(bars, f"downloading {name}")
 
         def count(done: int, total: int, path: str) -> None:
             files_done[:] = [done, total]
-            if progress is not None:
-                progress(done, total, path)
+            progress(done, total, path)
 
         try:
             folder = datasets.download_dataset(name, dest, progress=count)
         except KeyboardInterrupt as error:
             signum = interrupts.handled(error)
             # stderr: stdout carries only the folder of a finished set
-            typer.echo(
+            output.warning(
                 f"Interrupted ({interrupts.signal_name(signum)}) after {files_done[0]} of {files_done[1]} files of "
-                f"{name}; verified files are kept, and `restore datasets download {name}` fetches the rest",
-                err=True,
+                f"{name}; verified files are kept, and `restore datasets download {name}` fetches the rest"
             )
             raise typer.Exit(interrupts.exit_code(signum)) from None
-    typer.echo(str(folder))
+    output.line(str(folder))
 
 
 def register(app: typer.Typer) -> None:

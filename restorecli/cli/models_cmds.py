@@ -7,13 +7,14 @@ messages to stderr. The hub (and torch, for ``import``) are imported inside the 
 
 from __future__ import annotations
 
-import json
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from restorecli.cli.options import AllowUnverifiedOpt, CacheDirOpt, JsonOpt, ManifestOpt, QuietOpt
+from restorecli.console import Output
 
 models_app = typer.Typer(
     name="models",
@@ -22,34 +23,6 @@ models_app = typer.Typer(
 )
 
 NameArg = Annotated[str, typer.Argument(help="Model name, as listed by `restore models list`.", show_default=False)]
-ManifestOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--manifest",
-        help="Extra manifest whose entries add to or override the shipped ones (default: $RESTORECLI_MANIFEST).",
-        dir_okay=False,
-        show_default=False,
-    ),
-]
-CacheDirOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--cache-dir",
-        help="Weights cache folder (default: $RESTORECLI_CACHE, else the platform cache folder).",
-        file_okay=False,
-        show_default=False,
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout instead of a table.")]
-UnverifiedOpt = Annotated[
-    bool,
-    typer.Option("--allow-unverified", help="Download even when no sha256 is pinned; the computed sha256 is printed."),
-]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or messages on stderr.")]
-
-
-def _err(message: str) -> None:
-    sys.stderr.write(message + "\n")
 
 
 def _human_size(size: int | None) -> str:
@@ -93,11 +66,11 @@ def list_models(
     """List known models and where their weights are: bundled, cached, remote or manual."""
     from restorecli import hub
 
+    output = Output(json_output=json_output)
     rows = [row for row in hub.model_status(manifest, cache_dir) if task is None or row.task == task]
     if json_output:
-        typer.echo(json.dumps([asdict(row) for row in rows], indent=2))
+        output.data([asdict(row) for row in rows])
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False)
@@ -107,15 +80,15 @@ def list_models(
         table.add_row(
             row.name, row.task, _setting(row), _human_params(row.params), row.source, row.where, _human_size(row.size)
         )
-    Console(soft_wrap=True).print(table)
+    output.show(table, soft_wrap=True)
     if any(row.where == "manual" for row in rows):
-        _err("'manual': download the file from its download page, then `restore models import FILE`.")
+        output.note("'manual': download the file from its download page, then `restore models import FILE`.")
 
 
 @models_app.command("download")
 def download_model(
     name: NameArg,
-    allow_unverified: UnverifiedOpt = False,
+    allow_unverified: AllowUnverifiedOpt = False,
     quiet: QuietOpt = False,
     manifest: ManifestOpt = None,
     cache_dir: CacheDirOpt = None,
@@ -127,24 +100,24 @@ def download_model(
     """
     from restorecli import hub, interrupts
 
+    output = Output(quiet=quiet)
     loaded = hub.load_manifest(manifest)
     entry = loaded.get(name)
     try:
         resolved = hub.fetch(
-            name, allow_unverified=allow_unverified, manifest=loaded, cache_dir=cache_dir, progress=not quiet
+            name, allow_unverified=allow_unverified, manifest=loaded, cache_dir=cache_dir, progress=output.bars_enabled
         )
     except KeyboardInterrupt as error:
         signum = interrupts.handled(error)
-        _err(
+        output.warning(
             f"Interrupted ({interrupts.signal_name(signum)}) before {name} was stored; "
             f"`restore models download {name}` resumes the download"
         )
         raise typer.Exit(interrupts.exit_code(signum)) from None
-    if not quiet:
-        _err(f"{name}: {resolved.source} ({resolved.path})")
-        if entry.weights.sha256 is None and resolved.source == "download":
-            _err(f"unverified: sha256 {resolved.sha256}; pin it in a manifest to verify future downloads")
-    typer.echo(str(resolved.path))
+    output.note(f"{name}: {resolved.source} ({resolved.path})")
+    if entry.weights.sha256 is None and resolved.source == "download":
+        output.note(f"unverified: sha256 {resolved.sha256}; pin it in a manifest to verify future downloads")
+    output.line(str(resolved.path))
 
 
 @models_app.command("import")
@@ -169,11 +142,11 @@ def import_model(
     """Recognise a checkpoint by its exact keys and shapes, check that it loads, and store it in the cache."""
     from restorecli import hub
 
+    output = Output(quiet=quiet)
     result = hub.import_checkpoint(file, name=name, manifest=manifest, cache_dir=cache_dir, force=force)
-    if not quiet:
-        verb = "replaced" if result.replaced else "imported"
-        _err(f"{verb} {file.name} as {result.name} (sha256 of {file.name}: {result.original_sha256})")
-    typer.echo(str(result.path))
+    verb = "replaced" if result.replaced else "imported"
+    output.note(f"{verb} {file.name} as {result.name} (sha256 of {file.name}: {result.original_sha256})")
+    output.line(str(result.path))
 
 
 @models_app.command("verify")
@@ -188,19 +161,20 @@ def verify_models(
     """Re-hash every cached and bundled weights file; exit code 1 if any is corrupt or missing."""
     from restorecli import hub
 
+    output = Output(json_output=json_output)
     results = hub.verify_cache(names or (), manifest=manifest, cache_dir=cache_dir)
     if json_output:
-        typer.echo(json.dumps([asdict(result) for result in results], indent=2))
+        output.data([asdict(result) for result in results])
     elif not results:
-        _err("nothing to verify: no cached or bundled weights.")
+        output.note("nothing to verify: no cached or bundled weights.")
     else:
         for result in results:
-            typer.echo(f"{'ok' if result.ok else 'FAILED':6} {result.name}  {result.path}")
+            output.line(f"{'ok' if result.ok else 'FAILED':6} {result.name}  {result.path}")
             if not result.ok:
-                _err(f"{result.name}: {result.detail}")
+                output.note(f"{result.name}: {result.detail}")
     bad = [result.name for result in results if not result.ok]
     if bad:
-        _err(f"Error: {len(bad)} of {len(results)} files failed verification: {', '.join(bad)}")
+        output.note(f"Error: {len(bad)} of {len(results)} files failed verification: {', '.join(bad)}")
         raise typer.Exit(1)
 
 
@@ -209,7 +183,7 @@ def model_path(name: NameArg, manifest: ManifestOpt = None, cache_dir: CacheDirO
     """Print the local file of a model (bundled or cached); never downloads."""
     from restorecli import hub
 
-    typer.echo(str(hub.local_path(name, manifest=manifest, cache_dir=cache_dir)))
+    Output().line(str(hub.local_path(name, manifest=manifest, cache_dir=cache_dir)))
 
 
 @models_app.command("remove")
@@ -218,7 +192,7 @@ def remove_model(name: NameArg, cache_dir: CacheDirOpt = None) -> None:
     from restorecli import hub
 
     folder = hub.remove_cached(name, cache_dir=cache_dir)
-    _err(f"removed {folder}")
+    Output().note(f"removed {folder}")
 
 
 def register(app: typer.Typer) -> None:

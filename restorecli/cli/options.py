@@ -1,7 +1,9 @@
-"""Options shared by the restoration commands, defined once as ``Annotated`` aliases.
+"""Every option used by more than one command, defined once as an ``Annotated`` alias.
 
-``with_restore_options`` appends them to a command's own parameters, so each command declares
-only what is particular to it and receives the shared values as one ``RestoreOptions``.
+A command module declares only the options that are particular to it. The restoration commands
+share most of theirs: ``with_restore_options`` appends those to a command's own parameters, so
+the command receives them as one ``RestoreOptions``. ``--json`` and ``--quiet`` mean the same
+everywhere (see ``restorecli.console``).
 """
 
 from __future__ import annotations
@@ -58,12 +60,10 @@ OverwriteOpt = Annotated[
     bool,
     typer.Option("--overwrite", help="Replace existing outputs (otherwise they are skipped and reported).", rich_help_panel=FILES_PANEL),
 ]
-JsonOpt = Annotated[
-    bool,
-    typer.Option("--json", help="Print one JSON document on stdout instead of the summary table.", rich_help_panel=FILES_PANEL),
-]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout instead of a table or text.")]
 QuietOpt = Annotated[
-    bool, typer.Option("--quiet", "-q", help="Nothing on stderr (no progress, notes or errors).", rich_help_panel=FILES_PANEL)
+    bool,
+    typer.Option("--quiet", "-q", help="Nothing on stderr: no progress, notes or per-file errors (a fatal error is still printed)."),
 ]
 ReportOpt = Annotated[
     Path | None,
@@ -94,14 +94,33 @@ WeightsOpt = Annotated[
 ]
 ManifestOpt = Annotated[
     Path | None,
-    typer.Option(metavar="FILE", help="Extra weights manifest.", show_default=False, rich_help_panel=MODEL_PANEL),
+    typer.Option(
+        "--manifest",
+        metavar="FILE",
+        help="Extra weights manifest whose entries add to or override the shipped ones (default: $RESTORECLI_MANIFEST).",
+        dir_okay=False,
+        show_default=False,
+        rich_help_panel=MODEL_PANEL,
+    ),
 ]
 CacheDirOpt = Annotated[
     Path | None,
-    typer.Option(metavar="DIR", help="Weights cache folder.", show_default=False, rich_help_panel=MODEL_PANEL),
+    typer.Option(
+        "--cache-dir",
+        metavar="DIR",
+        help="Weights cache folder (default: $RESTORECLI_CACHE, else the platform cache folder).",
+        file_okay=False,
+        show_default=False,
+        rich_help_panel=MODEL_PANEL,
+    ),
 ]
 AllowUnverifiedOpt = Annotated[
-    bool, typer.Option("--allow-unverified", help="Download weights that have no pinned sha256.", rich_help_panel=MODEL_PANEL)
+    bool,
+    typer.Option(
+        "--allow-unverified",
+        help="Download weights that have no pinned sha256; the computed sha256 is printed.",
+        rich_help_panel=MODEL_PANEL,
+    ),
 ]
 TileOpt = Annotated[
     int | None,

@@ -2,28 +2,23 @@
 
 Thin commands over ``restorecli.batch`` and ``restorecli.inference``; torch, numpy and OpenCV are
 imported inside the command bodies so that ``--help`` stays instant. Data (the summary table or
-``--json``) goes to stdout; progress, notes and per-file errors go to stderr.
+``--json``) goes to stdout; progress, notes and per-file errors go to stderr (``restorecli.console``).
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from restorecli.cli.options import RestoreOptions, with_restore_options
+from restorecli.console import Bars, Output
 from restorecli.errors import UsageError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
-    from rich.console import Console
-
-    from restorecli.batch import BatchEvents, BatchReport, FileResult, InputFile
+    from restorecli.batch import BatchReport, FileResult, InputFile
     from restorecli.inference import ImageRestorer
     from restorecli.models.descriptor import LoadedModel
 
@@ -107,14 +102,15 @@ def _restore(
     real: bool = False,
 ) -> None:
     """Discover inputs, load the network, run the batch, report; exits with the batch's code."""
-    from restorecli import batch
+    from restorecli import batch, torchrun
     from restorecli.inference import ImageRestorer, resolve_device, resolve_precision
     from restorecli.loading import load_model
     from restorecli.tiling import check_tile
 
     started = time.perf_counter()
-    rank, world = batch.rank_and_world()
-    display = _Display(quiet=options.quiet or rank != 0, json_output=options.json_output)
+    place = torchrun.from_environment()
+    rank, world = place.rank, place.world
+    output = Output(json_output=options.json_output, quiet=options.quiet or rank != 0)
     # cheap checks first: a typo should not wait for a download or a model build
     check_tile(options.tile, options.tile_overlap)  # the model's own side rule is checked once it is known
     batch.OutputRule(options.output, options.suffix or "", options.ext)
@@ -136,13 +132,13 @@ def _restore(
         allow_unverified=options.allow_unverified,
         manifest=options.manifest,
         cache_dir=options.cache_dir,
-        progress=display.enabled,
+        progress=output.bars_enabled,
     )
     suffix = batch.default_suffix(task, network.scale) if options.suffix is None else options.suffix
     images, earlier_outputs = batch.drop_earlier_outputs(images, suffix)
     skips = sorted(skips + earlier_outputs, key=lambda skip: str(skip.path))
     for skip in skips:
-        display.note(f"Skipped {skip.path}: {skip.reason}")
+        output.note(f"Skipped {skip.path}: {skip.reason}")
     _require_images(images, skips, options.inputs)
 
     restorer = ImageRestorer(
@@ -156,17 +152,17 @@ def _restore(
     rule = batch.OutputRule(options.output, suffix, options.ext)
     collisions = batch.output_collisions(images, rule)
     for collision in collisions:
-        display.note(_error_line(collision))
+        output.note(_error_line(collision))
     left_out = {collision.index for collision in collisions}
     mine = [(index, item) for index, item in batch.share_of_rank(images, rank, world) if index not in left_out]
-    with display.progress(len(mine)) as events:
+    with output.progress() as bars:
         run = batch.run_batch(
             mine,
             restorer,
             rule,
             protected={item.path.resolve() for item in images},
             overwrite=options.overwrite,
-            events=events,
+            events=_BatchDisplay(output, bars, total_files=len(mine)),
             rank=rank,
             max_pixels=max_pixels,
         )
@@ -192,7 +188,7 @@ def _restore(
         stop_signal=run.stop_signal,
     )
     if rank == 0:
-        _publish(report, options)
+        _publish(report, options, output)
     raise typer.Exit(report.exit_code)
 
 
@@ -231,7 +227,7 @@ def _require_images(images: list[InputFile], skips: list[Any], inputs: list[str]
         raise UsageError(f"no images found in {', '.join(inputs)}{detail}; expected {FORMAT_NAMES} files")
 
 
-def _publish(report: BatchReport, options: RestoreOptions) -> None:
+def _publish(report: BatchReport, options: RestoreOptions, output: Output) -> None:
     """Summary table or JSON on stdout, and the ``--report`` file."""
     document = report.to_dict()
     if options.report is not None:
@@ -239,19 +235,9 @@ def _publish(report: BatchReport, options: RestoreOptions) -> None:
 
         write_bytes_atomic(options.report, (json.dumps(document, indent=2) + "\n").encode(), overwrite=True)
     if options.json_output:
-        sys.stdout.write(json.dumps(document, indent=2) + "\n")
-        sys.stdout.flush()
-        return
-    _stdout_console().print(_summary_table(report))
-
-
-def _stdout_console() -> Console:
-    from rich.console import Console
-
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)  # a pipe or file: no wrapping of long paths at 80 columns
-    return console
+        output.data(document)
+    else:
+        output.show(_summary_table(report))
 
 
 def _summary_table(report: BatchReport) -> Any:
@@ -280,78 +266,19 @@ def _summary_table(report: BatchReport) -> Any:
     return table
 
 
-class _Display:
-    """Progress, notes and per-file errors on stderr (nothing under --quiet).
-
-    The progress bars are drawn only when stdout is a terminal and --json is off (house style):
-    a pipe or a log file gets the one-line notes and errors alone.
-    """
-
-    def __init__(self, *, quiet: bool, json_output: bool) -> None:
-        from rich.console import Console
-
-        self.quiet = quiet
-        self.console = Console(stderr=True, highlight=False)
-        self.enabled = not quiet and not json_output and sys.stdout.isatty() and self.console.is_terminal
-
-    def note(self, message: str) -> None:
-        if not self.quiet:
-            self.console.print(message, markup=False, soft_wrap=True)
-
-    @contextmanager
-    def progress(self, total_files: int) -> Iterator[BatchEvents]:
-        if not self.enabled:
-            yield _LineEvents(self)
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        progress = Progress(
-            TextColumn("{task.description}", markup=False),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=self.console,
-            transient=True,
-        )
-        with progress:
-            files = progress.add_task("files", total=total_files)
-            tiles = progress.add_task("tiles", total=None)
-            yield _ProgressEvents(self, progress, files, tiles)
-
-
 def _error_line(result: FileResult) -> str:
     error = result.error or "failed"
     # most messages already start with the file they are about
     return f"Error: {error}" if result.input in error else f"Error: {result.input}: {error}"
 
 
-class _LineEvents:
-    """Per-file notes and errors as plain lines."""
+class _BatchDisplay:
+    """The batch's events on stderr: per-file notes and errors, and bars for files and tiles."""
 
-    def __init__(self, display: _Display) -> None:
-        self.display = display
-
-    def file_started(self, position: int, total: int, item: InputFile) -> None:
-        pass
-
-    def tiles_done(self, done: int, total: int) -> None:
-        pass
-
-    def file_finished(self, result: FileResult) -> None:
-        if result.status == "failed":
-            self.display.note(_error_line(result))
-        elif result.status == "skipped":
-            self.display.note(f"Skipped {result.input}: {'; '.join(result.notes)}")
-        elif result.status == "interrupted":
-            self.display.note(f"Interrupted at {result.input}; finished outputs are kept")
-
-
-class _ProgressEvents(_LineEvents):
-    """Rich bars for files and for the tiles of the current file, with ETA."""
-
-    def __init__(self, display: _Display, progress: Any, files: Any, tiles: Any) -> None:
-        super().__init__(display)
-        self.bars, self.files, self.tiles = progress, files, tiles
+    def __init__(self, output: Output, bars: Bars, *, total_files: int) -> None:
+        self.output, self.bars = output, bars
+        self.files = bars.add("files", total=total_files)
+        self.tiles = bars.add("tiles")
 
     def file_started(self, position: int, total: int, item: InputFile) -> None:
         self.bars.update(self.files, description=item.path.name)
@@ -361,5 +288,10 @@ class _ProgressEvents(_LineEvents):
         self.bars.update(self.tiles, completed=done, total=total)
 
     def file_finished(self, result: FileResult) -> None:
-        super().file_finished(result)
+        if result.status == "failed":
+            self.output.note(_error_line(result))
+        elif result.status == "skipped":
+            self.output.note(f"Skipped {result.input}: {'; '.join(result.notes)}")
+        elif result.status == "interrupted":
+            self.output.note(f"Interrupted at {result.input}; finished outputs are kept")
         self.bars.advance(self.files)

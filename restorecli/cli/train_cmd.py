@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from restorecli import interrupts
+from restorecli.cli.options import QuietOpt
+from restorecli.console import Bars, Output
 from restorecli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -45,40 +47,18 @@ UntilOpt = Annotated[
     Optional[int],  # noqa: UP045
     typer.Option("--until", min=1, help="Stop after this iteration with a resumable latest.pth (the schedule is unchanged).", show_default=False),
 ]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or log messages on stderr.")]
+_STEP_STATS = "loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[its]:.2f} it/s"
 
 
-def _err(message: str) -> None:
-    sys.stderr.write(message + "\n")
+class _StepBar:
+    """The training loop's ``progress(StepReport)`` callback: one bar with loss, learning rate and it/s."""
 
-
-class _Progress:
-    """A rich progress bar on stderr (TTY only) with loss, learning rate, it/s and ETA."""
-
-    def __init__(self, total: int, start: int) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[its]:.2f} it/s"),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=False,
-        )
-        self.task = self.progress.add_task("train", total=total, completed=start, loss=0.0, lr=0.0, its=0.0)
-
-    def __enter__(self) -> _Progress:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+    def __init__(self, bars: Bars, total: int, start: int) -> None:
+        self.bars = bars
+        self.bar = bars.add("train", total=total, completed=start, loss=0.0, lr=0.0, its=0.0)
 
     def __call__(self, report: StepReport) -> None:
-        self.progress.update(self.task, completed=report.iteration, loss=report.loss, lr=report.lr, its=report.its)
+        self.bars.update(self.bar, completed=report.iteration, loss=report.loss, lr=report.lr, its=report.its)
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -118,12 +98,11 @@ def train_command(
         cfg = config_from_mapping(apply_overrides(state["train_config"], overrides or []))
     start = int(state["iteration"]) if state is not None else 0
     del state  # train() reads the checkpoint itself; do not hold two copies
-    show_bar = not quiet and sys.stderr.isatty()
-    if show_bar:
-        with _Progress(cfg.schedule.iterations, start) as bar:
-            result = train(cfg, resume=resume, stop_at=until, progress=bar)
-    else:
-        result = train(cfg, resume=resume, stop_at=until)
+    output = Output(quiet=quiet)
+    with output.progress(stats=_STEP_STATS, keep=True) as bars:
+        # without bars, the training loop logs a line every output.log_every iterations instead
+        progress = _StepBar(bars, cfg.schedule.iterations, start) if bars.enabled else None
+        result = train(cfg, resume=resume, stop_at=until, progress=progress)
     summary = {
         "iteration": result.iteration,
         "total": result.total,
@@ -133,10 +112,10 @@ def train_command(
         "wall_s": round(result.wall_s, 1),
         "interrupted": result.interrupted,
     }
-    sys.stdout.write(json.dumps(summary) + "\n")
+    output.data(summary, indent=None)
     if result.interrupted:
         signum = result.stop_signal or signal.SIGINT
-        _err(
+        output.warning(
             f"Interrupted ({interrupts.signal_name(signum)}) at iteration {result.iteration}; "
             f"resume with --resume {result.output_dir / 'latest.pth'}"
         )
@@ -182,8 +161,9 @@ def presets_command() -> None:
     """List the shipped presets (use one with --config NAME)."""
     from restorecli.train.config import preset_names
 
+    output = Output()
     for preset in preset_names():
-        sys.stdout.write(preset + "\n")
+        output.line(preset)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,5 @@
-"""Image-quality metrics with the conventions of the SR/denoising literature (spec §6).
+"""Image-quality metrics with the conventions of the SR/denoising literature (uint8 outputs, BT.601 Y, ``crop_border``; see
+``docs/eval_baselines.md``).
 
 Functional and per image: ``psnr(img1, img2, crop_border=0, y_channel=False)`` and ``ssim(...)`` on
 HWC arrays in [0, 255] (uint8 or float), ``psnr_torch`` / ``ssim_torch`` on NCHW tensors in [0, 1],

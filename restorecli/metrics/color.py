@@ -1,7 +1,7 @@
 """Luma (Y) of ITU-R BT.601, as MATLAB's ``rgb2ycbcr`` and the SR benchmark code define it.
 
 Y = 16 + (65.481 R + 128.553 G + 24.966 B) / 255 for R, G, B in [0, 255]; the result lies in
-[16, 235]. It is **not rounded** (the BasicSR convention, spec §6); MATLAB's ``rgb2ycbcr`` on a
+[16, 235]. It is **not rounded** (the BasicSR convention); MATLAB's ``rgb2ycbcr`` on a
 uint8 image rounds it, which moves PSNR by about 0.01 dB (see ``docs/eval_baselines.md``).
 """
 

@@ -1,8 +1,8 @@
-"""Peak signal-to-noise ratio, BasicSR-compatible (spec §6).
+"""Peak signal-to-noise ratio, BasicSR-compatible (``crop_border``, optional BT.601 Y channel).
 
 Arrays are HWC (or HW) images in [0, 255], uint8 or float; tensors are NCHW in [0, 1]. The
 benchmark convention computes both on uint8-quantised images: quantise first
-(``restorecli.evaluate.to_uint8``), then call these.
+(``restorecli.io.quantize_to_uint8``), then call these.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Structural similarity, BasicSR/Wang et al. convention (spec §6).
+"""Structural similarity, BasicSR/Wang et al. convention (11x11 Gaussian window, sigma 1.5, valid region).
 
 Per channel: 11×11 Gaussian window with σ = 1.5, statistics over the *valid* part of the image only
 (no padding), C1 = (0.01·255)², C2 = (0.03·255)², mean of the SSIM map; channels are averaged.

@@ -19,7 +19,6 @@ Environment:
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import hashlib
 import importlib.resources
@@ -32,13 +31,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from restorecli.errors import BackendUnavailableError
+from restorecli.filelock import exclusive_lock
 from restorecli.ops import scan_ref
 from restorecli.ops.scan_ref import OrderedScanInputs, ScanInputs
 
@@ -503,7 +502,7 @@ def _ensure_built(path: Path, source: str, compiler: str, flags: list[str]) -> b
     if path.exists():
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(path.with_suffix(".lock")):
+    with exclusive_lock(path.with_suffix(".lock"), timeout_s=_LOCK_WAIT_S):  # then build anyway
         if path.exists():  # another process built it while we waited
             return False
         with tempfile.TemporaryDirectory(dir=path.parent, prefix=".build-") as tmp:
@@ -520,33 +519,6 @@ def _ensure_built(path: Path, source: str, compiler: str, flags: list[str]) -> b
                 raise RuntimeError(f"compile failed ({' '.join(flags)}): {tail}")
             os.replace(out, path)
     return True
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Exclusive advisory lock on ``path`` (POSIX); after ``_LOCK_WAIT_S`` go on without it."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: the atomic rename alone keeps the cache consistent
-        yield
-        return
-    with open(path, "a+b") as handle:
-        deadline = time.monotonic() + _LOCK_WAIT_S
-        locked = False
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                locked = True
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.1)
-        try:
-            yield
-        finally:
-            if locked:
-                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _open(path: Path) -> ctypes.CDLL:

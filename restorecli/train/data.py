@@ -30,7 +30,7 @@ import numpy as np
 
 from restorecli.errors import ConfigError
 from restorecli.imresize import imresize
-from restorecli.io import read_image
+from restorecli.io import read_rgb8
 
 if TYPE_CHECKING:
     import torch
@@ -60,20 +60,6 @@ def list_images(folder: str | Path) -> list[Path]:
     if not files:
         raise ConfigError(f"image folder {str(path)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     return files
-
-
-def read_rgb(path: str | Path) -> np.ndarray:
-    """Read an image as uint8 (H, W, 3) RGB: grey repeated, alpha dropped, 16-bit scaled to 8.
-
-    Raises:
-        ImageReadError: unreadable file.
-    """
-    img = read_image(path).color
-    if img.dtype == np.uint16:
-        img = (img.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
-    if img.ndim == 2:
-        return np.repeat(img[..., None], 3, axis=2)
-    return img
 
 
 def pair_folders(hq: str | Path, lq: str | Path, scale: int) -> list[tuple[Path, Path]]:
@@ -253,9 +239,9 @@ class TrainDataset:
 
     def _load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         item = self.items[index]
-        hq = read_rgb(item.hq)
+        hq = read_rgb8(item.hq)
         if item.lq is not None:
-            return hq, read_rgb(item.lq)
+            return hq, read_rgb8(item.lq)
         if self.precomputed_lr:
             hq = crop_to_scale(hq, self.scale)
             return hq, bicubic_lr(hq, self.scale)
@@ -457,14 +443,14 @@ def load_val_set(val: ValSet, degradation: DegradationSection) -> list[ValImage]
     images = []
     if val.lq:
         for hq_path, lq_path in pair_folders(val.hq, val.lq, s):
-            lq, hq = read_rgb(lq_path), read_rgb(hq_path)
+            lq, hq = read_rgb8(lq_path), read_rgb8(hq_path)
             hq = hq[: lq.shape[0] * s, : lq.shape[1] * s]
             if hq.shape[:2] != (lq.shape[0] * s, lq.shape[1] * s):
                 raise ConfigError(f"{lq_path.name} is {lq.shape[1]}x{lq.shape[0]}; {hq_path.name} is too small for x{s}")
             images.append(ValImage(hq_path.stem, lq, hq))
         return images
     for index, hq_path in enumerate(list_images(val.hq)):
-        hq = crop_to_scale(read_rgb(hq_path), s)
+        hq = crop_to_scale(read_rgb8(hq_path), s)
         if tuple(degradation.steps) == ("bicubic",):
             lq = bicubic_lr(hq, s)
         else:

@@ -1,44 +1,19 @@
 """Multi-process training under ``torchrun``: process group, device per rank, DDP wrapping.
 
 ``torchrun --nproc_per_node=N -m restorecli train --config ...`` sets ``RANK``, ``WORLD_SIZE`` and
-``LOCAL_RANK``; NCCL is used when the ranks train on CUDA, Gloo on CPUs. Without those variables
-everything runs in one process and nothing here touches ``torch.distributed``.
+``LOCAL_RANK`` (read by ``restorecli.torchrun``); NCCL is used when the ranks train on CUDA, Gloo
+on CPUs. Without those variables everything runs in one process and nothing here touches
+``torch.distributed``.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from restorecli.torchrun import DistInfo, from_environment
 
-@dataclass(frozen=True)
-class DistInfo:
-    """This process's place in the job; ``rank == 0`` writes checkpoints and logs."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        """Whether a process group is in use."""
-        return self.world > 1
-
-    @property
-    def is_main(self) -> bool:
-        """Whether this process writes files and reports progress."""
-        return self.rank == 0
-
-
-def from_environment() -> DistInfo:
-    """Read torchrun's variables (single process when they are absent)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    return DistInfo(rank=int(os.environ["RANK"]), world=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+__all__ = ["DistInfo", "barrier", "broadcast_flag", "cleanup", "from_environment", "rank_device", "setup", "wrap"]
 
 
 def setup(info: DistInfo, device: torch.device) -> None:

@@ -185,16 +185,12 @@ def _gather_rng(info: dist_utils.DistInfo, device: torch.device) -> list[dict[st
     return states
 
 
-def to_uint8(img: torch.Tensor) -> np.ndarray:
-    """(1, C, H, W) float in [0, 1] -> (H, W, C) uint8, rounding half up after clamping."""
-    return (img[0].clamp(0, 1) * 255.0).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-
-
 @torch.no_grad()
 def validate(
     model: nn.Module, images: list[ValImage], device: torch.device, crop_border: int, y_channel: bool, with_ssim: bool
 ) -> dict[str, float]:
     """Mean PSNR (and SSIM) of the model's uint8-quantised outputs over a validation set."""
+    from restorecli.io import quantize_to_uint8
     from restorecli.metrics import psnr, ssim
 
     was_training = model.training
@@ -202,7 +198,7 @@ def validate(
     scores: dict[str, list[float]] = {"psnr": [], "ssim": []}
     for image in images:
         lq = torch.from_numpy(image.lq).permute(2, 0, 1)[None].float().div(255.0).to(device)
-        out = to_uint8(model(lq).float())
+        out = quantize_to_uint8(model(lq)[0].float().permute(1, 2, 0).cpu().numpy())
         scores["psnr"].append(psnr(out, image.hq, crop_border=crop_border, y_channel=y_channel))
         if with_ssim:
             scores["ssim"].append(ssim(out, image.hq, crop_border=crop_border, y_channel=y_channel))
