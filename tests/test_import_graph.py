@@ -12,9 +12,6 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "restorecli"
 LOW = ("ops", "models", "io", "metrics")
-# Cycles inside one low package that are known and owned elsewhere (the scan kernels'
-# function-level imports of each other); any other cycle fails.
-KNOWN_CYCLES = {frozenset({"restorecli.ops.ordered_scan", "restorecli.ops.scan_cpu", "restorecli.ops.selective_scan"})}
 HIGH = ("hub", "inference", "batch", "evaluate", "train", "cli", "loading")
 
 
@@ -66,8 +63,7 @@ def test_no_import_cycles() -> None:
         for target in sorted(graph[node]):
             if state.get(target) == 1:
                 cycle = stack[stack.index(target) :] + [target]
-                if not any(set(cycle) <= known for known in KNOWN_CYCLES):
-                    raise AssertionError("import cycle: " + " -> ".join(cycle))
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
             if target not in state:
                 visit(target)
         stack.pop()

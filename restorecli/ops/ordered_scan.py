@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from restorecli.ops.scan_ref import OrderedScanInputs
+from restorecli.ops.scan_ref import OrderedScanInputs, ScanInputs, ordered_scan_gathered
 from restorecli.ops.selective_scan import resolve_backend, selective_scan
 
 
@@ -74,29 +74,13 @@ def ordered_selective_scan(
 
 def ordered_scan_reference(inputs: OrderedScanInputs, *, backend: str | None = "ref") -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`ordered_selective_scan` as explicit gathers around ``selective_scan(backend)``."""
-    x, proj, dt_weight, dt_bias, A, D, order, inverse = inputs  # noqa: N806
-    batch, length, inner = x.shape
-    directions, _, rank = dt_weight.shape
-    n_state = A.shape[1]
-    width = rank + 2 * n_state
-    steps = _per_image(order, batch)  # (B, K, L)
-    back = _per_image(inverse, batch)
-    # (B, K, C, L) with column t of direction k taken from raster position order[k, t].
-    u = torch.gather(x.transpose(1, 2).unsqueeze(1).expand(batch, directions, inner, length), 3,
-                     steps.unsqueeze(2).expand(batch, directions, inner, length))
-    blocks = proj[..., : directions * width].reshape(batch, length, directions, width).permute(0, 2, 3, 1)
-    blocks = torch.gather(blocks, 3, steps.unsqueeze(2).expand(batch, directions, width, length))
-    dt_low, b_ssm, c_ssm = torch.split(blocks, [rank, n_state, n_state], dim=2)
-    delta = torch.matmul(dt_weight.to(x.dtype), dt_low)  # (B, K, Di, L)
-    y = selective_scan(
-        u.reshape(batch, directions * inner, length),
-        delta.reshape(batch, directions * inner, length),
-        A, b_ssm.contiguous(), c_ssm.contiguous(), D=D, delta_bias=dt_bias, delta_softplus=True,
-        backend=backend,
-    ).view(batch, directions, inner, length)
-    y = torch.gather(y, 3, back.unsqueeze(2).expand(batch, directions, inner, length))
-    y = y.permute(0, 3, 1, 2).contiguous()  # (B, L, K, Di)
-    return y, y.mean(dim=1)
+
+    def plain(x: ScanInputs) -> torch.Tensor:
+        return selective_scan(
+            x.u, x.delta, x.A, x.B, x.C, D=x.D, delta_bias=x.delta_bias, delta_softplus=x.delta_softplus, backend=backend
+        )
+
+    return ordered_scan_gathered(inputs, plain)
 
 
 def merge_directions(y: torch.Tensor, gates: torch.Tensor, *, backend: str | None = None) -> torch.Tensor:
@@ -117,10 +101,6 @@ def merge_directions(y: torch.Tensor, gates: torch.Tensor, *, backend: str | Non
         if merged is not None:
             return merged
     return (y * gates.unsqueeze(1)).sum(2)
-
-
-def _per_image(order: torch.Tensor, batch: int) -> torch.Tensor:
-    return order.unsqueeze(0).expand(batch, -1, -1) if order.dim() == 2 else order
 
 
 def prepare_ordered_inputs(inputs: OrderedScanInputs) -> OrderedScanInputs:

@@ -611,8 +611,6 @@ def _self_test_plain(lib: ctypes.CDLL) -> None:
 def _self_test_ordered(lib: ctypes.CDLL) -> None:
     """The ordered scan (per-image orders, a full and a partial channel block, N = 1 and 3) and
     the SSA merge against their torch formulations."""
-    from restorecli.ops.ordered_scan import ordered_scan_reference
-
     gen = torch.Generator().manual_seed(1)
     batch, length, inner, directions, rank = 2, 35, 20, 4, 2
     order = torch.stack([torch.stack([torch.randperm(length, generator=gen) for _ in range(directions)]) for _ in range(batch)])
@@ -637,7 +635,7 @@ def _self_test_ordered(lib: ctypes.CDLL) -> None:
                     y, mean = _OrderedKernelScan.apply(*scan_inputs[:7], lib)
                     out = _MergeKernel.apply(y, inputs[6], lib)
                 else:
-                    y, mean = ordered_scan_reference(scan_inputs, backend="ref")
+                    y, mean = scan_ref.ordered_scan_gathered(scan_inputs, scan_ref.scan_sequential)
                     out = (y * inputs[6].unsqueeze(1)).sum(2)
                 out = out + mean.sum(1, keepdim=True)  # the mean's gradient path too
                 grads = torch.autograd.grad(out, inputs, grad_out.to(dtype))

@@ -16,6 +16,7 @@ inputs' dtype; all support autograd.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -206,3 +207,40 @@ def scan_stepwise(x: ScanInputs) -> torch.Tensor:
         h = torch.addcmul(dtu_s * b_s, torch.exp(dt_s * a_g), h)  # unbind: see scan_sequential
         ys.append(torch.matmul(h, c_s))
     return x.add_skip(torch.stack(ys, dim=-1).reshape(batch, dim, length))
+
+
+def ordered_scan_gathered(
+    inputs: OrderedScanInputs, scan: Callable[[ScanInputs], torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """An ordered scan (``restorecli.ops.ordered_scan``) written out: gather each direction's
+    permuted copy of the map, project Δ, run the plain selective scan ``scan`` on the
+    (B, K * Di, L) sequences and scatter y back to raster order. The oracle of the fused kernels.
+
+    Returns:
+        y (B, L, K, Di) and its mean over the positions (B, K, Di).
+    """
+    x, proj, dt_weight, dt_bias, A, D, order, inverse = inputs  # noqa: N806
+    batch, length, inner = x.shape
+    directions, _, rank = dt_weight.shape
+    n_state = A.shape[1]
+    width = rank + 2 * n_state
+    steps = _per_image(order, batch)  # (B, K, L)
+    back = _per_image(inverse, batch)
+    # (B, K, C, L) with column t of direction k taken from raster position order[k, t].
+    u = torch.gather(x.transpose(1, 2).unsqueeze(1).expand(batch, directions, inner, length), 3,
+                     steps.unsqueeze(2).expand(batch, directions, inner, length))
+    blocks = proj[..., : directions * width].reshape(batch, length, directions, width).permute(0, 2, 3, 1)
+    blocks = torch.gather(blocks, 3, steps.unsqueeze(2).expand(batch, directions, width, length))
+    dt_low, b_ssm, c_ssm = torch.split(blocks, [rank, n_state, n_state], dim=2)
+    delta = torch.matmul(dt_weight.to(x.dtype), dt_low)  # (B, K, Di, L)
+    y = scan(ScanInputs(
+        u.reshape(batch, directions * inner, length), delta.reshape(batch, directions * inner, length),
+        A, b_ssm.contiguous(), c_ssm.contiguous(), D, dt_bias, True,
+    )).view(batch, directions, inner, length)  # fmt: skip
+    y = torch.gather(y, 3, back.unsqueeze(2).expand(batch, directions, inner, length))
+    y = y.permute(0, 3, 1, 2).contiguous()  # (B, L, K, Di)
+    return y, y.mean(dim=1)
+
+
+def _per_image(order: torch.Tensor, batch: int) -> torch.Tensor:
+    return order.unsqueeze(0).expand(batch, -1, -1) if order.dim() == 2 else order
