@@ -1,8 +1,8 @@
 """Building blocks shared by MaIR and MaIRUNet: the 4-direction Mamba mixer with Sequence Shuffle
 Attention, and the residual Mamba block around it.
 
-Attribute names and parameter layouts are those of the official checkpoints (spec sections 3.5
-and 7.1), so official files load with ``strict=True``; class names are ours.
+Attribute names and parameter layouts are those of the official checkpoints, so official files
+load with ``strict=True``; class names are ours.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class SelectiveScanLayer(nn.Module):
 
     @torch.no_grad()
     def reset_ssm_parameters(self) -> None:
-        """Mamba initialisation (spec section 3.6): x_proj U(±1/sqrt(Di)), dt_proj U(±R^-0.5),
+        """Mamba initialisation: x_proj U(±1/sqrt(Di)), dt_proj U(±R^-0.5),
         Δ bias = softplus⁻¹(dt) with dt log-uniform in [1e-3, 0.1], A_log = log(1..N), D = 1."""
         if self.x_proj_weight.device.type == "meta":
             return

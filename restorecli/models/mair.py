@@ -1,6 +1,6 @@
 """MaIR (CVPR 2025): residual Mamba groups over NSS scans, with SR / lightweight-SR / denoising heads.
 
-Follows the specification sections 3.1-3.6; parameter names equal the official checkpoints.
+Parameter names equal those of the official checkpoints, which therefore load strictly.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """MaIRUNet: the 4-level Restormer-shaped U-Net of MaIR for real denoising, deblurring and dehazing.
 
-Follows specification section 4; parameter names equal the official checkpoints. All blocks use
+Parameter names equal those of the official checkpoints. All blocks use
 unshifted NSS orders at their level's resolution.
 """
 

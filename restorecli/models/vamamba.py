@@ -1,7 +1,7 @@
 """VAMamba: residual groups of RAM blocks (SS2D + channel attention) with QCLAM and GPS-SS2D.
 
-Written from the VAMamba specification (sections 1-4) and issue 7, not from the official code.
-The layout outside the two new modules follows the official network (spec section 1): RAMBlock =
+Written from the VAMamba paper's description, not from the official code.
+The layout outside the two new modules follows the official network: RAMBlock =
 SS2D branch + CAB branch with per-channel skip scales, ResidualGroups with a 3x3 conv, and the
 same-size / pixelshuffle / pixelshuffledirect heads. Parameter names follow the official ones
 where a counterpart exists. What differs from the official code, and why:

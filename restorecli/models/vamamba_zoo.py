@@ -1,6 +1,6 @@
 """The named VAMamba models: ``vamamba-base`` (official sizes) and ``vamamba-light`` (CPU-friendly).
 
-No official checkpoints exist (VAMamba specification section 7), so every entry has
+No official VAMamba checkpoints are published, so every entry has
 ``official_file=""``; they are trained with ``restore train``. All named models are the paper's
 model, QCLAM and GPS-SS2D both on; the ablations (``scan="cross"``/``"gps"``, ``qclam=False``) are
 reached through ``build_arch("vamamba", ...)`` or a training config.

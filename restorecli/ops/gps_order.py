@@ -1,6 +1,6 @@
 """Greedy Path Scan (GPS) orders of VAMamba: patch planner, pixel order and its inverse.
 
-The planner (VAMamba specification section 3.2) orders the cells of an h x w patch score map:
+The planner (as the VAMamba paper describes it) orders the cells of an h x w patch score map:
 start at the best cell, walk to the best unvisited 4-neighbour (up, down, left, right; strict
 ``>`` so the first of equal neighbours wins), and at a dead end restart at the best unvisited
 cell (first in row-major order among equal scores). The pixel order then visits the pixels of

@@ -3,7 +3,7 @@
 A scan order is a permutation of the raster indices ``r * W + c`` of an H x W map. MaIR uses
 four of them (K = 4): the NSS, its point reflection, the NSS of the transposed map, and the
 point reflection of that. The exact construction (including the official code's jumps at stripe
-boundaries for even H and the raster fallback on degenerate maps) follows the specification;
+boundaries for even H and the raster fallback on degenerate maps) reproduces the official code;
 checkpoints were trained with these orders, so they must not be "improved".
 
 The cross scan of VMamba/VAMamba (row- and column-major and their reverses) is cached the same way.
@@ -47,7 +47,7 @@ def stripe_bounds(width: int, scan_len: int, shift: int) -> list[tuple[int, int]
 
 
 def nss_sequence(height: int, width: int, scan_len: int, shift: int = 0) -> np.ndarray:
-    """One Nested S-shaped Scan over an H x W map (spec section 2.1).
+    """One Nested S-shaped Scan over an H x W map.
 
     Stripes of ``scan_len`` columns are visited left to right, alternately top-down and bottom-up;
     inside a stripe the rows snake, the first visited row left to right. With ``shift > 0`` and
@@ -73,7 +73,7 @@ def nss_sequence(height: int, width: int, scan_len: int, shift: int = 0) -> np.n
 
 
 def nss_four_directions(height: int, width: int, scan_len: int, shift: int = 0) -> np.ndarray:
-    """The K = 4 MaIR scan orders (spec section 2.2, the ``fix_ending`` branch).
+    """The K = 4 MaIR scan orders (the official code's ``fix_ending`` variant).
 
     Returns:
         int64 array (4, H*W): [NSS, point reflection of NSS, NSS of the transposed map mapped back
