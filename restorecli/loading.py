@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 from restorecli.errors import CheckpointError, UsageError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     import torch
 
     from restorecli.hub.manifest import Manifest
@@ -61,6 +63,7 @@ def load_model(
     device: str = "auto",
     precision: str = "fp32",
     pretrained: bool = True,
+    architecture: tuple[str, Mapping[str, Any]] | None = None,
     allow_unverified: bool = False,
     manifest: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
@@ -89,6 +92,9 @@ def load_model(
         device: ``auto|cpu|cuda|cuda:N``.
         precision: ``fp32|bf16|fp16``, checked against the device and the architecture.
         pretrained: False builds a registered name with random weights (for speed measurements).
+        architecture: ``(arch, config)`` the caller runs the weights in (fine-tuning): a file
+            that neither names nor stores its network, and whose layout matches no registered
+            model, is read as this network (strictly: keys and shapes must fit).
         allow_unverified: Accept downloads without a pinned sha256.
         manifest: Extra weights manifest (else ``RESTORECLI_MANIFEST``).
         cache_dir: Weights cache root.
@@ -138,8 +144,9 @@ def load_model(
         )
         checkpoint = models.read_checkpoint(resolved.path)
         choice = identify_network(
-            checkpoint, name=resolved.name, manifest=loaded, task=task, scale=scale, sigma=sigma, variant=variant, path=resolved.path
-        )
+            checkpoint, name=resolved.name, manifest=loaded, task=task, scale=scale, sigma=sigma, variant=variant,
+            path=resolved.path, architecture=architecture,
+        )  # fmt: skip
         module = models.build_arch(choice.arch, choice.config)
         try:
             models.load_checkpoint(module, checkpoint.state_dict)
@@ -232,12 +239,13 @@ def identify_network(
     sigma: int | None = None,
     variant: str | None = None,
     path: Path | str = "",
+    architecture: tuple[str, Mapping[str, Any]] | None = None,
 ) -> NetworkChoice:
     """Which network a checkpoint holds: the one decision of the package.
 
     In order: a known ``name`` (the model table, then the manifest); the architecture and config a
     restorecli file stores; the registered layout equal to the file's keys and shapes, preferring
-    one of ``task`` with the requested scale, sigma and variant.
+    one of ``task`` with the requested scale, sigma and variant; the caller's ``architecture``.
 
     Raises:
         CheckpointError: Nothing says what the file is, or it contradicts the name.
@@ -265,6 +273,8 @@ def identify_network(
             task=_stored_task(checkpoint, task, path),
         )
     matches = layout_matches(checkpoint.state_dict, manifest)
+    if not matches and architecture is not None and task is not None:
+        return NetworkChoice(name=None, arch=architecture[0], config=architecture[1], task=task)
     if not matches:
         raise CheckpointError(
             f"{path}: its keys and shapes match no known MaIR model; expected an official MaIR checkpoint "

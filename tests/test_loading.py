@@ -60,6 +60,22 @@ def test_restorecli_checkpoint_and_wrong_file(tmp_path: Path) -> None:
     assert "\n" not in str(error.value)
 
 
+
+def test_bare_state_dict_read_as_the_callers_architecture(tmp_path: Path) -> None:
+    """A bare state dict of an unregistered config loads only as the architecture the caller
+    names (fine-tuning), strictly."""
+    config = {**models.spec("restorecli-light-x2").config_dict(), "embed_dim": 12}
+    net = models.build_arch("mair", config)
+    torch.save(net.state_dict(), tmp_path / "bare.pth")
+    with pytest.raises(CheckpointError, match="match no known MaIR model"):
+        restorecli.load_model(str(tmp_path / "bare.pth"), task="sr", device="cpu")
+    loaded = restorecli.load_model(str(tmp_path / "bare.pth"), task="sr", device="cpu", architecture=("mair", config))
+    assert (loaded.name, loaded.arch, loaded.scale) == (None, "mair", 2)
+    assert all(torch.equal(loaded.module.state_dict()[k], v) for k, v in net.state_dict().items())
+    other = {**config, "embed_dim": 16}
+    with pytest.raises(CheckpointError, match="do not fit"):
+        restorecli.load_model(str(tmp_path / "bare.pth"), task="sr", device="cpu", architecture=("mair", other))
+
 @pytest.mark.parametrize("name", models.names())
 def test_descriptor_fields_of_every_registered_model(name: str) -> None:
     spec = models.spec(name)

@@ -6,6 +6,7 @@ whole file takes well under a minute on one CPU core (the torchrun test spawns t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -185,3 +186,24 @@ def test_torchrun_two_gloo_processes(tiny: Path, tmp_path: Path) -> None:
     state = read_training_checkpoint(tmp_path / "run" / "latest.pth")
     assert state["iteration"] == 4 and len(state["rng"]) == 2
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # per-rank seeds
+
+
+@pytest.mark.parametrize("layout", ["restorecli", "bare"])
+def test_fine_tune_starts_from_earlier_weights(tiny: Path, tmp_path: Path, layout: str) -> None:
+    """model.pretrained: a restorecli checkpoint, or a bare state dict of this (unregistered)
+    network, initialises training with exactly those weights."""
+    source = models.build_arch("mair", load_config(tiny).model.config)
+    path = tmp_path / "start.pth"
+    if layout == "restorecli":
+        config = dataclasses.asdict(load_config(tiny).model.config)
+        models.save_checkpoint(tmp_path / "start.safetensors", source, "mair", config, name="tiny-start", task="sr")
+        path = tmp_path / "start.safetensors"
+    else:
+        torch.save(source.state_dict(), path)
+    cfg = load_config(tiny, [f"model.pretrained={path}", "schedule.iterations=1", "val.every=0"])
+    from restorecli.train import loop
+
+    built = loop._build_model(cfg, torch.device("cpu"))
+    for key, value in source.state_dict().items():
+        assert torch.equal(built.state_dict()[key], value), key
+    assert len(train(cfg).losses) == 1

@@ -276,8 +276,12 @@ def _build_model(config: TrainConfig, device: torch.device) -> nn.Module:
     model = models.build_arch(config.model.arch, config.model.config, device=device)
     if config.model.pretrained:
         # The one loading path: an official file, a restorecli checkpoint or safetensors.
-        task = training_task(config_to_mapping(config), config.model.arch, dataclasses.asdict(config.model.config))
-        state = load_model(config.model.pretrained, task=task, device="cpu").module.state_dict()
+        arch_config = dataclasses.asdict(config.model.config)
+        task = training_task(config_to_mapping(config), config.model.arch, arch_config)
+        # A bare state dict of a network outside the model table is read as the one trained here.
+        state = load_model(
+            config.model.pretrained, task=task, device="cpu", architecture=(config.model.arch, arch_config)
+        ).module.state_dict()
         if config.model.strict:
             models.load_checkpoint(model, state)
         else:
