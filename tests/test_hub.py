@@ -56,7 +56,10 @@ def private_model(url: str | None, sha256: str | None = DIGEST, name: str = "pri
 
 
 def test_packaged_manifest_is_identical_to_repo_root() -> None:
-    assert (ROOT / "weights_manifest.json").read_bytes() == hub.PACKAGE_MANIFEST.read_bytes()
+    """The packaged manifest is the source; the top-level copy is written by scripts/sync_manifest.py."""
+    assert (ROOT / "weights_manifest.json").read_bytes() == hub.PACKAGE_MANIFEST.read_bytes(), (
+        "weights_manifest.json differs from restorecli/weights_manifest.json: run python scripts/sync_manifest.py"
+    )
 
 
 def test_schema_contract() -> None:
