@@ -779,6 +779,14 @@ inline void prefetch_span(const float* first, int64_t count) {
   __builtin_prefetch(first + count - 1, kWrite, 3);
 }
 
+// The fused dt_proj of block j at one step: bias + sum_r dt_w[r] * dt_low[r] (dt_low = pr[0..R)).
+inline __m512 delta_raw(BlockSlots<float>& bs, int64_t j, const float* pr, int64_t R) {
+  const float* dtw = bs.dt_w(j);
+  __m512 raw = _mm512_load_ps(bs.bias(j));
+  for (int64_t r = 0; r < R; ++r) raw = _mm512_fmadd_ps(_mm512_load_ps(dtw + r * W), _mm512_set1_ps(pr[r]), raw);
+  return raw;
+}
+
 // The ordered forward for N = 1, float, in one pass with everything in registers: every
 // channel block of a unit at each step, in groups of up to kRowGroup blocks. A step's blocks
 // share its order lookup and its dt_low, B and C broadcasts, touch the whole map row at once,
@@ -839,12 +847,8 @@ void ordered_rows_n1_avx512(const Problem<float>& p, const Ordered<float>& o, co
       const __m512 c_out = _mm512_set1_ps(pr[R + 1]);
       for (int64_t j = 0; j < nb; ++j) {
         const __mmask16 mask = j + 1 < nb ? __mmask16(0xFFFF) : rg.last;
-        const float* dtw = bs.dt_w(g0 + j);
         const __m512 u = _mm512_maskz_loadu_ps(mask, xr + j * W);
-        __m512 raw = _mm512_load_ps(bs.bias(g0 + j));
-        for (int64_t r = 0; r < R; ++r) {
-          raw = _mm512_fmadd_ps(_mm512_load_ps(dtw + r * W), _mm512_set1_ps(pr[r]), raw);
-        }
+        const __m512 raw = delta_raw(bs, g0 + j, pr, R);
         const __m512 dt = softplus_avx512(raw, nullptr);
         const __m512 a = exp2_avx512(_mm512_mul_ps(dt, _mm512_load_ps(bs.A2(g0 + j))));
         const __m512 hv = _mm512_fmadd_ps(a, _mm512_load_ps(h + j * W),
@@ -1154,12 +1158,8 @@ void ordered_rows_n1_backward(const Problem<float>& p, const Ordered<float>& o, 
       const __m512 b_in = _mm512_set1_ps(pr[R]);
       for (int64_t j = 0; j < nb; ++j) {
         const __mmask16 mask = j + 1 < nb ? __mmask16(0xFFFF) : rg.last;
-        const float* dtw = bs.dt_w(g0 + j);
         const __m512 u = _mm512_maskz_loadu_ps(mask, xr + j * W);
-        __m512 raw = _mm512_load_ps(bs.bias(g0 + j));
-        for (int64_t r = 0; r < R; ++r) {
-          raw = _mm512_fmadd_ps(_mm512_load_ps(dtw + r * W), _mm512_set1_ps(pr[r]), raw);
-        }
+        const __m512 raw = delta_raw(bs, g0 + j, pr, R);
         __m512 dsp;
         const __m512 dt = softplus_avx512(raw, &dsp);
         const __m512 a = exp2_avx512(_mm512_mul_ps(dt, _mm512_load_ps(bs.A2(g0 + j))));
