@@ -65,7 +65,8 @@ class OpCategory:
 # The whole category table; the first matching category wins and unmatched events are "other".
 # Views (permute, transpose, view, select, as_strided ...) cost only dispatch time and stay in
 # "other". The scan's autograd Functions are restorecli/ops/scan_cpu.py's _KernelScan and
-# _OrderedKernelScan (the latter reads its inputs through the scan order itself).
+# _OrderedKernelScan (the latter reads its inputs through the scan order itself); the compiled
+# block epilogues (restorecli/ops/block_epilogue.py) appear as named profiler ranges.
 BREAKDOWN: tuple[OpCategory, ...] = (
     OpCategory(name="scan", contains=("orderedkernelscan", "kernelscan", "selective_scan", "scan_sequential", "scan_torch")),
     # gathers/scatters that build the scan sequences and put them back in raster order
@@ -80,7 +81,7 @@ BREAKDOWN: tuple[OpCategory, ...] = (
         "silu", "gelu", "relu", "leaky_relu", "sigmoid", "softplus", "softmax", "_softmax", "tanh",
         "mul", "add", "sub", "div", "neg", "exp", "log", "log1p", "pow", "sqrt", "rsqrt", "abs", "clamp",
         "sum", "mean", "cumsum", "einsum", "addcmul", "addcdiv", "where", "fill", "zero",
-    })),
+    }), contains=("restorecli::merge_norm_gate", "restorecli::residual_norm")),
     OpCategory(name="copy", aten=frozenset({
         "copy", "clone", "contiguous", "permute", "transpose", "_to_copy", "to", "cat", "stack",
         "constant_pad_nd", "reflection_pad2d", "pixel_shuffle", "roll", "flip",
