@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "DownloadResult",
     "apply_mirror",
+    "byte_progress",
     "download",
     "download_file",
     "is_offline",
@@ -293,7 +294,7 @@ def _fetch_with_retries(
         session = requests.Session()
         session.headers["User-Agent"] = f"restorecli/{__version__}"
     try:
-        with _progress_bar(progress, url.rsplit("/", 1)[-1]) as report:
+        with byte_progress(progress, url.rsplit("/", 1)[-1]) as report:
             attempt = 0
             while True:
                 try:
@@ -407,7 +408,7 @@ def _content_range_total(header: str) -> int | None:
 
 
 @contextmanager
-def _progress_bar(enabled: bool, label: str) -> Iterator[Callable[[int, int | None], None]]:
+def byte_progress(enabled: bool, label: str) -> Iterator[Callable[[int, int | None], None]]:
     """Yield ``report(done, total)``; draws a bar on stderr when terminals allow (``restorecli.console``)."""
     with progress_bars(enabled=enabled and bars_wanted(), unit="bytes") as bars:
         bar = bars.add(label)

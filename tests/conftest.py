@@ -22,6 +22,19 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _no_google_drive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Google Drive is unreachable in tests, even where offline mode is switched off (tests/test_drive.py fakes it)."""
+    from restorecli.hub import drive
+
+    def unreachable(**_: object) -> None:
+        raise ConnectionError("tests do not reach Google Drive")
+
+    monkeypatch.setattr(
+        drive, "default_client", lambda: drive.GdownClient(list_function=unreachable, download_function=unreachable)
+    )
+
+
+@pytest.fixture(autouse=True)
 def _seed_everything() -> None:
     import numpy as np
     import torch

@@ -91,7 +91,7 @@ def test_import_unique_layout(
     code, out, _ = restore(capsys, monkeypatch, "models", "list", "--json")
     rows = {row["name"]: row for row in json.loads(out)}
     assert rows["mair-light-t-x2"]["where"] == "cached" and rows["mair-light-t-x2"]["size"] == stored.stat().st_size
-    assert rows["mair-sr-x2"]["where"] == "manual"
+    assert rows["mair-sr-x2"]["where"] == "drive"
     # Importing the same file again is a no-op; a different one needs --force.
     assert restore(capsys, monkeypatch, "models", "import", str(file))[0] == 0
     (tmp_path / "other").mkdir()

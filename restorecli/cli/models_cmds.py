@@ -63,7 +63,7 @@ def list_models(
     manifest: ManifestOpt = None,
     cache_dir: CacheDirOpt = None,
 ) -> None:
-    """List known models and where their weights are: bundled, cached, remote or manual."""
+    """List known models and where their weights are: bundled, cached, remote, drive or manual."""
     from restorecli import hub
 
     output = Output(json_output=json_output)
@@ -81,6 +81,8 @@ def list_models(
             row.name, row.task, _setting(row), _human_params(row.params), row.source, row.where, _human_size(row.size)
         )
     output.show(table, soft_wrap=True)
+    if any(row.where == "drive" for row in rows):
+        output.note("'drive': `restore models download NAME` fetches it from the authors' Google Drive folder.")
     if any(row.where == "manual" for row in rows):
         output.note("'manual': download the file from its download page, then `restore models import FILE`.")
 
@@ -89,11 +91,23 @@ def list_models(
 def download_model(
     name: NameArg,
     allow_unverified: AllowUnverifiedOpt = False,
+    sha256: Annotated[
+        str | None,
+        typer.Option(
+            "--sha256",
+            metavar="HEX",
+            help="The sha256 the file must have (the file as published); checked before it is stored.",
+        ),
+    ] = None,
     quiet: QuietOpt = False,
     manifest: ManifestOpt = None,
     cache_dir: CacheDirOpt = None,
 ) -> None:
     """Make a model's weights available locally (bundled, cached, or downloaded and verified); print the path.
+
+    The official MaIR checkpoints come from the authors' Google Drive folder. No checksum is
+    published for them, so a file is kept only when it loads strictly into its network; its
+    sha256 is then recorded and checked on every later use (trust on first use).
 
     Ctrl-C, SIGTERM or SIGHUP stores nothing under the model's name, keeps the bytes received for
     the next run to resume, and exits with 128 + the signal.
@@ -105,7 +119,12 @@ def download_model(
     entry = loaded.get(name)
     try:
         resolved = hub.fetch(
-            name, allow_unverified=allow_unverified, manifest=loaded, cache_dir=cache_dir, progress=output.bars_enabled
+            name,
+            allow_unverified=allow_unverified,
+            sha256=sha256,
+            manifest=loaded,
+            cache_dir=cache_dir,
+            progress=output.bars_enabled,
         )
     except KeyboardInterrupt as error:
         signum = interrupts.handled(error)
@@ -115,8 +134,14 @@ def download_model(
         )
         raise typer.Exit(interrupts.exit_code(signum)) from None
     output.note(f"{name}: {resolved.source} ({resolved.path})")
-    if entry.weights.sha256 is None and resolved.source == "download":
-        output.note(f"unverified: sha256 {resolved.sha256}; pin it in a manifest to verify future downloads")
+    if entry.weights.sha256 is None and sha256 is None and resolved.source == "download":
+        if resolved.published_sha256 is not None:
+            output.note(
+                f"first download of {entry.weights.filename}: sha256 {resolved.published_sha256}, recorded and checked "
+                "on every use (the authors publish no checksum; compare it with a colleague's or pass it to --sha256)"
+            )
+        else:
+            output.note(f"unverified: sha256 {resolved.sha256}; pin it in a manifest to verify future downloads")
     output.line(str(resolved.path))
 
 

@@ -6,6 +6,7 @@ One concern per module:
 * :mod:`restorecli.hub.cache`: the cache folders, their records and verification.
 * :mod:`restorecli.hub.resolution`: which local file a command's weights come from.
 * :mod:`restorecli.hub.importing`: storing a hand-downloaded checkpoint in the cache.
+* :mod:`restorecli.hub.drive`: official checkpoints from the authors' Google Drive folder.
 
 Folders and the variables that move them live in :mod:`restorecli.paths`. Environment:
 ``RESTORECLI_MANIFEST`` (extra manifest), ``RESTORECLI_CACHE``, ``RESTORECLI_OFFLINE``,

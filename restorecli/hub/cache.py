@@ -6,9 +6,12 @@ Layout (root: ``--cache-dir``, else ``RESTORECLI_CACHE``, else the platform cach
     <root>/models/<name>/<file>            weights of a manifest model
     <root>/models/<name>/record.json       sha256, size, mtime and origin of that file
     <root>/models/_url/<key>/<file>        weights fetched from a --weights URL
+    <root>/partial/<name>/                 an interrupted Google Drive transfer, kept to resume
 
 Nothing is trusted because it exists: a bundled file is hashed on use, a cached file is checked
 against the size, mtime and sha256 recorded when it was stored (and re-hashed when those differ).
+A file from Google Drive has no published digest to fall back on, only the one recorded at its
+first download, so it is re-hashed on every use.
 """
 
 from __future__ import annotations
@@ -21,13 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from restorecli.download import apply_mirror, sha256_file
-from restorecli.errors import CheckpointError, ChecksumError, DownloadError, UnknownModelError
+from restorecli.errors import CheckpointError, ChecksumError, DownloadError, UnknownModelError, UsageError
 from restorecli.io import atomic_output
 from restorecli.hub.manifest import NAME_RE, Manifest, ManifestEntry, as_manifest, suggest
 from restorecli.paths import BUNDLED_DIR, models_cache
 
 RECORD_FILE = "record.json"
 URL_DIR = "_url"
+DRIVE_ORIGIN = "drive"
 
 
 @dataclass(frozen=True)
@@ -40,10 +44,12 @@ class CacheRecord:
         sha256: Digest of the stored file.
         size: Its size in bytes.
         mtime_ns: Its modification time when recorded (a cheap change detector).
-        origin: ``download``, ``import``, ``url`` or ``adopted`` (found in place, digest pinned).
+        origin: ``download``, ``import``, ``drive`` (from Google Drive, digest trusted on first use),
+            ``url`` or ``adopted`` (found in place, digest pinned).
         url: Where it was downloaded from.
-        original_filename: For imports: the imported file's name.
-        original_sha256: For imports: the imported file's digest (what a manifest would pin).
+        original_filename: For imports and Drive files: the original file's name.
+        original_sha256: For imports and Drive files: the original file's digest (what a manifest
+            would pin).
     """
 
     name: str
@@ -110,6 +116,91 @@ def _record_fields(record: CacheRecord) -> dict[str, Any]:
     return data
 
 
+@dataclass(frozen=True)
+class ImportResult:
+    """Outcome of :func:`import_checkpoint`.
+
+    Attributes:
+        name: Model name the file was stored under.
+        path: Stored safetensors file.
+        sha256: Digest of the stored file.
+        original_sha256: Digest of the imported file (what a manifest would pin).
+        replaced: Whether an earlier cached file was replaced.
+    """
+
+    name: str
+    path: Path
+    sha256: str
+    original_sha256: str
+    replaced: bool
+
+
+def store_checkpoint(
+    file: Path,
+    entry: ManifestEntry,
+    *,
+    cache_dir: Path | None,
+    origin: str,
+    url: str | None = None,
+    force: bool = False,
+) -> ImportResult:
+    """Store ``file`` as ``entry``'s weights once it loads strictly into ``entry``'s network.
+
+    The file must hold finite values with exactly the keys and shapes of the network; it is saved
+    as safetensors (with arch and config) and recorded with its original name and sha256.
+
+    Args:
+        file: The checkpoint.
+        entry: The model it must be.
+        cache_dir: Cache root override.
+        origin: How it came: ``import`` (by hand) or ``drive``.
+        url: Where it was downloaded from, if it was.
+        force: Replace a different file already cached under that name.
+
+    Raises:
+        CheckpointError: Unreadable file, wrong layout, non-finite weights.
+        ChecksumError: The manifest pins a digest and the file differs.
+        UsageError: Another file is cached under that name and ``force`` is off.
+    """
+    import torch
+
+    from restorecli import models
+    from restorecli.models.checkpoint import layout_mismatch
+
+    state = models.read_checkpoint(file).state_dict
+    layout = {k: v.shape for k, v in models.build_arch(entry.arch, entry.config, device="meta").state_dict().items()}
+    problem = layout_mismatch(layout, state)
+    if problem:
+        raise CheckpointError(f"{file.name} is not a {entry.name} checkpoint: {problem}")
+    original = sha256_file(file)
+    pinned = entry.weights.sha256
+    if pinned and original != pinned:
+        raise ChecksumError(
+            f"{file} is not the pinned {entry.weights.filename}: expected sha256 {pinned}, got {original}"
+        )
+    folder = models_cache(cache_dir) / entry.name
+    record = read_record(folder)
+    replaced = record is not None and (folder / record.filename).is_file()
+    if replaced and record is not None and not force:
+        if record.source_sha256 == original:
+            return ImportResult(entry.name, folder / record.filename, record.sha256, original, replaced=False)
+        raise UsageError(f"{entry.name} is already cached ({folder / record.filename}); pass --force to replace it")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{file.name} holds non-finite values (NaN or inf) in {len(bad)} tensors, e.g. {bad[0]}")
+    network = models.build_arch(entry.arch, entry.config)
+    models.load_checkpoint(network, state)
+    dest = folder / f"{entry.name}.safetensors"
+    models.save_checkpoint(dest, network, entry.arch, entry.config_dict(), entry.name, task=entry.task)
+    for stale in folder.iterdir():
+        if stale != dest and stale.name != RECORD_FILE and stale.is_file():
+            stale.unlink()
+    record = write_record(
+        folder, dest, name=entry.name, origin=origin, url=url, original_filename=file.name, original_sha256=original
+    )
+    return ImportResult(entry.name, dest, record.sha256, original, replaced)
+
+
 def cached_weights(entry: ManifestEntry, cache: Path | None, *, full: bool = False) -> tuple[Path, CacheRecord] | None:
     """The verified cached weights of ``entry``, or None when there are none."""
     folder = models_cache(cache) / entry.name
@@ -124,11 +215,12 @@ def cached_weights(entry: ManifestEntry, cache: Path | None, *, full: bool = Fal
     path = folder / record.filename
     if not path.is_file():
         return None
-    check_record(record, path, full=full)
+    check_record(record, path, full=full or record.origin == DRIVE_ORIGIN)
     pinned = entry.weights.sha256
     if pinned and record.source_sha256 != pinned:
         raise ChecksumError(
-            f"cached {entry.name} ({path}) has sha256 {record.source_sha256}, but the manifest pins {pinned}; "
+            f"cached {entry.name} ({path}) has sha256 {record.source_sha256}, but {pinned} is pinned "
+            "(manifest or --sha256); "
             f"run `restore models remove {entry.name}` and download or import it again"
         )
     return path, record
@@ -165,7 +257,8 @@ class ModelStatus:
         variant: Task variant.
         params: Parameter count.
         source: ``official`` or ``restorecli``.
-        where: ``bundled``, ``cached``, ``remote`` (downloadable) or ``manual`` (import by hand).
+        where: ``bundled``, ``cached``, ``remote`` (downloadable), ``drive`` (downloadable from a
+            Google Drive folder) or ``manual`` (import by hand).
         size: Bytes of the local file, else the manifest's size, else None.
         path: Local file, if any.
         description: One line.
@@ -198,6 +291,8 @@ def model_status(manifest: Manifest | Path | None = None, cache_dir: Path | None
                 where, path = "cached", folder / record.filename
             elif apply_mirror(entry.weights.url, entry.weights.filename) is not None:
                 where = "remote"
+            elif entry.drive_folder is not None:
+                where = "drive"
             else:
                 where = "manual"
         size = path.stat().st_size if path is not None else entry.weights.size
@@ -232,7 +327,8 @@ def local_path(name: str, *, manifest: Manifest | Path | None = None, cache_dir:
         return bundled
     hit = cached_weights(entry, cache_dir)
     if hit is None:
-        how = f"run `restore models download {name}`" if entry.weights.url else entry.obtain_hint()
+        fetchable = entry.weights.url or entry.drive_folder
+        how = f"run `restore models download {name}`" if fetchable else entry.obtain_hint()
         raise DownloadError(f"{name} is not in the cache ({models_cache(cache_dir)}); {how}")
     return hit[0]
 

@@ -3,34 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from restorecli.download import sha256_file
-from restorecli.errors import CheckpointError, ChecksumError, UsageError
-from restorecli.hub.cache import RECORD_FILE, read_record, write_record
+from restorecli.errors import CheckpointError, UsageError
+from restorecli.hub.cache import ImportResult, store_checkpoint
 from restorecli.hub.manifest import Manifest, as_manifest
-from restorecli.paths import models_cache
-
-
-@dataclass(frozen=True)
-class ImportResult:
-    """Outcome of :func:`import_checkpoint`.
-
-    Attributes:
-        name: Model name the file was stored under.
-        path: Stored safetensors file.
-        sha256: Digest of the stored file.
-        original_sha256: Digest of the imported file (what a manifest would pin).
-        replaced: Whether an earlier cached file was replaced.
-    """
-
-    name: str
-    path: Path
-    sha256: str
-    original_sha256: str
-    replaced: bool
 
 
 def identify_checkpoint(file: Path, *, manifest: Manifest | Path | None = None) -> list[str]:
@@ -72,10 +50,8 @@ def import_checkpoint(
         UsageError: Several models fit and ``name`` is missing, or the name is taken.
         ChecksumError: The manifest pins a digest and the file differs.
     """
-    import torch
-
     from restorecli import models
-    from restorecli.loading import layout_matches, load_model
+    from restorecli.loading import layout_matches
     from restorecli.models.checkpoint import layout_mismatch
 
     loaded = as_manifest(manifest)
@@ -110,32 +86,7 @@ def import_checkpoint(
                     f"choose one with --name, e.g. --name {example}"
                 )
         entry = loaded.get(fits[0])
-    original = sha256_file(file)
-    pinned = entry.weights.sha256
-    if pinned and original != pinned:
-        raise ChecksumError(
-            f"{file} is not the pinned {entry.weights.filename}: expected sha256 {pinned}, got {original}"
-        )
-    folder = models_cache(cache_dir) / entry.name
-    record = read_record(folder)
-    replaced = record is not None and (folder / record.filename).is_file()
-    if replaced and record is not None and not force:
-        if record.source_sha256 == original:
-            return ImportResult(entry.name, folder / record.filename, record.sha256, original, replaced=False)
-        raise UsageError(f"{entry.name} is already cached ({folder / record.filename}); pass --force to replace it")
-    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        raise CheckpointError(f"{file} holds non-finite values (NaN or inf) in {len(bad)} tensors, e.g. {bad[0]}")
-    network = load_model(entry.name, weights=file, device="cpu", manifest=manifest if isinstance(manifest, Path) else None)
-    dest = folder / f"{entry.name}.safetensors"
-    models.save_checkpoint(dest, network.module, entry.arch, entry.config_dict(), entry.name, task=network.task)
-    for stale in folder.iterdir():
-        if stale != dest and stale.name != RECORD_FILE and stale.is_file():
-            stale.unlink()
-    record = write_record(
-        folder, dest, name=entry.name, origin="import", original_filename=file.name, original_sha256=original
-    )
-    return ImportResult(entry.name, dest, record.sha256, original, replaced)
+    return store_checkpoint(file, entry, cache_dir=cache_dir, origin="import", force=force)
 
 
 def _closest(state: Mapping[str, Any], loaded: Manifest) -> str:

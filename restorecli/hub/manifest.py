@@ -38,6 +38,7 @@ SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 # Keys of an entry: weight metadata, and the network keys that only a model outside the table has.
 _WEIGHTS_REQUIRED = ("name", "files")
+_DRIVE_FOLDER_RE = re.compile(r"^https://drive\.google\.com/drive/(?:u/\d+/)?folders/([-\w]{10,})")
 _WEIGHTS_OPTIONAL = ("description", "params", "source", "license", "homepage", "paper", "download_page", "metrics")
 _NETWORK_REQUIRED = ("arch", "task", "config")
 _NETWORK_OPTIONAL = ("scale", "sigma", "variant")
@@ -119,9 +120,29 @@ class ManifestEntry:
         """A fresh copy of ``config`` (lists as tuples, like the config dataclasses)."""
         return dict(self.config)
 
+    @property
+    def drive_folder(self) -> str | None:
+        """The id of the Google Drive folder that ``download_page`` names, if it names one."""
+        match = _DRIVE_FOLDER_RE.match(self.download_page or "")
+        return match.group(1) if match else None
+
+    def manual_route(self) -> str:
+        """The by-hand route: download the file from its page, then import it."""
+        where = self.download_page or "its publisher"
+        return (
+            f"or download {self.weights.filename} from {where} in a browser and run "
+            f"`restore models import {self.weights.filename} --name {self.name}`"
+        )
+
     def obtain_hint(self) -> str:
         """How to get this model's weights when the tool cannot fetch them by itself."""
         filename = self.weights.filename
+        if self.drive_folder is not None:
+            return (
+                f"{self.name} is published in a Google Drive folder without checksums: run "
+                f"`restore models download {self.name}` (its sha256 is recorded on first download), "
+                f"{self.manual_route()}"
+            )
         where = f"from {self.download_page}" if self.download_page else "from its publisher"
         if self.source == "official":
             prefix = (

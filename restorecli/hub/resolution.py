@@ -8,13 +8,13 @@ the cache.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from restorecli.download import apply_mirror, download, is_offline, sha256_file
-from restorecli.errors import CheckpointError, DownloadError, UsageError
+from restorecli.errors import CheckpointError, ChecksumError, DownloadError, UsageError
 from restorecli.hub.cache import (
     URL_DIR,
     bundled_weights,
@@ -23,6 +23,7 @@ from restorecli.hub.cache import (
     read_record,
     write_record,
 )
+from restorecli.hub.drive import fetch_from_drive
 from restorecli.hub.manifest import SHA256_RE, TASKS, Manifest, ManifestEntry, as_manifest, load_manifest
 from restorecli.paths import BUNDLED_DIR, models_cache
 
@@ -41,6 +42,8 @@ class ResolvedWeights:
         config: Network config from the manifest, or None.
         sha256: Digest of ``path``.
         source: ``bundled``, ``cache``, ``download``, ``file`` or ``url``.
+        published_sha256: Digest of the file as its publisher serves it, when the stored file is
+            a conversion of it (a Google Drive checkpoint stored as safetensors); else None.
     """
 
     path: Path
@@ -49,34 +52,49 @@ class ResolvedWeights:
     config: dict[str, Any] | None
     sha256: str
     source: str
+    published_sha256: str | None = None
 
 
 def fetch(
     name: str,
     *,
     allow_unverified: bool = False,
+    sha256: str | None = None,
     manifest: Manifest | Path | None = None,
     cache_dir: Path | None = None,
     progress: bool = True,
 ) -> ResolvedWeights:
     """Local weights of a manifest model: bundled, else cached, else downloaded into the cache.
 
+    A model published only in a Google Drive folder is fetched from there (see
+    :mod:`restorecli.hub.drive`) and accepted when it loads strictly into its network.
+
     Args:
         name: Manifest name.
         allow_unverified: Download even when no sha256 is pinned.
+        sha256: Digest the weights file must have (for a download: the file as published; for a
+            cached model: the digest recorded when it was stored); checked besides a manifest pin.
         manifest: A loaded manifest or an extra manifest file.
         cache_dir: Cache root override.
         progress: Show a download progress bar on stderr.
 
     Raises:
         UnknownModelError: No such model.
+        UsageError: ``sha256`` is not 64 hex digits.
         DownloadError: No URL (the message says how to get the file), offline mode, no pinned
             digest without ``allow_unverified``, or the transfer failed.
-        ChecksumError: Corrupt bundled, cached or downloaded file.
+        ChecksumError: Corrupt bundled, cached or downloaded file, or not the ``sha256`` asked for.
+        CheckpointError: A Google Drive file that does not load into its network.
     """
     entry = as_manifest(manifest).get(name)
+    if sha256 is not None:
+        if not SHA256_RE.match(sha256.strip().lower()):
+            raise UsageError(f"--sha256: expected 64 hex digits, got {sha256!r}")
+        entry = _pinned(entry, sha256.strip().lower())
     path, digest, source = _obtain(entry, allow_unverified, cache_dir, progress)
-    return ResolvedWeights(path, entry.name, entry.arch, entry.config_dict(), digest, source)
+    record = read_record(path.parent) if source in ("cache", "download") else None
+    published = record.original_sha256 if record is not None and record.filename == path.name else None
+    return ResolvedWeights(path, entry.name, entry.arch, entry.config_dict(), digest, source, published)
 
 
 def _obtain(entry: ManifestEntry, allow_unverified: bool, cache: Path | None, progress: bool) -> tuple[Path, str, str]:
@@ -87,6 +105,9 @@ def _obtain(entry: ManifestEntry, allow_unverified: bool, cache: Path | None, pr
     if hit is not None:
         return hit[0], hit[1].sha256, "cache"
     url = apply_mirror(entry.weights.url, entry.weights.filename)
+    if url is None and entry.drive_folder is not None:
+        stored = fetch_from_drive(entry, expected_sha256=entry.weights.sha256, cache_dir=cache, progress=progress)
+        return stored.path, stored.sha256, "download"
     if url is None:
         raise DownloadError(entry.obtain_hint())
     folder = models_cache(cache) / entry.name
@@ -113,6 +134,15 @@ def _obtain(entry: ManifestEntry, allow_unverified: bool, cache: Path | None, pr
     )
     write_record(folder, dest, name=entry.name, origin="download", url=url, sha256=result.sha256)
     return dest, result.sha256, "download"
+
+
+def _pinned(entry: ManifestEntry, sha256: str) -> ManifestEntry:
+    """``entry`` with ``sha256`` pinned; a different pin of the manifest's is a contradiction."""
+    pinned = entry.weights.sha256
+    if pinned is not None and pinned != sha256:
+        raise ChecksumError(f"{entry.name}: --sha256 {sha256} differs from the manifest's pinned {pinned}")
+    files = (replace(entry.weights, sha256=sha256), *entry.files[1:])
+    return replace(entry, files=files)
 
 
 def default_candidates(
