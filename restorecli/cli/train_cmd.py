@@ -8,7 +8,6 @@ torch is imported inside the command bodies so that ``--help`` stays instant.
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
@@ -134,26 +133,14 @@ def export_command(
     """Write inference-only weights and print the manifest entry (sha256, size, config) as JSON."""
     if out.suffix != ".safetensors":
         raise UsageError(f"the output must end in .safetensors, got {out.name}")
-    from restorecli import models
     from restorecli.hub.manifest import TASKS
     from restorecli.train import read_training_checkpoint
-    from restorecli.train.export import manifest_entry, training_task
+    from restorecli.train.export import export_weights
 
     if task is not None and task not in TASKS:
         raise UsageError(f"--task: expected one of {', '.join(TASKS)}, got {task!r}")
-    state = read_training_checkpoint(checkpoint)
-    weights = state["params"] if raw or "params_ema" not in state else state["params_ema"]
-    net_config = dict(state["config"])
-    module = models.build_arch(state["arch"], net_config)
-    models.load_checkpoint(module, weights)  # proves the weights fit before anything is written
-    tensors = {k: (v.half() if half and v.dtype.is_floating_point else v) for k, v in weights.items()}
-    label = name or state["name"]
-    task = task or training_task(state["train_config"], state["arch"], net_config)
-    models.save_checkpoint(out, tensors, state["arch"], net_config, name=label, task=task)
-    params = sum(p.numel() for p in module.parameters())
-    entry = manifest_entry(name=label, arch=state["arch"], config=net_config, task=task, out=out, params=params)
-    entry["trained"] = {"iterations": int(state["iteration"]), "best_psnr": state["best"].get("metric")}
-    sys.stdout.write(json.dumps(entry, indent=2) + "\n")
+    entry = export_weights(read_training_checkpoint(checkpoint), out, name=name, task=task, half=half, raw=raw)
+    Output().data(entry)
 
 
 @train_app.command("presets")
