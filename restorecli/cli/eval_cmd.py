@@ -24,7 +24,8 @@ from restorecli.console import Bars, Output
 from restorecli.errors import UsageError
 
 if TYPE_CHECKING:
-    from restorecli.evaluate import EvalReport, ModelInfo
+    from restorecli.eval_report import EvalReport
+    from restorecli.evaluate import ModelInfo
     from restorecli.models import LoadedModel
 
 datasets_app = typer.Typer(help="Benchmark data sets: list them, download them into the cache.", no_args_is_help=True)
@@ -243,7 +244,7 @@ def eval_command(
 def _finish(report: EvalReport, out: Path | None, output: Output) -> None:
     """Write and print the report; after Ctrl-C, SIGTERM or SIGHUP exit with 128 + the signal."""
     from restorecli import interrupts
-    from restorecli.evaluate import write_report
+    from restorecli.eval_report import write_report
 
     if out is not None:
         paths = write_report(report, out)
