@@ -9,9 +9,7 @@ Colour denoising (as MaIR's denoising test code): noisy = GT/255 + N(0, (σ/255)
 array right after seeding NumPy with 0, for every image; float, not clipped, not quantised.
 Metrics on RGB (the literature's headline) and on Y (what MaIR's own test configs report).
 
-Inference: ``tiled-official`` is MaIR's ``MambaIRModel.test`` tiling, ``whole`` one
-forward pass, ``blended`` the tool's own overlapping tiles; ``ensemble`` is the 8-fold self-ensemble.
-The network runs without autograd (``torch.no_grad``; not ``inference_mode``, whose tensors, once
+Inference follows one of the protocols of ``restorecli.eval_protocols``. The network runs without autograd (``torch.no_grad``; not ``inference_mode``, whose tensors, once
 cached by a model, would break a later training step in the same process, for no measurable gain).
 The time of an image is its inference alone (not reading, imresize or metrics); one-time costs
 (loading or compiling the scan kernel, a warm-up pass, the blended protocol's tile measurement)
@@ -34,6 +32,8 @@ import numpy as np
 from restorecli import interrupts
 from restorecli.datasets import DatasetSpec, Sample, image_key, list_samples
 from restorecli.errors import ImageReadError, UsageError
+from restorecli.eval_protocols import PROTOCOLS, ProtocolRunner, synchronise
+from restorecli.eval_protocols import tiled_official as tiled_official  # part of this module's API
 from restorecli.eval_report import ComparisonRow, EvalReport, ImageResult, zoomed_row
 from restorecli.imresize import imresize
 from restorecli.io import quantize_to_uint8, read_rgb8
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 
     from restorecli.models.descriptor import LoadedModel
 
-PROTOCOLS = ("blended", "tiled-official", "whole")
 BASELINES = ("bicubic", "noisy")
 _COMPARISON_IMAGES = 3
 
@@ -145,135 +144,18 @@ def _metrics(out: np.ndarray, gt: np.ndarray, border: int) -> dict[str, float]:
 # ----------------------------------------------------------------------------- inference
 
 
-def tiled_official(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scale: int) -> torch.Tensor:
-    """MaIR's own test-time tiling (``MambaIRModel.test`` in the official code), reproduced exactly.
-
-    ``h // 200 + 1`` × ``w // 200 + 1`` tiles of the reflect-padded image, each extended by a tenth
-    of its size into its neighbours, run separately and pasted without blending.
-
-    Args:
-        model: Network (or a function around it) mapping a CPU (1, C, h, w) tile to a
-            (1, C, s·h, s·w) output; it moves the tile to its device itself.
-        x: (1, C, H, W) float32 input on the CPU.
-        scale: Upscaling factor of the model.
-
-    Returns:
-        (1, C, s·H, s·W) float32 on the CPU, not clamped.
-    """
-    import torch
-    import torch.nn.functional as F  # noqa: N812
-
-    _, channels, h, w = x.shape
-    splits_h, splits_w = h // 200 + 1, w // 200 + 1
-    pad_h, pad_w = (splits_h - h % splits_h) % splits_h, (splits_w - w % splits_w) % splits_w
-    if pad_h or pad_w:
-        x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
-    big_h, big_w = x.shape[2:]
-    sh, sw = big_h // splits_h, big_w // splits_w
-    shave_h, shave_w = sh // 10, sw // 10
-    out = torch.zeros(1, channels, big_h * scale, big_w * scale, dtype=torch.float32)
-    with torch.no_grad():
-        for i in range(splits_h):
-            top = i * sh - (shave_h if i > 0 else 0)
-            bottom = (i + 1) * sh + (shave_h if i < splits_h - 1 else 0)
-            off_h = 0 if i == 0 else shave_h * scale
-            for j in range(splits_w):
-                left = j * sw - (shave_w if j > 0 else 0)
-                right = (j + 1) * sw + (shave_w if j < splits_w - 1 else 0)
-                off_w = 0 if j == 0 else shave_w * scale
-                tile = model(x[..., top:bottom, left:right]).float().cpu()
-                out[..., i * sh * scale : (i + 1) * sh * scale, j * sw * scale : (j + 1) * sw * scale] = tile[
-                    ..., off_h : off_h + sh * scale, off_w : off_w + sw * scale
-                ]
-    return out[..., : h * scale, : w * scale]
-
-
-class ProtocolRunner:
-    """The inference of a protocol: (1, C, H, W) CPU float32 → (1, C, sH, sW) CPU float32.
-
-    One runner serves a whole evaluation, so the blended protocol's tiler, and the tile side it
-    measures, are made once rather than for every image.
-
-    Args:
-        model: The network, already on ``device`` and in eval mode.
-        config: Protocol, ensemble and tiling options.
-        device: Resolved torch device string.
-    """
-
-    def __init__(self, model: torch.nn.Module, config: EvalConfig, device: str) -> None:
-        import torch
-
-        from restorecli import inference
-
-        self.model = model
-        self.protocol = config.protocol
-        self.ensemble = config.ensemble
-        self.scale = config.scale if config.task == "sr" else 1
-        self.device = torch.device(device)
-        self.restorer: inference.ImageRestorer | None = None
-        self._dtype = inference.resolve_precision(config.precision, self.device)
-        if config.protocol == "blended":
-            self.restorer = inference.ImageRestorer(
-                model,
-                device=device,
-                precision=config.precision,
-                tile=config.tile,
-                overlap=config.overlap,
-                ensemble=config.ensemble,
-            )
-
-    @property
-    def tile(self) -> int | None:
-        """Tile side of the blended protocol in input pixels (0: whole image, None: not measured
-        yet, or another protocol)."""
-        return None if self.restorer is None else self.restorer.tile
-
-    def warm_up(self) -> None:
-        """One forward pass on a small input, and the blended protocol's tile measurement.
-
-        Run before timing: the first pass of a process loads (or compiles) the scan kernel.
-        """
-        import torch
-
-        from restorecli.inference import PROBE_SIDE
-
-        if self.restorer is not None:
-            self.restorer.warm_up()
-            return
-        from restorecli.models import run_facts
-
-        side = PROBE_SIDE.get(self.device.type, 64)
-        self._forward(torch.rand(1, run_facts(self.model).in_channels, side, side))
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        from restorecli.inference import self_ensemble
-
-        if self.restorer is not None:
-            return self.restorer.restore(x).output
-        single = self._tiled if self.protocol == "tiled-official" else self._forward
-        return self_ensemble(single, x) if self.ensemble else single(x)
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        autocast = torch.autocast(self.device.type, dtype=self._dtype, enabled=self._dtype is not None)
-        with torch.no_grad(), autocast:
-            return self.model(x.to(self.device)).float().cpu()
-
-    def _tiled(self, x: torch.Tensor) -> torch.Tensor:
-        return tiled_official(self._forward, x, self.scale)
-
-
 def make_runner(model: torch.nn.Module, config: EvalConfig, device: str) -> ProtocolRunner:
     """The runner of ``config``'s protocol (see :class:`ProtocolRunner`)."""
-    return ProtocolRunner(model, config, device)
-
-
-def _synchronise(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
+    return ProtocolRunner(
+        model,
+        protocol=config.protocol,
+        scale=config.scale if config.task == "sr" else 1,
+        device=device,
+        precision=config.precision,
+        ensemble=config.ensemble,
+        tile=config.tile,
+        overlap=config.overlap,
+    )
 
 
 def _infer(run: Callable[[torch.Tensor], torch.Tensor], img: np.ndarray, channels: int) -> np.ndarray:
@@ -351,7 +233,7 @@ def evaluate(
                     start = time.perf_counter()
                     x = degraded.astype(np.float32) / 255.0 if config.task == "sr" else degraded
                     out = _infer(setup.run, x, channels)
-                    _synchronise(setup.device)
+                    synchronise(setup.device)
                     seconds = time.perf_counter() - start
                 if out.shape != gt.shape:
                     raise ImageReadError(f"{sample.name}: output is {out.shape} but the ground truth is {gt.shape}")
@@ -406,7 +288,7 @@ def _prepare(model: torch.nn.Module, config: EvalConfig) -> _Setup:
     run = make_runner(model, config, device)
     backend = scan_backend_label(model, device)
     run.warm_up()
-    _synchronise(device)
+    synchronise(device)
     return _Setup(run, device, backend, time.perf_counter() - started)
 
 
