@@ -20,6 +20,7 @@ from restorecli.cli.options import (
     TileOverlapOpt,
     WeightsOpt,
 )
+from restorecli.cli.stopping import exit_stopped
 from restorecli.console import Bars, Output
 from restorecli.errors import UsageError
 
@@ -313,13 +314,12 @@ def datasets_download(
         try:
             folder = datasets.download_dataset(name, dest, progress=count)
         except KeyboardInterrupt as error:
-            signum = interrupts.handled(error)
-            # stderr: stdout carries only the folder of a finished set
-            output.warning(
-                f"Interrupted ({interrupts.signal_name(signum)}) after {files_done[0]} of {files_done[1]} files of "
-                f"{name}; verified files are kept, and `restore datasets download {name}` fetches the rest"
+            exit_stopped(
+                output,
+                interrupts.handled(error),
+                f"after {files_done[0]} of {files_done[1]} files of {name}; verified files are kept, "
+                f"and `restore datasets download {name}` fetches the rest",
             )
-            raise typer.Exit(interrupts.exit_code(signum)) from None
     output.line(str(folder))
 
 

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from restorecli import interrupts
 from restorecli.cli.options import QuietOpt
+from restorecli.cli.stopping import exit_stopped
 from restorecli.console import Bars, Output
 from restorecli.errors import UsageError
 
@@ -113,12 +113,11 @@ def train_command(
     }
     output.data(summary, indent=None)
     if result.interrupted:
-        signum = result.stop_signal or signal.SIGINT
-        output.warning(
-            f"Interrupted ({interrupts.signal_name(signum)}) at iteration {result.iteration}; "
-            f"resume with --resume {result.output_dir / 'latest.pth'}"
+        exit_stopped(
+            output,
+            result.stop_signal or signal.SIGINT,
+            f"at iteration {result.iteration}; resume with --resume {result.output_dir / 'latest.pth'}",
         )
-        raise typer.Exit(interrupts.exit_code(signum))
 
 
 @train_app.command("export")
