@@ -1,7 +1,7 @@
 """``restore train``: train or fine-tune from a YAML config; ``restore train export`` / ``presets``.
 
-``train`` is a command group whose default action trains (``restore train --config FILE``), so the
-issue's spelling works and the helpers sit beside it (``restore train export CKPT OUT``). Under
+``train`` is a command group whose default action trains (``restore train --config FILE``), so
+training reads as one command and the helpers sit beside it (``restore train export CKPT OUT``). Under
 ``torchrun --nproc_per_node=N -m restorecli train ...`` every rank runs the same command.
 torch is imported inside the command bodies so that ``--help`` stays instant.
 """
