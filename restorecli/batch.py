@@ -4,6 +4,10 @@ Inputs are processed in sorted order; a failing file is recorded and the batch g
 outputs are skipped unless overwriting is asked for; an input is never overwritten. Under
 ``torchrun`` (``WORLD_SIZE`` > 1) each rank takes every WORLD_SIZE-th input and the results are
 gathered so that rank 0 can report the whole batch.
+
+The module is longer than most on purpose: discovery, output naming (collisions included), the
+per-file loop and its report are one contract about which file goes where, and splitting them
+would scatter the rules that a batch never overwrites an input or writes one output twice.
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ One run measures, per network, thread count and input size:
 
 Weights are random: speed does not depend on them. Torch is imported inside the functions so
 that importing this module (and `restore bench --help`) stays instant.
+
+The module is longer than most on purpose: the timings, the GEMM peak they are compared with and
+the profiler breakdown must be measured in one run under the same threads and sizes, and the
+benchmarks script reads the same rows; kept together, the measuring conditions cannot drift apart.
 """
 
 from __future__ import annotations

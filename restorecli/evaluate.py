@@ -1,4 +1,4 @@
-"""Benchmark evaluation with the conventions of the papers, and the reports of ``restore eval``.
+"""Benchmark evaluation with the conventions of the papers (the report it returns: ``restorecli.eval_report``).
 
 Super-resolution (the convention of the MaIR/BasicSR test code): LR from the set's ``LR_bicubic/X{s}`` or, failing that,
 MATLAB-bicubic ``imresize(GT, 1/s)`` of the ground truth cropped to a multiple of s; the ground truth
@@ -9,9 +9,7 @@ Colour denoising (as MaIR's denoising test code): noisy = GT/255 + N(0, (σ/255)
 array right after seeding NumPy with 0, for every image; float, not clipped, not quantised.
 Metrics on RGB (the literature's headline) and on Y (what MaIR's own test configs report).
 
-Inference: ``tiled-official`` is MaIR's ``MambaIRModel.test`` tiling, ``whole`` one
-forward pass, ``blended`` the tool's own overlapping tiles; ``ensemble`` is the 8-fold self-ensemble.
-The network runs without autograd (``torch.no_grad``; not ``inference_mode``, whose tensors, once
+Inference follows one of the protocols of ``restorecli.eval_protocols``. The network runs without autograd (``torch.no_grad``; not ``inference_mode``, whose tensors, once
 cached by a model, would break a later training step in the same process, for no measurable gain).
 The time of an image is its inference alone (not reading, imresize or metrics); one-time costs
 (loading or compiling the scan kernel, a warm-up pass, the blended protocol's tile measurement)
@@ -22,23 +20,21 @@ self-ensemble.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
 
 from restorecli import interrupts
 from restorecli.datasets import DatasetSpec, Sample, image_key, list_samples
-from restorecli.errors import ImageReadError, ImageWriteError, UsageError
+from restorecli.errors import ImageReadError, UsageError
+from restorecli.eval_protocols import PROTOCOLS, ProtocolRunner, synchronise
+from restorecli.eval_protocols import tiled_official as tiled_official  # part of this module's API
+from restorecli.eval_report import ComparisonRow, EvalReport, ImageResult, zoomed_row
 from restorecli.imresize import imresize
 from restorecli.io import quantize_to_uint8, read_rgb8
 from restorecli.metrics import psnr, ssim
@@ -48,11 +44,8 @@ if TYPE_CHECKING:
 
     from restorecli.models.descriptor import LoadedModel
 
-PROTOCOLS = ("blended", "tiled-official", "whole")
 BASELINES = ("bicubic", "noisy")
 _COMPARISON_IMAGES = 3
-_CROP = 96  # side of the zoomed crop, in ground-truth pixels
-_ZOOM = 2
 
 
 @dataclass(frozen=True)
@@ -119,30 +112,6 @@ class ModelInfo:
     arch: str | None = None
 
 
-@dataclass(frozen=True)
-class ImageResult:
-    """Scores of one image; PSNR is ``inf`` where output and ground truth are identical."""
-
-    name: str
-    psnr_y: float
-    ssim_y: float
-    psnr_rgb: float
-    ssim_rgb: float
-    seconds: float
-    height: int
-    width: int
-    forwards: int = 0
-    """Forward passes of the network for this image (tiles, times 8 under the self-ensemble)."""
-
-
-@dataclass
-class _Crops:
-    """Zoomed crops of one image for the comparison picture."""
-
-    name: str
-    panels: list[tuple[np.ndarray, str]] = field(default_factory=list)
-
-
 # ----------------------------------------------------------------------------- images
 
 
@@ -175,135 +144,18 @@ def _metrics(out: np.ndarray, gt: np.ndarray, border: int) -> dict[str, float]:
 # ----------------------------------------------------------------------------- inference
 
 
-def tiled_official(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, scale: int) -> torch.Tensor:
-    """MaIR's own test-time tiling (``MambaIRModel.test`` in the official code), reproduced exactly.
-
-    ``h // 200 + 1`` × ``w // 200 + 1`` tiles of the reflect-padded image, each extended by a tenth
-    of its size into its neighbours, run separately and pasted without blending.
-
-    Args:
-        model: Network (or a function around it) mapping a CPU (1, C, h, w) tile to a
-            (1, C, s·h, s·w) output; it moves the tile to its device itself.
-        x: (1, C, H, W) float32 input on the CPU.
-        scale: Upscaling factor of the model.
-
-    Returns:
-        (1, C, s·H, s·W) float32 on the CPU, not clamped.
-    """
-    import torch
-    import torch.nn.functional as F  # noqa: N812
-
-    _, channels, h, w = x.shape
-    splits_h, splits_w = h // 200 + 1, w // 200 + 1
-    pad_h, pad_w = (splits_h - h % splits_h) % splits_h, (splits_w - w % splits_w) % splits_w
-    if pad_h or pad_w:
-        x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
-    big_h, big_w = x.shape[2:]
-    sh, sw = big_h // splits_h, big_w // splits_w
-    shave_h, shave_w = sh // 10, sw // 10
-    out = torch.zeros(1, channels, big_h * scale, big_w * scale, dtype=torch.float32)
-    with torch.no_grad():
-        for i in range(splits_h):
-            top = i * sh - (shave_h if i > 0 else 0)
-            bottom = (i + 1) * sh + (shave_h if i < splits_h - 1 else 0)
-            off_h = 0 if i == 0 else shave_h * scale
-            for j in range(splits_w):
-                left = j * sw - (shave_w if j > 0 else 0)
-                right = (j + 1) * sw + (shave_w if j < splits_w - 1 else 0)
-                off_w = 0 if j == 0 else shave_w * scale
-                tile = model(x[..., top:bottom, left:right]).float().cpu()
-                out[..., i * sh * scale : (i + 1) * sh * scale, j * sw * scale : (j + 1) * sw * scale] = tile[
-                    ..., off_h : off_h + sh * scale, off_w : off_w + sw * scale
-                ]
-    return out[..., : h * scale, : w * scale]
-
-
-class ProtocolRunner:
-    """The inference of a protocol: (1, C, H, W) CPU float32 → (1, C, sH, sW) CPU float32.
-
-    One runner serves a whole evaluation, so the blended protocol's tiler, and the tile side it
-    measures, are made once rather than for every image.
-
-    Args:
-        model: The network, already on ``device`` and in eval mode.
-        config: Protocol, ensemble and tiling options.
-        device: Resolved torch device string.
-    """
-
-    def __init__(self, model: torch.nn.Module, config: EvalConfig, device: str) -> None:
-        import torch
-
-        from restorecli import inference
-
-        self.model = model
-        self.protocol = config.protocol
-        self.ensemble = config.ensemble
-        self.scale = config.scale if config.task == "sr" else 1
-        self.device = torch.device(device)
-        self.restorer: inference.ImageRestorer | None = None
-        self._dtype = inference.resolve_precision(config.precision, self.device)
-        if config.protocol == "blended":
-            self.restorer = inference.ImageRestorer(
-                model,
-                device=device,
-                precision=config.precision,
-                tile=config.tile,
-                overlap=config.overlap,
-                ensemble=config.ensemble,
-            )
-
-    @property
-    def tile(self) -> int | None:
-        """Tile side of the blended protocol in input pixels (0: whole image, None: not measured
-        yet, or another protocol)."""
-        return None if self.restorer is None else self.restorer.tile
-
-    def warm_up(self) -> None:
-        """One forward pass on a small input, and the blended protocol's tile measurement.
-
-        Run before timing: the first pass of a process loads (or compiles) the scan kernel.
-        """
-        import torch
-
-        from restorecli.inference import PROBE_SIDE
-
-        if self.restorer is not None:
-            self.restorer.warm_up()
-            return
-        from restorecli.models import run_facts
-
-        side = PROBE_SIDE.get(self.device.type, 64)
-        self._forward(torch.rand(1, run_facts(self.model).in_channels, side, side))
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        from restorecli.inference import self_ensemble
-
-        if self.restorer is not None:
-            return self.restorer.restore(x).output
-        single = self._tiled if self.protocol == "tiled-official" else self._forward
-        return self_ensemble(single, x) if self.ensemble else single(x)
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        import torch
-
-        autocast = torch.autocast(self.device.type, dtype=self._dtype, enabled=self._dtype is not None)
-        with torch.no_grad(), autocast:
-            return self.model(x.to(self.device)).float().cpu()
-
-    def _tiled(self, x: torch.Tensor) -> torch.Tensor:
-        return tiled_official(self._forward, x, self.scale)
-
-
 def make_runner(model: torch.nn.Module, config: EvalConfig, device: str) -> ProtocolRunner:
     """The runner of ``config``'s protocol (see :class:`ProtocolRunner`)."""
-    return ProtocolRunner(model, config, device)
-
-
-def _synchronise(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize()
+    return ProtocolRunner(
+        model,
+        protocol=config.protocol,
+        scale=config.scale if config.task == "sr" else 1,
+        device=device,
+        precision=config.precision,
+        ensemble=config.ensemble,
+        tile=config.tile,
+        overlap=config.overlap,
+    )
 
 
 def _infer(run: Callable[[torch.Tensor], torch.Tensor], img: np.ndarray, channels: int) -> np.ndarray:
@@ -321,39 +173,6 @@ def _infer(run: Callable[[torch.Tensor], torch.Tensor], img: np.ndarray, channel
 
 
 # ----------------------------------------------------------------------------- evaluation
-
-
-@dataclass(frozen=True)
-class EvalReport:
-    """Everything ``restore eval`` writes: setup, per-image scores and means."""
-
-    meta: dict[str, Any]
-    images: list[ImageResult]
-    comparison: list[_Crops] = field(default_factory=list, repr=False, compare=False)
-    stop_signal: int | None = None
-    """The signal that stopped the evaluation early (``meta["stopped_by"]`` names it), or None."""
-
-    @property
-    def mean(self) -> dict[str, float]:
-        """Means over the images (PSNR averaged in dB, as the papers do)."""
-        keys = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "seconds")
-        return {k: float(np.mean([getattr(r, k) for r in self.images])) for k in keys}
-
-    def summary(self) -> dict[str, Any]:
-        """JSON-ready summary: ``meta`` fields, ``mean`` and the per-image list.
-
-        Infinite PSNR (identical images) is written as null, since JSON has no infinity.
-        """
-        return {
-            **self.meta,
-            "mean": _finite(self.mean),
-            "time_per_image": self.mean["seconds"],
-            "images": [_finite(asdict(r)) for r in self.images],
-        }
-
-
-def _finite(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
 
 
 def evaluate(
@@ -414,7 +233,7 @@ def evaluate(
                     start = time.perf_counter()
                     x = degraded.astype(np.float32) / 255.0 if config.task == "sr" else degraded
                     out = _infer(setup.run, x, channels)
-                    _synchronise(setup.device)
+                    synchronise(setup.device)
                     seconds = time.perf_counter() - start
                 if out.shape != gt.shape:
                     raise ImageReadError(f"{sample.name}: output is {out.shape} but the ground truth is {gt.shape}")
@@ -469,7 +288,7 @@ def _prepare(model: torch.nn.Module, config: EvalConfig) -> _Setup:
     run = make_runner(model, config, device)
     backend = scan_backend_label(model, device)
     run.warm_up()
-    _synchronise(device)
+    synchronise(device)
     return _Setup(run, device, backend, time.perf_counter() - started)
 
 
@@ -648,7 +467,7 @@ def _match_prediction(key: str, stem: str, preds: list[Path]) -> Path | None:
     return prefixed[0] if len(prefixed) == 1 else None
 
 
-# ----------------------------------------------------------------------------- reports
+# ----------------------------------------------------------------------------- the comparison picture
 
 
 def _comparison_crops(
@@ -660,162 +479,31 @@ def _comparison_crops(
     scores: dict[str, float],
     *,
     baseline: bool,
-) -> _Crops:
-    top, left, size = _detail_window(gt)
+) -> ComparisonRow:
     y = config.task == "sr"
     key = "psnr_y" if y else "psnr_rgb"
     border = config.border
     in_psnr = psnr(shown_input, gt, border, y_channel=y)
     label_in = "bicubic" if config.task == "sr" else f"noisy s={config.sigma:g}"
 
-    def cut(img: np.ndarray) -> np.ndarray:
-        patch = img[top : top + size, left : left + size]
-        if patch.shape[2] == 1:
-            patch = np.repeat(patch, 3, axis=2)
-        return cv2.resize(patch, None, fx=_ZOOM, fy=_ZOOM, interpolation=cv2.INTER_NEAREST)
-
-    panels = [(cut(shown_input), f"{name} {label_in} {in_psnr:.2f}dB")]
+    panels = [(shown_input, f"{name} {label_in} {in_psnr:.2f}dB")]
     if not baseline:
-        panels.append((cut(out), f"output {scores[key]:.2f}dB"))
-    panels.append((cut(gt), "ground truth"))
-    return _Crops(name, panels)
-
-
-def _detail_window(gt: np.ndarray) -> tuple[int, int, int]:
-    """Top-left corner and side of the most detailed square of the ground truth (zoom target)."""
-    size = min(_CROP, gt.shape[0], gt.shape[1])
-    grey = gt.mean(axis=2).astype(np.float32)
-    energy = np.abs(cv2.Sobel(grey, cv2.CV_32F, 1, 0)) + np.abs(cv2.Sobel(grey, cv2.CV_32F, 0, 1))
-    # Sum of energy over every size×size window, via a box filter on the full image.
-    box = cv2.boxFilter(energy, -1, (size, size), normalize=False, anchor=(0, 0), borderType=cv2.BORDER_CONSTANT)
-    valid = box[: gt.shape[0] - size + 1, : gt.shape[1] - size + 1]
-    top, left = np.unravel_index(int(np.argmax(valid)), valid.shape)
-    return int(top), int(left), size
-
-
-def comparison_image(crops: Sequence[_Crops]) -> np.ndarray:
-    """One picture: a row per image, a column per panel, each labelled (RGB uint8)."""
-    label_h, pad = 22, 4
-    rows = []
-    for item in crops:
-        cells = []
-        for patch, label in item.panels:
-            bar = np.zeros((label_h, patch.shape[1], 3), np.uint8)
-            cv2.putText(bar, label, (3, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 255), 1, cv2.LINE_AA)
-            cells.append(np.pad(np.vstack([bar, patch]), ((pad, pad), (pad, pad), (0, 0)), constant_values=255))
-        rows.append(np.hstack(cells))
-    width = max(r.shape[1] for r in rows)
-    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-    return np.vstack(rows)
-
-
-def _fmt(value: float | None, digits: int) -> str:
-    if value is None:
-        return "inf"
-    return f"{value:.{digits}f}"
-
-
-def _seconds(value: float | None) -> str | None:
-    return None if value is None else f"{value:.3f} s"
-
-
-def report_markdown(report: EvalReport) -> str:
-    """Human-readable report."""
-    summary = report.summary()
-    mean = summary["mean"]
-    head = "Y" if summary["headline"] == "y" else "RGB"
-    lines = [f"# restore eval: {summary['model']} on {summary['dataset']}", ""]
-    setup = [
-        ("task", summary["task"]),
-        ("scale", summary.get("scale")),
-        ("noise sigma", summary.get("sigma")),
-        ("model", summary["model"]),
-        ("weights sha256", summary.get("weights_sha256")),
-        ("protocol", summary["protocol"] + (" + self-ensemble" if summary.get("ensemble") else "")),
-        ("device", summary.get("device")),
-        ("scan backend", summary.get("backend")),
-        ("tile", summary.get("tile")),
-        ("forward passes per image", summary.get("forwards_per_image")),
-        ("LR source", summary.get("lr_source")),
-        ("crop border", summary["crop_border"]),
-        ("headline metric", head),
-        ("metrics", summary["metrics_convention"]),
-        ("time per image", f"{summary['time_per_image']:.3f} s"),
-        ("setup (not in the time per image)", _seconds(summary.get("setup_seconds"))),
-        ("date", summary["date"]),
-    ]
-    lines += ["| setting | value |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in setup if v is not None]
-    lines += [
-        "",
-        f"**Mean: PSNR {_fmt(mean['psnr_y' if head == 'Y' else 'psnr_rgb'], 2)} dB, "
-        f"SSIM {_fmt(mean['ssim_y' if head == 'Y' else 'ssim_rgb'], 4)} ({head})**",
-        "",
-        "| image | PSNR Y | SSIM Y | PSNR RGB | SSIM RGB | seconds |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in summary["images"] + [{"name": "**mean**", **mean}]:
-        lines.append(
-            f"| {r['name']} | {_fmt(r['psnr_y'], 2)} | {_fmt(r['ssim_y'], 4)} | {_fmt(r['psnr_rgb'], 2)} | "
-            f"{_fmt(r['ssim_rgb'], 4)} | {r['seconds']:.3f} |"
-        )
-    if summary.get("notes"):
-        lines += ["", "Notes:", ""] + [f"- {n}" for n in summary["notes"]]
-    return "\n".join(lines) + "\n"
-
-
-def report_csv(report: EvalReport) -> str:
-    """Per-image rows and a final ``mean`` row."""
-    buffer = io.StringIO()
-    fields = ["name", "psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb", "seconds", "height", "width", "forwards"]
-    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
-    writer.writeheader()
-    for r in report.images:
-        writer.writerow(asdict(r))
-    writer.writerow({"name": "mean", **report.mean})
-    return buffer.getvalue()
-
-
-def write_report(report: EvalReport, out_dir: Path) -> list[Path]:
-    """Write report.json, report.csv, report.md and comparison.png into ``out_dir``.
-
-    Returns:
-        The files written.
-
-    Raises:
-        ImageWriteError: The folder or a file cannot be written.
-    """
-    from restorecli.io import write_bytes_atomic
-
-    out_dir = Path(out_dir)
-    texts = {
-        "report.json": json.dumps(report.summary(), indent=2) + "\n",
-        "report.csv": report_csv(report),
-        "report.md": report_markdown(report),
-    }
-    paths = []
-    # atomic, like every output: a stopped run leaves whole files (from this run or the last)
-    for name, text in texts.items():
-        write_bytes_atomic(out_dir / name, text.encode("utf-8"), overwrite=True)
-        paths.append(out_dir / name)
-    if report.comparison:
-        picture = cv2.cvtColor(comparison_image(report.comparison), cv2.COLOR_RGB2BGR)
-        ok, encoded = cv2.imencode(".png", picture)
-        if not ok:
-            raise ImageWriteError(f"cannot encode the comparison image of {out_dir}")
-        write_bytes_atomic(out_dir / "comparison.png", encoded.tobytes(), overwrite=True)
-        paths.append(out_dir / "comparison.png")
-    return paths
+        panels.append((out, f"output {scores[key]:.2f}dB"))
+    panels.append((gt, "ground truth"))
+    return zoomed_row(name, panels, gt)
 
 
 def evaluate_dataset(
     dataset: DatasetSpec,
     folder: Path,
     config: EvalConfig,
-    **kwargs: Any,
+    *,
+    model: LoadedModel | torch.nn.Module | None = None,
+    model_info: ModelInfo | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> EvalReport:
     """:func:`evaluate` on a set folder (see :func:`restorecli.datasets.locate_dataset`)."""
     if config.task not in dataset.tasks:
         raise UsageError(f"{dataset.name} is a test set for {'/'.join(dataset.tasks)}, not for {config.task}")
     samples = list_samples(folder, config.scale if config.task == "sr" else None, use_lr=not config.lr_from_hr)
-    return evaluate(samples, config, dataset=dataset, **kwargs)
+    return evaluate(samples, config, model=model, model_info=model_info, dataset=dataset, progress=progress)

@@ -20,12 +20,14 @@ from restorecli.cli.options import (
     TileOverlapOpt,
     WeightsOpt,
 )
+from restorecli.cli.stopping import exit_stopped
 from restorecli.console import Bars, Output
-from restorecli.errors import UnknownModelError, UsageError
+from restorecli.errors import UsageError
 
 if TYPE_CHECKING:
-    from restorecli.evaluate import EvalReport, ModelInfo
-    from restorecli.models import LoadedModel, ModelSpec
+    from restorecli.eval_report import EvalReport
+    from restorecli.evaluate import ModelInfo
+    from restorecli.models import LoadedModel
 
 datasets_app = typer.Typer(help="Benchmark data sets: list them, download them into the cache.", no_args_is_help=True)
 
@@ -38,6 +40,7 @@ def load_model(
     *,
     manifest: Path | None = None,
     allow_unverified: bool = False,
+    progress: bool = False,
 ) -> tuple[LoadedModel, ModelInfo]:
     """Obtain the network to evaluate through ``restorecli.load_model``, as the restore commands do.
 
@@ -55,20 +58,10 @@ def load_model(
         device="cpu",  # evaluate() moves it to --device
         manifest=manifest,
         allow_unverified=allow_unverified,
-        progress=True,
+        progress=progress,
     )
     name = loaded.name or Path(loaded.weights.path).name
     return loaded, ModelInfo(name, loaded.weights.sha256, loaded.arch)
-
-
-def _model_spec(name: str, manifest: Path | None) -> ModelSpec | None:
-    """Task/scale/sigma of a named model (the one name lookup), or None for an unknown name."""
-    from restorecli.hub.manifest import load_manifest
-
-    try:
-        return load_manifest(manifest).spec(name)
-    except UnknownModelError:  # reported by load_model, with suggestions
-        return None
 
 
 class _ItemBar:
@@ -80,16 +73,6 @@ class _ItemBar:
 
     def __call__(self, done: int, total: int, name: str) -> None:
         self.bars.update(self.bar, completed=done, total=total, description=f"{self.label} {name}")
-
-
-def _infer_task(dataset_tasks: tuple[str, ...] | None, sigma: float | None, spec: ModelSpec | None) -> str:
-    if sigma is not None:
-        return "denoise"
-    if spec is not None and spec.task in ("sr", "denoise"):
-        return spec.task
-    if dataset_tasks and len(dataset_tasks) == 1:
-        return dataset_tasks[0]
-    return "sr"
 
 
 def _print_summary(report: EvalReport, output: Output) -> None:
@@ -217,55 +200,39 @@ def eval_command(
     if dataset is None:
         raise UsageError("--dataset is required (or --pred-dir with --gt-dir); see `restore datasets list`")
     from restorecli import datasets
+    from restorecli.eval_plan import plan_evaluation
 
-    spec_ds = datasets.get_dataset(dataset)
-    if baseline is not None and (model or weights):
-        raise UsageError("--baseline replaces the model: drop --model/--weights")
-    if baseline is not None and baseline not in ev.BASELINES:
-        raise UsageError(f"--baseline: expected one of {', '.join(ev.BASELINES)}, got {baseline!r}")
-    model_spec = _model_spec(model, manifest) if model else None
-    task = _infer_task(spec_ds.tasks, sigma, model_spec)
-    if baseline == "noisy":
-        task = "denoise"
-    if task == "sr":
-        scale = scale or (model_spec.scale if model_spec is not None else None)
-        if not scale and baseline is None and weights is None and model is None:
-            raise UsageError("--scale is required for super-resolution (or give --model/--weights)")
-    else:
-        sigma = sigma if sigma is not None or model_spec is None else model_spec.sigma
-        if sigma is None:
-            raise UsageError(f"{spec_ds.name} is a denoising set: give the noise level with --sigma (15, 25 or 50)")
-
+    plan = plan_evaluation(
+        dataset, scale=scale, sigma=sigma, model=model, weights=weights, baseline=baseline, manifest=manifest
+    )
     module = info = None
-    if baseline is None:
+    if plan.needs_model:
         module, info = load_model(
-            task,
-            model,
-            weights,
-            scale if task == "sr" else None,
-            None if task == "sr" else sigma,
+            plan.task,
+            plan.model,
+            plan.weights,
+            plan.scale,
+            plan.sigma,
             manifest=manifest,
             allow_unverified=allow_unverified,
+            progress=output.bars_enabled,
         )
-        if task == "sr":
-            scale = scale or module.scale
-    if task == "sr" and not scale:
-        raise UsageError("--scale is required for super-resolution")
     config = ev.EvalConfig(
-        task=task,
-        scale=scale or 1,
-        sigma=sigma,
+        task=plan.task,
+        scale=plan.final_scale(module),
+        sigma=plan.sigma,
         protocol=protocol,
         ensemble=ensemble,
         crop_border=crop_border,
         lr_from_hr=lr_from_hr,
-        baseline=baseline,
+        baseline=plan.baseline,
         tile=tile,
         overlap=tile_overlap,
         device=device,
         precision=precision,
         limit=limit,
     )
+    spec_ds = plan.dataset
     with output.progress() as bars:
         fetching = bars.enabled and data_dir is None and not datasets.is_cached(spec_ds.name)
         downloading = _ItemBar(bars, f"downloading {spec_ds.name}") if fetching else None
@@ -278,7 +245,7 @@ def eval_command(
 def _finish(report: EvalReport, out: Path | None, output: Output) -> None:
     """Write and print the report; after Ctrl-C, SIGTERM or SIGHUP exit with 128 + the signal."""
     from restorecli import interrupts
-    from restorecli.evaluate import write_report
+    from restorecli.eval_report import write_report
 
     if out is not None:
         paths = write_report(report, out)
@@ -347,13 +314,12 @@ def datasets_download(
         try:
             folder = datasets.download_dataset(name, dest, progress=count)
         except KeyboardInterrupt as error:
-            signum = interrupts.handled(error)
-            # stderr: stdout carries only the folder of a finished set
-            output.warning(
-                f"Interrupted ({interrupts.signal_name(signum)}) after {files_done[0]} of {files_done[1]} files of "
-                f"{name}; verified files are kept, and `restore datasets download {name}` fetches the rest"
+            exit_stopped(
+                output,
+                interrupts.handled(error),
+                f"after {files_done[0]} of {files_done[1]} files of {name}; verified files are kept, "
+                f"and `restore datasets download {name}` fetches the rest",
             )
-            raise typer.Exit(interrupts.exit_code(signum)) from None
     output.line(str(folder))
 
 

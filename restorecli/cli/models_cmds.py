@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from restorecli.cli.options import AllowUnverifiedOpt, CacheDirOpt, JsonOpt, ManifestOpt, QuietOpt
+from restorecli.cli.stopping import exit_stopped
 from restorecli.console import Output
 
 models_app = typer.Typer(
@@ -127,12 +128,11 @@ def download_model(
             progress=output.bars_enabled,
         )
     except KeyboardInterrupt as error:
-        signum = interrupts.handled(error)
-        output.warning(
-            f"Interrupted ({interrupts.signal_name(signum)}) before {name} was stored; "
-            f"`restore models download {name}` resumes the download"
+        exit_stopped(
+            output,
+            interrupts.handled(error),
+            f"before {name} was stored; `restore models download {name}` resumes the download",
         )
-        raise typer.Exit(interrupts.exit_code(signum)) from None
     output.note(f"{name}: {resolved.source} ({resolved.path})")
     if entry.weights.sha256 is None and sha256 is None and resolved.source == "download":
         if resolved.published_sha256 is not None:

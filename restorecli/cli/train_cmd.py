@@ -1,14 +1,13 @@
 """``restore train``: train or fine-tune from a YAML config; ``restore train export`` / ``presets``.
 
-``train`` is a command group whose default action trains (``restore train --config FILE``), so the
-issue's spelling works and the helpers sit beside it (``restore train export CKPT OUT``). Under
+``train`` is a command group whose default action trains (``restore train --config FILE``), so
+training reads as one command and the helpers sit beside it (``restore train export CKPT OUT``). Under
 ``torchrun --nproc_per_node=N -m restorecli train ...`` every rank runs the same command.
 torch is imported inside the command bodies so that ``--help`` stays instant.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
@@ -17,8 +16,8 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from restorecli import interrupts
 from restorecli.cli.options import QuietOpt
+from restorecli.cli.stopping import exit_stopped
 from restorecli.console import Bars, Output
 from restorecli.errors import UsageError
 
@@ -114,12 +113,11 @@ def train_command(
     }
     output.data(summary, indent=None)
     if result.interrupted:
-        signum = result.stop_signal or signal.SIGINT
-        output.warning(
-            f"Interrupted ({interrupts.signal_name(signum)}) at iteration {result.iteration}; "
-            f"resume with --resume {result.output_dir / 'latest.pth'}"
+        exit_stopped(
+            output,
+            result.stop_signal or signal.SIGINT,
+            f"at iteration {result.iteration}; resume with --resume {result.output_dir / 'latest.pth'}",
         )
-        raise typer.Exit(interrupts.exit_code(signum))
 
 
 @train_app.command("export")
@@ -134,26 +132,14 @@ def export_command(
     """Write inference-only weights and print the manifest entry (sha256, size, config) as JSON."""
     if out.suffix != ".safetensors":
         raise UsageError(f"the output must end in .safetensors, got {out.name}")
-    from restorecli import models
     from restorecli.hub.manifest import TASKS
     from restorecli.train import read_training_checkpoint
-    from restorecli.train.export import manifest_entry, training_task
+    from restorecli.train.export import export_weights
 
     if task is not None and task not in TASKS:
         raise UsageError(f"--task: expected one of {', '.join(TASKS)}, got {task!r}")
-    state = read_training_checkpoint(checkpoint)
-    weights = state["params"] if raw or "params_ema" not in state else state["params_ema"]
-    net_config = dict(state["config"])
-    module = models.build_arch(state["arch"], net_config)
-    models.load_checkpoint(module, weights)  # proves the weights fit before anything is written
-    tensors = {k: (v.half() if half and v.dtype.is_floating_point else v) for k, v in weights.items()}
-    label = name or state["name"]
-    task = task or training_task(state["train_config"], state["arch"], net_config)
-    models.save_checkpoint(out, tensors, state["arch"], net_config, name=label, task=task)
-    params = sum(p.numel() for p in module.parameters())
-    entry = manifest_entry(name=label, arch=state["arch"], config=net_config, task=task, out=out, params=params)
-    entry["trained"] = {"iterations": int(state["iteration"]), "best_psnr": state["best"].get("metric")}
-    sys.stdout.write(json.dumps(entry, indent=2) + "\n")
+    entry = export_weights(read_training_checkpoint(checkpoint), out, name=name, task=task, half=half, raw=raw)
+    Output().data(entry)
 
 
 @train_app.command("presets")

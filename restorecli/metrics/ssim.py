@@ -78,11 +78,7 @@ def ssim(img1: np.ndarray, img2: np.ndarray, crop_border: int = 0, y_channel: bo
 def ssim_torch(img1: torch.Tensor, img2: torch.Tensor, crop_border: int = 0, y_channel: bool = False) -> torch.Tensor:
     """SSIM of batches of tensors, per image, without quantisation (training validation).
 
-    Args:
-        img1: (N, C, H, W) in [0, 1].
-        img2: (N, C, H, W) in [0, 1].
-        crop_border: pixels removed on every side.
-        y_channel: compare the BT.601 Y channel.
+    The arguments are those of :func:`restorecli.metrics.psnr.psnr_torch`: (N, C, H, W) in [0, 1].
 
     Returns:
         (N,) float64 mean SSIM per image.

@@ -27,16 +27,33 @@ def check_head(upsampler: str, upscale: int, resi_connection: str) -> None:
         raise ValueError(f"pixelshuffle upsampling supports upscale 2, 3, 4, got {upscale}")
 
 
-def add_stem(net: nn.Module, *, in_chans: int, embed_dim: int) -> None:
-    """The input mean, shallow conv and patch-embedding LayerNorm under the official names.
+def add_stem(
+    net: nn.Module, *, upscale: int, in_chans: int, img_range: float, upsampler: str, resi_connection: str, embed_dim: int
+) -> None:
+    """Check the head settings, set the attributes :func:`reconstruct` reads (``upscale``,
+    ``in_chans``, ``img_range``, ``upsampler``), and create the input mean, shallow conv and
+    patch-embedding LayerNorm under the official names.
 
     The mean (RGB, or zeros for other channel counts) is a non-persistent buffer: not in checkpoints.
     """
+    check_head(upsampler, upscale, resi_connection)
+    net.upscale = upscale if upsampler else 1
+    net.in_chans = in_chans
+    net.img_range = img_range
+    net.upsampler = upsampler
     mean = RGB_MEAN if in_chans == 3 else (0.0,) * in_chans
     net.register_buffer("mean", torch.tensor(mean).view(1, in_chans, 1, 1), persistent=False)
     net.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
     net.patch_embed = nn.Module()
     net.patch_embed.norm = nn.LayerNorm(embed_dim, eps=1e-5)
+
+
+def add_neck_and_head(net: nn.Module, *, upsampler: str, upscale: int, embed_dim: int, in_chans: int) -> None:
+    """After the residual groups: the body's LayerNorm and conv (``norm``, ``conv_after_body``),
+    then the reconstruction head (:func:`add_head`), in the official creation order."""
+    net.norm = nn.LayerNorm(embed_dim, eps=1e-5)
+    net.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1)
+    add_head(net, upsampler=upsampler, upscale=upscale, embed_dim=embed_dim, in_chans=in_chans)
 
 
 def drop_path_rates(rate: float, depths: tuple[int, ...] | list[int]) -> list[list[float]]:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from restorecli.models.blocks import ResidualMambaBlock
-from restorecli.models.heads import add_head, add_stem, check_head, drop_path_rates, init_linear_and_norm, reconstruct
+from restorecli.models.heads import add_neck_and_head, add_stem, drop_path_rates, init_linear_and_norm, reconstruct
 
 
 @dataclass(frozen=True)
@@ -99,13 +99,11 @@ class MaIR(nn.Module):
         drop_path_rate: float = 0.1,
     ) -> None:
         super().__init__()
-        check_head(upsampler, upscale, resi_connection)
-        self.upscale = upscale if upsampler else 1
-        self.in_chans = in_chans
-        self.img_range = img_range
-        self.upsampler = upsampler
         self.scan_len = scan_len
-        add_stem(self, in_chans=in_chans, embed_dim=embed_dim)
+        add_stem(
+            self, upscale=upscale, in_chans=in_chans, img_range=img_range, upsampler=upsampler,
+            resi_connection=resi_connection, embed_dim=embed_dim,
+        )  # fmt: skip
         self.layers = nn.ModuleList(
             ResidualMambaGroup(
                 channels=embed_dim,
@@ -118,10 +116,7 @@ class MaIR(nn.Module):
             )
             for depth, rates in zip(depths, drop_path_rates(drop_path_rate, depths))
         )
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-5)
-        self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1)
-
-        add_head(self, upsampler=upsampler, upscale=upscale, embed_dim=embed_dim, in_chans=in_chans)
+        add_neck_and_head(self, upsampler=upsampler, upscale=upscale, embed_dim=embed_dim, in_chans=in_chans)
         self._init_weights()
 
     def _init_weights(self) -> None:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from restorecli.models.blocks import DropPath, SelectiveScanLayer, dt_rank, inner_width
-from restorecli.models.heads import add_head, add_stem, check_head, drop_path_rates, init_linear_and_norm, reconstruct
+from restorecli.models.heads import add_neck_and_head, add_stem, drop_path_rates, init_linear_and_norm, reconstruct
 from restorecli.ops.gps_order import gps_pixel_orders, inverse_permutation
 from restorecli.ops.scan_order import cross_scan_order
 
@@ -407,16 +407,14 @@ class VAMamba(nn.Module):
         drop_path_rate: float = 0.1,
     ) -> None:
         super().__init__()
-        check_head(upsampler, upscale, resi_connection)
         if cache_size < 1 or lora_rank < 1 or gps_patch < 1:
             raise ValueError(f"cache_size, lora_rank and gps_patch must be >= 1, got {cache_size}, {lora_rank}, {gps_patch}")
-        self.upscale = upscale if upsampler else 1
-        self.in_chans = in_chans
-        self.img_range = img_range
-        self.upsampler = upsampler
         self.qclam = qclam
         self.cache_size = cache_size
-        add_stem(self, in_chans=in_chans, embed_dim=embed_dim)
+        add_stem(
+            self, upscale=upscale, in_chans=in_chans, img_range=img_range, upsampler=upsampler,
+            resi_connection=resi_connection, embed_dim=embed_dim,
+        )  # fmt: skip
         ss2d = {
             "d_state": d_state, "mlp_ratio": mlp_ratio, "scan": scan, "qclam": qclam, "lora_rank": lora_rank,
             "gps_patch": gps_patch, "vit_dim": vit_dim, "vit_layers": vit_layers, "vit_heads": vit_heads,
@@ -426,10 +424,7 @@ class VAMamba(nn.Module):
             ResidualGroup(channels=embed_dim, drop_paths=rates, light_cab=light_cab, ss2d=ss2d)
             for rates in drop_path_rates(drop_path_rate, depths)
         )
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-5)
-        self.conv_after_body = nn.Conv2d(embed_dim, embed_dim, 3, 1, 1)
-
-        add_head(self, upsampler=upsampler, upscale=upscale, embed_dim=embed_dim, in_chans=in_chans)
+        add_neck_and_head(self, upsampler=upsampler, upscale=upscale, embed_dim=embed_dim, in_chans=in_chans)
         self._init_weights()
 
     def _init_weights(self) -> None:

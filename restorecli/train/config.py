@@ -9,6 +9,9 @@ into the architecture's own config dataclass (``MaIRConfig``/``MaIRUNetConfig``)
 Presets shipped with the package (``restorecli/presets/*.yml``) are found by name, so
 ``--config mair-light-t-x4`` and ``--config my.yml`` both work; data paths are never part of a
 preset and are passed with ``--set data.hq=PATH``.
+
+The module is longer than most on purpose (about 500 lines): one frozen dataclass per section with
+its checks, and the one loader that turns YAML and ``--set`` overrides into them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What a trained network is, for ``restore train export``: its task and its manifest entry."""
+"""``restore train export``: inference weights from a training checkpoint, and their manifest entry."""
 
 from __future__ import annotations
 
@@ -67,3 +67,46 @@ def manifest_entry(*, name: str, arch: str, config: Mapping[str, Any], task: str
         ],
     }
 
+
+
+def export_weights(
+    state: Mapping[str, Any],
+    out: Path,
+    *,
+    name: str | None = None,
+    task: str | None = None,
+    half: bool = False,
+    raw: bool = False,
+) -> dict[str, Any]:
+    """Write the inference weights of a training checkpoint as safetensors; return their manifest entry.
+
+    Args:
+        state: A training checkpoint (``restorecli.train.read_training_checkpoint``).
+        out: The ``.safetensors`` file to write.
+        name: Model name in the file and the entry (default: the run's name).
+        task: ``sr``, ``denoise``, ``deblur`` or ``dehaze`` (default: what the run trained, see
+            :func:`training_task`).
+        half: Store float16 weights (loaded back as float32).
+        raw: Export the raw weights even when EMA weights exist.
+
+    Returns:
+        The entry (:func:`manifest_entry`) with the run's iterations and best validation PSNR.
+
+    Raises:
+        CheckpointError: The weights do not fit the checkpoint's network (checked before writing).
+        ConfigError: Nothing tells the task.
+    """
+    from restorecli import models
+
+    weights = state["params"] if raw or "params_ema" not in state else state["params_ema"]
+    net_config = dict(state["config"])
+    module = models.build_arch(state["arch"], net_config)
+    models.load_checkpoint(module, weights)  # proves the weights fit before anything is written
+    tensors = {k: (v.half() if half and v.dtype.is_floating_point else v) for k, v in weights.items()}
+    label = name or state["name"]
+    task = task or training_task(state["train_config"], state["arch"], net_config)
+    models.save_checkpoint(out, tensors, state["arch"], net_config, name=label, task=task)
+    params = sum(p.numel() for p in module.parameters())
+    entry = manifest_entry(name=label, arch=state["arch"], config=net_config, task=task, out=out, params=params)
+    entry["trained"] = {"iterations": int(state["iteration"]), "best_psnr": state["best"].get("metric")}
+    return entry

@@ -14,6 +14,10 @@ the data order and every sample are pure functions of (seed, rank, epoch, index)
 of (seed, rank, iteration) (see ``restorecli.train.data``), and the torch RNG (drop-path) is
 restored per rank. So stopping at iteration *i* and resuming gives the same loss sequence as an
 uninterrupted run (on the same device, thread count and backend).
+
+The module is longer than most on purpose: the exact-resume guarantee spans the step, the EMA,
+validation, the checkpoint format and the stop handling; they read and write the same state, and
+keeping them in one file keeps that state's shape in one view.
 """
 
 from __future__ import annotations
