@@ -377,8 +377,9 @@ def scan_backend_label(module: torch.nn.Module, device: torch.device | str) -> s
     Each scanning layer's backend is resolved as its scans resolve it (the layer's pinned
     ``scan_backend``, else ``RESTORECLI_SCAN_BACKEND``, else auto) and named with the
     implementation behind it: ``cpu:compiled`` or ``cpu:torch`` (the compiled kernel or its
-    PyTorch fallback), ``cuda:mamba_ssm`` or ``cuda:torch``, or ``ref``. Asking loads the CPU
-    kernel (compiling it the first time) or imports mamba_ssm, as the first scan would.
+    PyTorch fallback), ``cuda:mamba_ssm``, ``cuda:triton`` or ``cuda:torch``, or ``ref``. Asking
+    loads the CPU kernel (compiling it the first time) or imports mamba_ssm and triton, as the
+    first scan would.
 
     Args:
         module: The network.
@@ -401,37 +402,12 @@ def scan_backend_label(module: torch.nn.Module, device: torch.device | str) -> s
 
 
 def scan_label(backend: str | None, device: torch.device | str) -> str:
-    """The implementation label of a requested backend (None: the environment's, else auto) on ``device``.
+    """The implementation label of a requested backend (None: the environment's, else auto) on ``device``
+    (``restorecli.ops.selective_scan.implementation_label``).
 
     Raises:
         BackendUnavailableError: See :func:`scan_backend_label`.
     """
-    import os
+    from restorecli.ops.selective_scan import implementation_label
 
-    from restorecli.ops import resolve_backend
-    from restorecli.ops.selective_scan import ENV_BACKEND
-
-    resolved = resolve_backend(backend, device)
-    requested = (backend or os.environ.get(ENV_BACKEND, "")).strip().lower()
-    explicit = requested not in ("", "auto")
-    if resolved == "cpu":
-        from restorecli.ops.scan_cpu import cpu_kernel_status, requested_implementation
-
-        status = cpu_kernel_status()
-        if explicit and status.implementation != "compiled" and requested_implementation() == "auto":
-            raise BackendUnavailableError(
-                f"scan backend 'cpu' was requested, but its compiled kernel cannot run here: {status.reason}; "
-                "set RESTORECLI_CPU_SCAN=torch to run its PyTorch fallback, or use backend 'auto'"
-            )
-        return f"cpu:{status.implementation}"
-    if resolved == "cuda":
-        from restorecli.ops.scan_cuda import ENV_IMPL, INSTALL_HINT, cuda_kernel_status
-
-        status = cuda_kernel_status()
-        if explicit and status.implementation != "mamba_ssm" and os.environ.get(ENV_IMPL, "").strip().lower() != "torch":
-            raise BackendUnavailableError(
-                f"scan backend 'cuda' was requested, but mamba_ssm cannot run here: {status.reason}; {INSTALL_HINT} "
-                f"(or set {ENV_IMPL}=torch to run the PyTorch scan on CUDA, or use backend 'auto')"
-            )
-        return f"cuda:{status.implementation}"
-    return resolved
+    return implementation_label(backend, device)
