@@ -36,7 +36,7 @@ def parse_settings(argv: list[str]) -> tuple[BenchSettings, bool]:
     parser.add_argument("--train-patch", type=int, default=defaults.train_patch, help="training-step LR patch side")
     parser.add_argument("--repeats", type=int, default=defaults.repeats, help="timed runs per case; the best is kept")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    parser.add_argument("--backend", "--scan-backend", default=None, help="selective-scan backend (ref, cpu, cuda; default auto)")
+    parser.add_argument("--backend", "--scan-backend", default=None, help="selective-scan backend (ref, cpu, cuda, triton; default auto)")
     parser.add_argument(
         "--skip-slower-than",
         type=float,

@@ -22,6 +22,7 @@ from restorecli.tiling import (  # DEFAULT_OVERLAP: restorecli/evaluate.py reads
     available_host_memory,
     check_tile,
     run_with_backoff,
+    tile_batch_from_budget,
     tile_from_budget,
 )
 
@@ -39,6 +40,8 @@ CPU_FALLBACK_TILE = 256
 """Automatic tile on a CPU whose memory cannot be measured."""
 PROBE_SIDE = {"cuda": 64, "cpu": 32}
 """Side of the probe image that measures memory per pixel (smaller on the CPU, where it is slow)."""
+CUDA_MEMORY_SHARE = 0.7
+"""Share of the free GPU memory that automatic tiles and batches may plan to use."""
 
 
 def self_ensemble(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -170,7 +173,9 @@ class ImageRestorer:
         overlap: Minimum overlap between tiles in input pixels, below half the tile; None for
             ``DEFAULT_OVERLAP`` kept below half the tile.
         ensemble: Average over the 8 flips/transposes (MaIR+).
-        tile_batch: Tiles per forward pass; default 4 on CUDA, 1 on the CPU.
+        tile_batch: Tiles per forward pass; default 1 on the CPU, and on CUDA as many as fit the
+            free memory (up to 16) when the tile is given, else 4 (the automatic tile is sized
+            for 4).
 
     Raises:
         UsageError: A tile or overlap outside those limits (see ``tiling.check_tile``).
@@ -202,6 +207,8 @@ class ImageRestorer:
         self.overlap = auto_overlap(tile) if overlap is None else overlap
         self.ensemble = ensemble
         self.tile_batch = tile_batch or (4 if self.device.type == "cuda" else 1)
+        # measured on the first image (a probe forward), like the automatic tile
+        self._batch_from_memory = tile_batch is None and self.device.type == "cuda" and bool(tile)
         self.requested_tile = tile
         self._tile = tile
         self._size_rule = facts.size_rule
@@ -227,6 +234,9 @@ class ImageRestorer:
         # An image no larger than the probe fits whenever the probe did: no need to measure yet.
         if self._tile is None and max(image.shape[-2:]) > PROBE_SIDE.get(self.device.type, 64):
             self._tile = self.auto_tile()
+        if self._batch_from_memory and self._tile and max(image.shape[-2:]) > self._tile:
+            self.tile_batch = self.auto_tile_batch(self._tile)
+            self._batch_from_memory = False
         passes = 8 if self.ensemble else 1
         state: dict[str, Any] = {"pass": 0, "result": None}
 
@@ -307,18 +317,12 @@ class ImageRestorer:
         """Tile side from free device memory (CUDA) or available RAM (CPU), via a probe run."""
         import torch
 
+        if self.device.type == "cuda":
+            bytes_per_pixel, free = self._measure_cuda()
+            return tile_from_budget(CUDA_MEMORY_SHARE * free / self.tile_batch, bytes_per_pixel, cap=2048)
         side = PROBE_SIDE.get(self.device.type, 64)
         probe = torch.rand(1, 3, side, side)
         pixels = side * side
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            before = torch.cuda.memory_allocated(self.device)
-            self._forward(probe)
-            peak = torch.cuda.max_memory_allocated(self.device) - before
-            free, _ = torch.cuda.mem_get_info(self.device)
-            per_tile_budget = 0.7 * free / self.tile_batch
-            return tile_from_budget(per_tile_budget, max(peak, 1) / pixels, cap=2048)
         with HostPeakMeter() as meter:
             self._forward(probe)
         available = available_host_memory()
@@ -328,6 +332,24 @@ class ImageRestorer:
         floor = 4 * 3 * (1 + self.scale**2) * 4
         per_pixel = max(meter.peak_increase / pixels, floor)
         return tile_from_budget(0.4 * available, per_pixel, cap=CPU_TILE_CAP)
+
+    def auto_tile_batch(self, tile: int) -> int:
+        """Tiles of side ``tile`` per forward pass that fit the free GPU memory (via a probe run)."""
+        bytes_per_pixel, free = self._measure_cuda()
+        return tile_batch_from_budget(CUDA_MEMORY_SHARE * free, bytes_per_pixel, tile)
+
+    def _measure_cuda(self) -> tuple[float, int]:
+        """Peak working memory per input pixel of a probe forward, and the free device memory (bytes)."""
+        import torch
+
+        side = PROBE_SIDE["cuda"]
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        self._forward(torch.rand(1, 3, side, side))
+        peak = torch.cuda.max_memory_allocated(self.device) - before
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return max(peak, 1) / (side * side), free
 
 
 def tile_multiple(model: LoadedModel | torch.nn.Module) -> int:
@@ -377,8 +399,9 @@ def scan_backend_label(module: torch.nn.Module, device: torch.device | str) -> s
     Each scanning layer's backend is resolved as its scans resolve it (the layer's pinned
     ``scan_backend``, else ``RESTORECLI_SCAN_BACKEND``, else auto) and named with the
     implementation behind it: ``cpu:compiled`` or ``cpu:torch`` (the compiled kernel or its
-    PyTorch fallback), ``cuda:mamba_ssm`` or ``cuda:torch``, or ``ref``. Asking loads the CPU
-    kernel (compiling it the first time) or imports mamba_ssm, as the first scan would.
+    PyTorch fallback), ``cuda:mamba_ssm``, ``cuda:triton`` or ``cuda:torch``, or ``ref``. Asking
+    loads the CPU kernel (compiling it the first time) or imports mamba_ssm and triton, as the
+    first scan would.
 
     Args:
         module: The network.
@@ -401,37 +424,12 @@ def scan_backend_label(module: torch.nn.Module, device: torch.device | str) -> s
 
 
 def scan_label(backend: str | None, device: torch.device | str) -> str:
-    """The implementation label of a requested backend (None: the environment's, else auto) on ``device``.
+    """The implementation label of a requested backend (None: the environment's, else auto) on ``device``
+    (``restorecli.ops.selective_scan.implementation_label``).
 
     Raises:
         BackendUnavailableError: See :func:`scan_backend_label`.
     """
-    import os
+    from restorecli.ops.selective_scan import implementation_label
 
-    from restorecli.ops import resolve_backend
-    from restorecli.ops.selective_scan import ENV_BACKEND
-
-    resolved = resolve_backend(backend, device)
-    requested = (backend or os.environ.get(ENV_BACKEND, "")).strip().lower()
-    explicit = requested not in ("", "auto")
-    if resolved == "cpu":
-        from restorecli.ops.scan_cpu import cpu_kernel_status, requested_implementation
-
-        status = cpu_kernel_status()
-        if explicit and status.implementation != "compiled" and requested_implementation() == "auto":
-            raise BackendUnavailableError(
-                f"scan backend 'cpu' was requested, but its compiled kernel cannot run here: {status.reason}; "
-                "set RESTORECLI_CPU_SCAN=torch to run its PyTorch fallback, or use backend 'auto'"
-            )
-        return f"cpu:{status.implementation}"
-    if resolved == "cuda":
-        from restorecli.ops.scan_cuda import ENV_IMPL, INSTALL_HINT, cuda_kernel_status
-
-        status = cuda_kernel_status()
-        if explicit and status.implementation != "mamba_ssm" and os.environ.get(ENV_IMPL, "").strip().lower() != "torch":
-            raise BackendUnavailableError(
-                f"scan backend 'cuda' was requested, but mamba_ssm cannot run here: {status.reason}; {INSTALL_HINT} "
-                f"(or set {ENV_IMPL}=torch to run the PyTorch scan on CUDA, or use backend 'auto')"
-            )
-        return f"cuda:{status.implementation}"
-    return resolved
+    return implementation_label(backend, device)

@@ -392,6 +392,25 @@ def tile_from_budget(budget_bytes: float, bytes_per_pixel: float, *, multiple: i
     return max(MIN_TILE, min(cap, side))
 
 
+def tile_batch_from_budget(budget_bytes: float, bytes_per_pixel: float, tile: int, *, cap: int = 16) -> int:
+    """Most tiles of side ``tile`` that fit a memory budget together (one batch on the device).
+
+    Args:
+        budget_bytes: Memory the batch may use.
+        bytes_per_pixel: Estimated working memory per input pixel (measured by a probe run).
+        tile: Tile side in input pixels.
+        cap: Largest batch returned (beyond a few tiles a GPU gains little and the last batch
+            of an image is mostly empty).
+
+    Returns:
+        Tiles per batch, between 1 and ``cap``.
+    """
+    per_tile = max(bytes_per_pixel, 0.0) * tile * tile
+    if per_tile <= 0:
+        return cap
+    return max(1, min(cap, int(max(budget_bytes, 0.0) // per_tile)))
+
+
 def available_host_memory() -> int | None:
     """Bytes of host RAM available to new allocations (Linux ``MemAvailable``), or None if unknown."""
     try:

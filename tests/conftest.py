@@ -16,9 +16,16 @@ SHARED_DATASETS = Path(os.environ.get("RESTORECLI_TEST_DATASETS", REPO_ROOT.pare
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    import importlib.util
+
     import torch
 
     torch.set_num_threads(1)
+    # Without CUDA the Triton scan backend runs in Triton's CPU interpreter (tests only). The
+    # variable must be set before restorecli.ops.scan_triton_kernels is imported (the kernels
+    # are made interpreted or compiled then); it changes nothing else: no other code runs triton.
+    if not torch.cuda.is_available() and importlib.util.find_spec("triton") is not None:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)

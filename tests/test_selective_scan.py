@@ -286,7 +286,7 @@ def test_no_grad_inputs_skip_checkpoints() -> None:
 
 def test_available_backends_shape() -> None:
     backends = available_backends()
-    assert set(backends) == {"ref", "cpu", "cuda"}
+    assert set(backends) == {"ref", "cpu", "cuda", "triton"}
     assert backends["ref"] is None and backends["cpu"] is None
     assert (backends["cuda"] is None) == torch.cuda.is_available()
 
@@ -309,8 +309,8 @@ def test_auto_picks_cuda_for_cuda_tensors(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_unknown_backend_lists_valid_names(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(BackendUnavailableError, match="valid: auto, ref, cpu, cuda"):
-        resolve_backend("triton", "cpu")
+    with pytest.raises(BackendUnavailableError, match="valid: auto, ref, cpu, cuda, triton"):
+        resolve_backend("tpu", "cpu")
     monkeypatch.setenv("RESTORECLI_SCAN_BACKEND", "mamba")
     with pytest.raises(BackendUnavailableError, match="RESTORECLI_SCAN_BACKEND"):
         resolve_backend(None, "cpu")
@@ -459,6 +459,8 @@ def test_extensions_dir_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 def fresh_mamba_state(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(scan_cuda, "_mamba", None)
     monkeypatch.delenv(scan_cuda.ENV_IMPL, raising=False)
+    # these tests are about mamba_ssm's import guard: without mamba_ssm, no Triton in between
+    monkeypatch.setattr(scan_cuda, "triton_unavailable_reason", lambda: "triton disabled by the test")
 
 
 @pytest.mark.parametrize("error", [ImportError("No module named 'selective_scan_cuda'"), OSError("libcudart.so.12: cannot open shared object file"), RuntimeError("CUDA driver too old")])
@@ -546,7 +548,7 @@ def test_env_command_json() -> None:
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["torch"]["version"] == torch.__version__
-    assert set(report["scan"]["backends"]) == {"ref", "cpu", "cuda"}
+    assert set(report["scan"]["backends"]) == {"ref", "cpu", "cuda", "triton"}
     assert report["scan"]["backends"]["ref"]["usable"] is True
     assert report["scan"]["cpu_kernel"]["implementation"] in ("compiled", "torch")
     assert report["cache"]["extensions"] == str(scan_cpu.extensions_dir())

@@ -70,7 +70,7 @@ def register(app: typer.Typer) -> None:
         train_batch: Annotated[int, typer.Option(help="Batch of the timed training step; 0 skips it.")] = DEFAULTS.train_batch,
         train_patch: Annotated[int, typer.Option(help="Side of the training step's LR patches.")] = DEFAULTS.train_patch,
         device: DeviceOpt = "cpu",
-        backend: Annotated[str | None, typer.Option("--scan-backend", help="ref, cpu or cuda (default: auto).")] = None,
+        backend: Annotated[str | None, typer.Option("--scan-backend", help="ref, cpu, cuda or triton (default: auto).")] = None,
         repeats: Annotated[int, typer.Option(help="Timed runs per case after a warm-up (the best is kept).")] = DEFAULTS.repeats,
         skip_slower_than: Annotated[
             float, typer.Option(metavar="SECONDS", help="Skip a network's larger sizes once one forward takes longer.")

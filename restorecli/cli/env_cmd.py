@@ -27,6 +27,7 @@ _ENV_VARS = (
     "CXX",
     "OMP_NUM_THREADS",
     "CUDA_VISIBLE_DEVICES",
+    "TRITON_INTERPRET",
 )
 
 
@@ -104,7 +105,7 @@ def _text(report: dict[str, Any]) -> str:
         lines.append("cuda devices    none")
     lines.append("scan backends")
     for name, info in scan["backends"].items():
-        lines.append(f"  {name:<5} {'usable' if info['usable'] else 'not usable: ' + info['reason']}")
+        lines.append(f"  {name:<6} {'usable' if info['usable'] else 'not usable: ' + info['reason']}")
     lines.append(f"cpu scan        {cpu_path}: {cpu_kernel['reason']}")
     if cpu_kernel["library"]:
         lines.append(f"                {cpu_kernel['library']}")

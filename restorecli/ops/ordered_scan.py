@@ -12,10 +12,11 @@ block. :func:`ordered_selective_scan` states the same computation on the map its
   ``softplus(dt_weight[k] @ dt_low + dt_bias)`` (Mamba's dt_proj, fused);
 * the output ``y`` (B, L, K, Di) is written back in raster order.
 
-The compiled CPU kernel (``scan_cpu``) reads through the orders and writes back in place, so no
-permuted copy exists, forward or backward. Every other case (other devices, the torch fallback,
-the ``ref`` backend) runs :func:`ordered_scan_reference`: explicit gathers around
-``selective_scan``, which is also the oracle of the kernel's tests.
+The compiled CPU kernel (``scan_cpu``) and the Triton kernels (``scan_triton``: the ``triton``
+backend, and the ``cuda`` backend when it runs on triton) read through the orders and write back
+in place, so no permuted copy exists, forward or backward. Every other case (other devices, the
+torch fallbacks, mamba_ssm, the ``ref`` backend) runs :func:`ordered_scan_reference`: explicit
+gathers around ``selective_scan``, which is also the oracle of the kernels' tests.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from restorecli.ops.scan_ref import OrderedScanInputs, ScanInputs, ordered_scan_gathered
-from restorecli.ops.selective_scan import resolve_backend, selective_scan
+from restorecli.ops.selective_scan import LOW_PRECISION_DTYPES, resolve_backend, selective_scan
 
 
 def ordered_selective_scan(
@@ -50,7 +51,8 @@ def ordered_selective_scan(
         order: (K, L) or (B, K, L) int64: raster position visited at step t of direction k.
         inverse: the inverse permutations of ``order``, same shape.
         backend: selective-scan backend (see ``restorecli.ops.resolve_backend``); ``cpu`` uses
-            the fused kernel when it is built, everything else the reference.
+            the fused kernel when it is built, ``triton`` (and ``cuda`` when it runs on triton)
+            the fused Triton kernels, everything else the reference.
 
     Returns:
         ``(y, mean)``: y (B, L, K, Di), y[b, p, k] is direction k's output at raster position
@@ -61,8 +63,13 @@ def ordered_selective_scan(
         ValueError: Inconsistent shapes or devices.
         BackendUnavailableError: See ``restorecli.ops.resolve_backend``.
     """
-    inputs = prepare_ordered_inputs(OrderedScanInputs(x, proj, dt_weight, dt_bias, A, D, order, inverse))
+    given = OrderedScanInputs(x, proj, dt_weight, dt_bias, A, D, order, inverse)
     name = resolve_backend(backend, x.device)
+    if name == "triton" or (name == "cuda" and x.dtype != torch.float64 and _cuda_runs_triton()):
+        from restorecli.ops import scan_triton
+
+        return scan_triton.ordered_scan_triton(prepare_ordered_inputs(given, keep_low_precision=True))
+    inputs = prepare_ordered_inputs(given)
     if name == "cpu":
         from restorecli.ops import scan_cpu
 
@@ -70,6 +77,12 @@ def ordered_selective_scan(
         if fused is not None:
             return fused
     return ordered_scan_reference(inputs, backend=name)
+
+
+def _cuda_runs_triton() -> bool:
+    from restorecli.ops.scan_cuda import cuda_kernel_status
+
+    return cuda_kernel_status().implementation == "triton"
 
 
 def ordered_scan_reference(inputs: OrderedScanInputs, *, backend: str | None = "ref") -> tuple[torch.Tensor, torch.Tensor]:
@@ -103,8 +116,13 @@ def merge_directions(y: torch.Tensor, gates: torch.Tensor, *, backend: str | Non
     return (y * gates.unsqueeze(1)).sum(2)
 
 
-def prepare_ordered_inputs(inputs: OrderedScanInputs) -> OrderedScanInputs:
+def prepare_ordered_inputs(inputs: OrderedScanInputs, *, keep_low_precision: bool = False) -> OrderedScanInputs:
     """Check shapes, dtypes and devices; cast the float inputs to the compute dtype.
+
+    Args:
+        inputs: As given to :func:`ordered_selective_scan`.
+        keep_low_precision: Leave float16/bfloat16 x and proj as they are (for kernels that read
+            them directly); the parameters are cast regardless.
 
     Raises:
         ValueError: On any inconsistency; the message names the argument and the shapes.
@@ -138,5 +156,5 @@ def prepare_ordered_inputs(inputs: OrderedScanInputs) -> OrderedScanInputs:
         if tensor.device != x.device:
             raise ValueError(f"{label} is on {tensor.device} but x is on {x.device}")
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    floats = [t.to(dtype) for t in (x, proj, dt_weight, dt_bias, A, D)]
-    return OrderedScanInputs(*floats, order, inverse)
+    x, proj = (t if keep_low_precision and t.dtype in LOW_PRECISION_DTYPES else t.to(dtype) for t in (x, proj))
+    return OrderedScanInputs(x, proj, *(t.to(dtype) for t in (dt_weight, dt_bias, A, D)), order, inverse)

@@ -1,12 +1,13 @@
-"""The ``cuda`` scan backend: mamba_ssm's CUDA kernel, or a pure-PyTorch GPU fallback.
+"""The ``cuda`` scan backend: mamba_ssm's CUDA kernel, the Triton kernels, or a PyTorch GPU scan.
 
 mamba_ssm is imported lazily on the first CUDA scan and guarded against every exception
 (ImportError, and OSError from CUDA/ABI mismatches, its most common failure). When it is
-missing the backend still works, with the chunked torch scan on the GPU.
+missing the backend uses the Triton kernels (``scan_triton``; triton ships with CUDA builds
+of torch and needs no compile step at install), and without triton the chunked torch scan.
 
 Environment:
-    RESTORECLI_CUDA_SCAN: ``auto`` (default: mamba_ssm if importable) or ``torch``
-        (always the fallback, for comparisons).
+    RESTORECLI_CUDA_SCAN: ``auto`` (default: mamba_ssm if importable, else triton if importable,
+        else torch) or ``torch`` (always the PyTorch scan, for comparisons).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from restorecli.ops import scan_ref
+from restorecli.ops import scan_ref, scan_triton
 from restorecli.ops.scan_ref import ScanInputs
 
 ENV_IMPL = "RESTORECLI_CUDA_SCAN"
@@ -34,7 +35,7 @@ class CudaKernelStatus:
     """Which implementation the ``cuda`` backend uses, and why.
 
     Attributes:
-        implementation: ``"mamba_ssm"`` or ``"torch"``.
+        implementation: ``"mamba_ssm"``, ``"triton"`` or ``"torch"``.
         reason: Human-readable explanation.
     """
 
@@ -79,19 +80,30 @@ def _load_mamba() -> tuple[Callable[..., torch.Tensor] | None, str]:
 
 
 def cuda_kernel_status() -> CudaKernelStatus:
-    """Report the implementation the ``cuda`` backend would use (imports mamba_ssm once)."""
+    """Report the implementation the ``cuda`` backend would use (imports mamba_ssm, then triton, once)."""
     if os.environ.get(ENV_IMPL, "").strip().lower() == "torch":
         return CudaKernelStatus("torch", f"forced by {ENV_IMPL}=torch")
     fn, why = _load_mamba()
     if fn is not None:
         return CudaKernelStatus("mamba_ssm", why)
-    return CudaKernelStatus("torch", f"chunked torch scan; {why}")
+    triton_why = triton_unavailable_reason()
+    if triton_why is None:
+        return CudaKernelStatus("triton", f"Triton kernels; {why}")
+    return CudaKernelStatus("torch", f"chunked torch scan; {why}; {triton_why}")
+
+
+def triton_unavailable_reason() -> str | None:
+    """Why the Triton kernels cannot serve the ``cuda`` backend (they need a CUDA device here,
+    even where the interpreter would run them on the CPU), or None."""
+    if not torch.cuda.is_available():
+        return "triton needs a CUDA device"
+    return scan_triton.unavailable_reason()
 
 
 def selective_scan_cuda(x: ScanInputs) -> torch.Tensor:
-    """Scan prepared CUDA inputs with mamba_ssm, or the chunked torch scan without it.
+    """Scan prepared CUDA inputs with mamba_ssm, else the Triton kernels, else the chunked torch scan.
 
-    float64 inputs always take the fallback (mamba_ssm has no float64 kernel).
+    float64 inputs always take the torch scan (neither kernel computes in float64).
 
     Args:
         x: Prepared inputs (see ``scan_ref.ScanInputs``).
@@ -99,7 +111,10 @@ def selective_scan_cuda(x: ScanInputs) -> torch.Tensor:
     Returns:
         (batch, dim, L) output in the inputs' dtype.
     """
-    if x.u.dtype == torch.float32 and cuda_kernel_status().implementation == "mamba_ssm":
+    implementation = cuda_kernel_status().implementation if x.u.dtype != torch.float64 else "torch"
+    if implementation == "triton":
+        return scan_triton.selective_scan_triton(x)
+    if implementation == "mamba_ssm":
         fn, _ = _load_mamba()
         assert fn is not None
         # The inputs are float32 already, so the kernel's output (in u's dtype) is float32.
