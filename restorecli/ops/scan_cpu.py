@@ -15,6 +15,11 @@ Environment:
         (always the fallback) or ``compiled`` (raise if the kernel is unavailable).
     RESTORECLI_EXTENSIONS_DIR: cache directory for compiled kernels.
     CXX: C++ compiler to use.
+
+The module is longer than most on purpose: building, caching and self-testing the kernel, and
+the autograd wrappers of its three entry points (plain scan, ordered scan, SSA merge), share the
+one loaded library and its argument conventions, which would otherwise be split across modules
+that all reach into each other.
 """
 
 from __future__ import annotations
