@@ -119,7 +119,7 @@ class DegradationSection:
     blur_length: tuple[float, float] = (4.0, 16.0)
     haze_transmission: tuple[float, float] = (0.3, 0.95)
     haze_airlight: tuple[float, float] = (0.7, 1.0)
-    haze_beta: tuple[float, float] = (0.5, 2.0)
+    haze_beta: tuple[float, float] = (0.3, 1.2)
     haze_tint: float = 0.05
     camera_shot: tuple[float, float] = (1e-4, 1e-2)
     camera_read: tuple[float, float] = (5e-4, 1e-2)
