@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -95,13 +97,14 @@ def _correlations(residual: np.ndarray) -> tuple[float, float]:
 
 def test_camera_noise_is_correlated_in_space_and_jpeg_ties_the_channels() -> None:
     grey = np.full((128, 128, 3), 0.5, np.float32)
-    noisy = dg.camera_noise(grey, np.random.default_rng(0), shot=(4e-3, 4e-3), read=(2e-3, 2e-3), jpeg_prob=0.0, jpeg_quality=(90, 90))
+    options = {"shot": (4e-3, 4e-3), "read": (2e-3, 2e-3), "jpeg_quality": (90, 90)}
+    noisy = dg.camera_noise(grey, np.random.default_rng(0), jpeg_prob=0.0, **options)
     horizontal, cross = _correlations(noisy - grey)
     # Demosaicing spreads each photosite's noise to its neighbours, but bilinear interpolation
     # keeps the colours apart; JPEG's chroma subsampling then ties the channels together.
     assert horizontal > 0.2 and abs(cross) < 0.05
     assert 0.005 < float(np.std(noisy - grey)) < 0.1
-    compressed = dg.camera_noise(grey, np.random.default_rng(0), shot=(4e-3, 4e-3), read=(2e-3, 2e-3), jpeg_prob=1.0, jpeg_quality=(90, 90))
+    compressed = dg.camera_noise(grey, np.random.default_rng(0), jpeg_prob=1.0, **options)
     assert _correlations(compressed - grey)[1] > 0.3
     white = dg.add_noise(grey, 10.0, np.random.default_rng(0))
     assert max(abs(c) for c in _correlations(white - grey)) < 0.05
@@ -143,9 +146,8 @@ def test_depth_haze_lowers_contrast_more_at_the_top() -> None:
 
 
 def test_new_degradation_keys_validate_like_the_others() -> None:
-    cfg = config_from_mapping(
-        apply_overrides(TINY_DN, ["degradation.camera_shot=[1e-3, 2e-3]", "degradation.camera_jpeg_quality=80", "degradation.haze_beta=1.5"])
-    )
+    overrides = ["degradation.camera_shot=[1e-3, 2e-3]", "degradation.camera_jpeg_quality=80", "degradation.haze_beta=1.5"]
+    cfg = config_from_mapping(apply_overrides(TINY_DN, overrides))
     assert cfg.degradation.camera_shot == (1e-3, 2e-3) and cfg.degradation.camera_jpeg_quality == (80, 80)
     assert cfg.degradation.haze_beta == (1.5, 1.5)
     for override, match in [
@@ -161,14 +163,15 @@ def test_new_degradation_keys_validate_like_the_others() -> None:
             config_from_mapping(apply_overrides(TINY_DN, [override]))
 
 
-def test_training_samples_with_the_new_steps_are_deterministic(tmp_path) -> None:  # noqa: ANN001
+def test_training_samples_with_the_new_steps_are_deterministic(tmp_path: Path) -> None:
     import cv2
 
     from restorecli.train.data import TrainDataset
 
     (tmp_path / "hq").mkdir()
     cv2.imwrite(str(tmp_path / "hq" / "a.png"), (_texture(6, (30, 34)) * 255).astype(np.uint8))
-    cfg = config_from_mapping(apply_overrides(TINY_DN, [f"data.hq=[{tmp_path / 'hq'}]", "degradation.steps=[haze_depth, camera_noise]"]))
+    overrides = [f"data.hq=[{tmp_path / 'hq'}]", "degradation.steps=[haze_depth, camera_noise]"]
+    cfg = config_from_mapping(apply_overrides(TINY_DN, overrides))
     first = TrainDataset(cfg.data, cfg.degradation, seed=1)[(0, 0)]
     again = TrainDataset(cfg.data, cfg.degradation, seed=1)[(0, 0)]
     assert first[0].shape == first[1].shape == (3, 8, 8)
