@@ -168,3 +168,15 @@ def test_cli_prints_one_error_line_for_a_scale_on_a_same_size_task(shared_datase
     lines = done.stderr.strip().splitlines()
     assert done.returncode != 0 and done.stdout == ""
     assert len(lines) == 1 and lines[0].startswith("Error: ") and "drop --scale 4" in lines[0], done.stderr
+
+
+@pytest.mark.parametrize(
+    ("preset", "task"),
+    [("restorecli-light-deblur-cpu", "deblur"), ("restorecli-light-dehaze-cpu", "dehaze"), ("restorecli-light-realdn-cpu", "realnoise")],
+)
+def test_presets_train_on_the_degradation_that_the_held_out_set_scores(preset: str, task: str) -> None:
+    from restorecli.train.config import load_config
+
+    config = load_config(preset, ["data.hq=[hq]"])
+    assert config.degradation == SYNTHETIC_TASKS[task].degradation
+    assert config.schedule.iterations == 2500 and config.model.config.upscale == 1
