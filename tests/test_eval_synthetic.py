@@ -129,6 +129,9 @@ def test_real_noise_input_scores_and_loads_a_real_denoiser(shared_datasets: Path
 
 
 def test_plans_of_the_held_out_tasks() -> None:
+    from restorecli.eval_plan import SYNTHETIC_EVAL_TASKS
+
+    assert SYNTHETIC_EVAL_TASKS == tuple(SYNTHETIC_TASKS)  # the plan names them without importing the generator
     assert plan_evaluation("Kodak24", task="deblur", baseline="degraded").task == "deblur"
     assert plan_evaluation("Kodak24", baseline="dcp").task == "dehaze"
     assert plan_evaluation("CBSD68", model="mair-deblur").task == "deblur"
