@@ -149,6 +149,7 @@ def report_markdown(report: EvalReport) -> str:
         ("task", summary["task"]),
         ("scale", summary.get("scale")),
         ("noise sigma", summary.get("sigma")),
+        ("synthetic inputs", summary.get("degradation")),
         ("model", summary["model"]),
         ("weights sha256", summary.get("weights_sha256")),
         ("protocol", summary["protocol"] + (" + self-ensemble" if summary.get("ensemble") else "")),

@@ -9,6 +9,11 @@ Colour denoising (as MaIR's denoising test code): noisy = GT/255 + N(0, (σ/255)
 array right after seeding NumPy with 0, for every image; float, not clipped, not quantised.
 Metrics on RGB (the literature's headline) and on Y (what MaIR's own test configs report).
 
+Deblurring, dehazing and real-noise denoising (``--task deblur|dehaze|realnoise``): inputs synthesised from the
+clean images with the training degradations at fixed ranges, seeded per image name (``restorecli.eval_synthetic``),
+quantised to uint8; metrics on RGB and Y, headline RGB, no crop. Baselines: the degraded input itself and, for
+dehazing, the dark channel prior (``restorecli.dark_channel_prior``).
+
 Inference follows one of the protocols of ``restorecli.eval_protocols``. The network runs without autograd (``torch.no_grad``; not ``inference_mode``, whose tensors, once
 cached by a model, would break a later training step in the same process, for no measurable gain).
 The time of an image is its inference alone (not reading, imresize or metrics); one-time costs
@@ -35,6 +40,7 @@ from restorecli.errors import ImageReadError, UsageError
 from restorecli.eval_protocols import PROTOCOLS, ProtocolRunner, synchronise
 from restorecli.eval_protocols import tiled_official as tiled_official  # part of this module's API
 from restorecli.eval_report import ComparisonRow, EvalReport, ImageResult, zoomed_row
+from restorecli.eval_synthetic import GENERATOR, SYNTHETIC_TASKS, synthesise
 from restorecli.imresize import imresize
 from restorecli.io import quantize_to_uint8, read_rgb8
 from restorecli.metrics import psnr, ssim
@@ -44,7 +50,9 @@ if TYPE_CHECKING:
 
     from restorecli.models.descriptor import LoadedModel
 
-BASELINES = ("bicubic", "noisy")
+BASELINES = ("bicubic", "noisy", "degraded", "dcp")
+EVAL_TASKS = ("sr", "denoise", *SYNTHETIC_TASKS)
+"""Every task ``restore eval`` scores: the benchmarks' SR and Gaussian denoising, and the synthetic held-out ones."""
 _COMPARISON_IMAGES = 3
 
 
@@ -53,14 +61,15 @@ class EvalConfig:
     """What to evaluate and how.
 
     Attributes:
-        task: ``sr`` or ``denoise``.
+        task: ``sr``, ``denoise``, or a synthetic held-out task: ``deblur``, ``dehaze``, ``realnoise``.
         scale: SR factor (1 for denoising).
         sigma: Noise level on the [0, 255] scale (denoising).
         protocol: One of :data:`PROTOCOLS`.
         ensemble: 8-fold self-ensemble (MaIR+).
         crop_border: Border removed before the metrics; None means the scale for SR, 0 otherwise.
         lr_from_hr: Generate LR with :func:`imresize` even when the set ships LR images.
-        baseline: ``bicubic``/``noisy`` instead of a model.
+        baseline: Instead of a model: ``bicubic`` (SR), ``noisy`` (denoising), ``degraded`` (the
+            synthetic input itself) or ``dcp`` (dark channel prior, dehazing).
         tile: Tile side of the ``blended`` protocol in input pixels (None: automatic, 0: whole image).
         overlap: Tile overlap of the ``blended`` protocol (None: the tool's default).
         device: ``auto|cpu|cuda|cuda:N``.
@@ -83,17 +92,30 @@ class EvalConfig:
     limit: int | None = None
 
     def __post_init__(self) -> None:
-        if self.task not in ("sr", "denoise"):
-            raise UsageError(f"task must be 'sr' or 'denoise', got {self.task!r}")
+        if self.task not in EVAL_TASKS:
+            raise UsageError(f"task must be one of {', '.join(EVAL_TASKS)}, got {self.task!r}")
         if self.protocol not in PROTOCOLS:
             raise UsageError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
         if self.task == "sr" and self.scale < 2:
             raise UsageError(f"super-resolution needs --scale 2, 3 or 4 (or more), got {self.scale}")
         if self.task == "denoise" and (self.sigma is None or self.sigma < 0):
             raise UsageError(f"denoising needs a noise level --sigma (e.g. 15, 25, 50), got {self.sigma}")
-        expected = "bicubic" if self.task == "sr" else "noisy"
-        if self.baseline is not None and self.baseline != expected:
-            raise UsageError(f"--baseline {self.baseline} does not fit task {self.task}; use --baseline {expected}")
+        if self.synthetic:
+            check_synthetic_options(self.task, scale=self.scale, sigma=self.sigma)
+        expected = baselines_of(self.task)
+        if self.baseline is not None and self.baseline not in expected:
+            use = " or ".join(f"--baseline {b}" for b in expected)
+            raise UsageError(f"--baseline {self.baseline} does not fit task {self.task}; use {use}")
+
+    @property
+    def synthetic(self) -> bool:
+        """Whether the inputs are synthesised (``restorecli.eval_synthetic``)."""
+        return self.task in SYNTHETIC_TASKS
+
+    @property
+    def baseline_is_input(self) -> bool:
+        """Whether the baseline scores the (upscaled) degraded input itself rather than a method."""
+        return self.baseline in ("bicubic", "noisy", "degraded")
 
     @property
     def border(self) -> int:
@@ -101,6 +123,34 @@ class EvalConfig:
         if self.crop_border is not None:
             return self.crop_border
         return self.scale if self.task == "sr" else 0
+
+
+def check_synthetic_options(
+    task: str, *, scale: int | None, sigma: float | None, dataset: DatasetSpec | None = None
+) -> None:
+    """Refuse options that contradict a synthetic held-out task (a scale, a noise level, a grey set).
+
+    Raises:
+        UsageError: Naming the option to drop.
+    """
+    if scale not in (None, 1):
+        raise UsageError(f"--task {task} restores at the same size: drop --scale {scale}")
+    if sigma is not None:
+        raise UsageError(
+            f"--sigma sets the Gaussian noise of --task denoise; --task {task} synthesises its own degradation "
+            "(docs/degradations.md): drop --sigma"
+        )
+    if dataset is not None and dataset.grey:
+        raise UsageError(f"{dataset.name} is a grey set; --task {task} synthesises from colour images (e.g. Kodak24)")
+
+
+def baselines_of(task: str) -> tuple[str, ...]:
+    """The baselines that fit a task."""
+    if task == "sr":
+        return ("bicubic",)
+    if task == "denoise":
+        return ("noisy",)
+    return ("degraded", "dcp") if task == "dehaze" else ("degraded",)
 
 
 @dataclass(frozen=True)
@@ -225,15 +275,18 @@ def evaluate(
                 if config.task == "sr":
                     gt, degraded, source = _sr_pair(sample, gt, config, grey)
                     lr_sources.add(source)
-                else:
+                elif config.task == "denoise":
                     degraded = add_noise(gt, config.sigma or 0.0)
-                if setup is None:  # the baseline: bicubic upscaling of the LR, or the noisy image itself
+                else:
+                    degraded = synthesise(config.task, gt, sample.name)
+                if config.baseline_is_input:  # bicubic upscaling of the LR, or the degraded image itself
                     out, seconds = _shown_input(degraded, config), 0.0
                 else:
                     start = time.perf_counter()
-                    x = degraded.astype(np.float32) / 255.0 if config.task == "sr" else degraded
-                    out = _infer(setup.run, x, channels)
-                    synchronise(setup.device)
+                    x = degraded if config.task == "denoise" else degraded.astype(np.float32) / 255.0
+                    out = _dehaze_dcp(x) if setup is None else _infer(setup.run, x, channels)
+                    if setup is not None:
+                        synchronise(setup.device)
                     seconds = time.perf_counter() - start
                 if out.shape != gt.shape:
                     raise ImageReadError(f"{sample.name}: output is {out.shape} but the ground truth is {gt.shape}")
@@ -253,8 +306,8 @@ def evaluate(
     # compete with the next image's forward pass for the cores.
     crops = []
     for name, degraded, out, gt, scores in shown:
-        shown_input = out if setup is None else _shown_input(degraded, config)
-        crops.append(_comparison_crops(name, shown_input, out, gt, config, scores, baseline=setup is None))
+        shown_input = out if config.baseline_is_input else _shown_input(degraded, config)
+        crops.append(_comparison_crops(name, shown_input, out, gt, config, scores, baseline=config.baseline_is_input))
     meta = _meta(config, model_info, dataset, setup, lr_sources, results)
     meta["images_total"] = len(samples)
     meta["stopped_by"] = None if stop_signal is None else interrupts.signal_name(stop_signal)
@@ -314,8 +367,17 @@ def _count_forwards(model: torch.nn.Module | None) -> Iterator[Callable[[], int]
 
 def _shown_input(degraded: np.ndarray, config: EvalConfig) -> np.ndarray:
     """The input as the baseline scores it and the comparison shows it: the LR upscaled with
-    MATLAB-bicubic imresize, or the noisy image quantised to uint8."""
-    return imresize(degraded, config.scale) if config.task == "sr" else quantize_to_uint8(degraded)
+    MATLAB-bicubic imresize, the noisy image quantised to uint8, or the synthetic input as it is."""
+    if config.task == "sr":
+        return imresize(degraded, config.scale)
+    return quantize_to_uint8(degraded) if config.task == "denoise" else degraded
+
+
+def _dehaze_dcp(hazy: np.ndarray) -> np.ndarray:
+    """The dark-channel-prior baseline on a float HWC [0, 1] image, as uint8."""
+    from restorecli.dark_channel_prior import dehaze_dark_channel_prior
+
+    return quantize_to_uint8(dehaze_dark_channel_prior(hazy))
 
 
 def _sr_pair(sample: Sample, gt: np.ndarray, config: EvalConfig, grey: bool) -> tuple[np.ndarray, np.ndarray, str]:
@@ -347,13 +409,20 @@ def _meta(
     notes = []
     if dataset is not None and dataset.note:
         notes.append(dataset.note)
-    if not sr and not (dataset is not None and dataset.grey):
+    if config.task == "denoise" and not (dataset is not None and dataset.grey):
         notes.append(
             "Headline is RGB PSNR/SSIM, as the colour-denoising literature reports; MaIR's own test "
             "configs compute Y-channel metrics, which are higher and not comparable."
         )
     if dataset is not None and dataset.grey:
         notes.append("Grey set: the 'rgb' metrics are on the single grey channel.")
+    if config.synthetic:
+        notes.append(
+            f"Synthetic held-out inputs ({GENERATOR}): {SYNTHETIC_TASKS[config.task].description}; seeded per image "
+            "name, made from the test set's clean images (docs/degradations.md)."
+        )
+    if config.baseline == "dcp":
+        notes.append("Dark channel prior (He et al.): 15x15 dark channel, omega 0.95, guided-filter refinement, t >= 0.1.")
     if config.baseline == "bicubic":
         notes.append(
             "The SR papers' 'Bicubic' rows were made on the Y channel alone with float resizing (and grey "
@@ -364,7 +433,8 @@ def _meta(
         "dataset": dataset.name if dataset else None,
         "task": config.task,
         "scale": config.scale if sr else 1,
-        "sigma": None if sr else config.sigma,
+        "sigma": config.sigma if config.task == "denoise" else None,
+        "degradation": GENERATOR if config.synthetic else None,
         "model": info.name if info else (config.baseline or "unknown"),
         "arch": info.arch if info else None,
         "weights_sha256": info.weights_sha256 if info else None,
@@ -484,11 +554,17 @@ def _comparison_crops(
     key = "psnr_y" if y else "psnr_rgb"
     border = config.border
     in_psnr = psnr(shown_input, gt, border, y_channel=y)
-    label_in = "bicubic" if config.task == "sr" else f"noisy s={config.sigma:g}"
+    if config.task == "sr":
+        label_in = "bicubic"
+    elif config.task == "denoise":
+        label_in = f"noisy s={config.sigma:g}"
+    else:
+        label_in = SYNTHETIC_TASKS[config.task].input_label
 
     panels = [(shown_input, f"{name} {label_in} {in_psnr:.2f}dB")]
     if not baseline:
-        panels.append((out, f"output {scores[key]:.2f}dB"))
+        label_out = "DCP" if config.baseline == "dcp" else "output"
+        panels.append((out, f"{label_out} {scores[key]:.2f}dB"))
     panels.append((gt, "ground truth"))
     return zoomed_row(name, panels, gt)
 
@@ -503,7 +579,9 @@ def evaluate_dataset(
     progress: Callable[[int, int, str], None] | None = None,
 ) -> EvalReport:
     """:func:`evaluate` on a set folder (see :func:`restorecli.datasets.locate_dataset`)."""
-    if config.task not in dataset.tasks:
+    if config.synthetic:
+        check_synthetic_options(config.task, scale=config.scale, sigma=config.sigma, dataset=dataset)
+    elif config.task not in dataset.tasks:
         raise UsageError(f"{dataset.name} is a test set for {'/'.join(dataset.tasks)}, not for {config.task}")
     samples = list_samples(folder, config.scale if config.task == "sr" else None, use_lr=not config.lr_from_hr)
     return evaluate(samples, config, model=model, model_info=model_info, dataset=dataset, progress=progress)

@@ -10,7 +10,7 @@ Presets shipped with the package (``restorecli/presets/*.yml``) are found by nam
 ``--config mair-light-t-x4`` and ``--config my.yml`` both work; data paths are never part of a
 preset and are passed with ``--set data.hq=PATH``.
 
-The module is longer than most on purpose (about 500 lines): one frozen dataclass per section with
+The module is longer than most on purpose (about 550 lines): one frozen dataclass per section with
 its checks, and the one loader that turns YAML and ``--set`` overrides into them.
 """
 
@@ -33,7 +33,7 @@ from restorecli.errors import ConfigError
 LOSSES = ("l1", "charbonnier")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("multistep", "cosine")
-DEGRADATIONS = ("bicubic", "noise", "blur", "haze")
+DEGRADATIONS = ("bicubic", "noise", "blur", "haze", "camera_noise", "haze_depth")
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,14 @@ class DegradationSection:
     """On-the-fly degradation of HQ-only data, ``steps`` applied in order (ignored for paired data).
 
     Noise σ and airlight are in [0, 255] / [0, 1] units; a range draws uniformly per sample, equal
-    ends give a fixed value.
+    ends give a fixed value (``camera_shot``/``camera_read`` draw log-uniformly). The steps are
+    ``restorecli.degradations``; docs/degradations.md describes each.
+
+    ``camera_shot`` is the shot-noise variance per unit of linear intensity, ``camera_read`` the
+    read-noise standard deviation (linear units), ``camera_jpeg_prob`` the chance of JPEG
+    compression at a quality in ``camera_jpeg_quality``; ``haze_beta`` is the scattering
+    coefficient over the relative depth of ``haze_depth`` (whose airlight is ``haze_airlight``
+    plus a per-channel tint up to ``haze_tint``).
     """
 
     scale: int = 1
@@ -112,6 +119,12 @@ class DegradationSection:
     blur_length: tuple[float, float] = (4.0, 16.0)
     haze_transmission: tuple[float, float] = (0.3, 0.95)
     haze_airlight: tuple[float, float] = (0.7, 1.0)
+    haze_beta: tuple[float, float] = (0.3, 1.2)
+    haze_tint: float = 0.05
+    camera_shot: tuple[float, float] = (1e-4, 1e-2)
+    camera_read: tuple[float, float] = (5e-4, 1e-2)
+    camera_jpeg_prob: float = 0.0
+    camera_jpeg_quality: tuple[int, int] = (75, 95)
 
 
 @dataclass(frozen=True)
@@ -384,6 +397,7 @@ def _check_values(config: TrainConfig) -> None:
         raise ConfigError(f"optim.ema must be in [0, 1) (0 = off), got {config.optim.ema}")
     if config.degradation.blur_size % 2 == 0:
         raise ConfigError(f"degradation.blur_size must be odd, got {config.degradation.blur_size}")
+    _check_degradation_ranges(config.degradation)
     if list(config.schedule.milestones) != sorted(config.schedule.milestones):
         raise ConfigError(f"schedule.milestones must increase, got {list(config.schedule.milestones)}")
     _check_progressive(config.data)
@@ -392,6 +406,24 @@ def _check_values(config: TrainConfig) -> None:
         raise ConfigError(f"data.mixup.prob must be in [0, 1] (0 = off), got {mixup.prob}")
     if mixup.alpha <= 0:
         raise ConfigError(f"data.mixup.alpha must be positive, got {mixup.alpha}")
+
+
+def _check_degradation_ranges(degradation: DegradationSection) -> None:
+    """The ranges of the camera-noise and depth-haze steps: ordered, and inside their domains."""
+    ranges = {
+        "haze_beta": (degradation.haze_beta, 0.0, None),
+        "camera_shot": (degradation.camera_shot, 1e-12, None),  # log-uniform: > 0
+        "camera_read": (degradation.camera_read, 1e-12, None),
+        "camera_jpeg_quality": (degradation.camera_jpeg_quality, 1, 100),
+    }
+    for name, ((lo, hi), low, high) in ranges.items():
+        if lo > hi or lo < low or (high is not None and hi > high):
+            domain = f"[{low:g}, {high:g}]" if high is not None else ("> 0" if low > 0 else ">= 0")
+            raise ConfigError(f"degradation.{name} must be [low, high] with low <= high, {domain}; got [{lo:g}, {hi:g}]")
+    if not 0.0 <= degradation.camera_jpeg_prob <= 1.0:
+        raise ConfigError(f"degradation.camera_jpeg_prob must be in [0, 1], got {degradation.camera_jpeg_prob}")
+    if not 0.0 <= degradation.haze_tint <= 0.5:
+        raise ConfigError(f"degradation.haze_tint must be in [0, 0.5], got {degradation.haze_tint}")
 
 
 def _check_progressive(data: DataSection) -> None:

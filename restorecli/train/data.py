@@ -13,14 +13,15 @@ mixup draws from a generator seeded by ``(seed, rank, iteration)`` (:func:`mixup
 is recomputed, not stored, on resume.
 
 Images are uint8 HWC RGB in memory; samples float32 CHW arrays; batches float32 NCHW RGB tensors in [0, 1] (noise is not clipped
-unless asked, as the official denoising data).
+unless asked, as the official denoising data). The degradations themselves are
+``restorecli.degradations``.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +29,13 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+# The degradations lived here before restorecli/degradations.py; their names stay importable.
+from restorecli.degradations import add_haze as add_haze
+from restorecli.degradations import add_noise as add_noise
+from restorecli.degradations import degrade
+from restorecli.degradations import motion_blur as motion_blur
+from restorecli.degradations import motion_kernel as motion_kernel
+from restorecli.degradations import smooth_field as smooth_field
 from restorecli.errors import ConfigError
 from restorecli.imresize import imresize
 from restorecli.io import read_rgb8
@@ -87,94 +95,6 @@ def crop_to_scale(hq: np.ndarray, scale: int) -> np.ndarray:
 def bicubic_lr(hq: np.ndarray, scale: int) -> np.ndarray:
     """MATLAB-bicubic 1/scale downscale of the scale-cropped image (uint8 in, uint8 out)."""
     return imresize(crop_to_scale(hq, scale), 1.0 / scale)
-
-
-# ---------------------------------------------------------------------------------------------
-# Degradations. Each takes float32 HWC RGB in [0, 1] and a generator.
-
-
-def add_noise(img: np.ndarray, sigma: float, rng: np.random.Generator, clip: bool = False) -> np.ndarray:
-    """Additive white Gaussian noise of standard deviation ``sigma`` (in 0..255 units)."""
-    noisy = img + rng.standard_normal(img.shape, dtype=np.float32) * np.float32(sigma / 255.0)
-    return np.clip(noisy, 0.0, 1.0) if clip else noisy
-
-
-def motion_kernel(size: int, length: float, rng: np.random.Generator) -> np.ndarray:
-    """A random camera-shake kernel: a smooth 2-D random walk rasterised onto ``size``² pixels.
-
-    The camera moves with a velocity that turns a little at every step, plus small random jerks,
-    like a hand-held camera during the exposure; the path of total length ~``length`` pixels is
-    splatted bilinearly, centred on its centroid, and normalised to sum 1.
-
-    Returns:
-        (size, size) float32 kernel, non-negative, summing to 1.
-    """
-    steps = max(8, int(length * 4))
-    angle = rng.uniform(0, 2 * np.pi)
-    turn = rng.normal(0.0, 0.35, steps)
-    angles = angle + np.cumsum(turn)
-    step = length / steps
-    jitter = rng.normal(0.0, 0.15 * step, (steps, 2))
-    moves = np.stack([np.cos(angles), np.sin(angles)], axis=1) * step + jitter
-    path = np.concatenate([np.zeros((1, 2)), np.cumsum(moves, axis=0)])
-    path -= path.mean(axis=0)
-    # Keep the path inside the kernel support (a long walk is squeezed, not cut).
-    radius = (size - 1) / 2 - 1
-    extent = np.abs(path).max()
-    if extent > radius:
-        path *= radius / extent
-    path += (size - 1) / 2
-    kernel = np.zeros((size, size), np.float64)
-    x0, y0 = np.floor(path[:, 0]).astype(int), np.floor(path[:, 1]).astype(int)
-    fx, fy = path[:, 0] - x0, path[:, 1] - y0
-    for dx, dy, weight in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
-        np.add.at(kernel, (y0 + dy, x0 + dx), weight)
-    return (kernel / kernel.sum()).astype(np.float32)
-
-
-def motion_blur(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """Convolve with a blur kernel, reflecting at the borders."""
-    return cv2.filter2D(img, -1, kernel[::-1, ::-1], borderType=cv2.BORDER_REFLECT)
-
-
-def smooth_field(shape: tuple[int, int], rng: np.random.Generator, cells: int = 4) -> np.ndarray:
-    """A smooth random field in [0, 1]: a coarse uniform grid upsampled bicubically."""
-    coarse = rng.uniform(0.0, 1.0, (cells, cells)).astype(np.float32)
-    field = cv2.resize(coarse, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC)
-    lo, hi = float(field.min()), float(field.max())
-    return (field - lo) / (hi - lo) if hi > lo else np.full(shape, 0.5, np.float32)
-
-
-def add_haze(
-    img: np.ndarray, rng: np.random.Generator, transmission: tuple[float, float], airlight: tuple[float, float]
-) -> np.ndarray:
-    """Atmospheric scattering ``I = J t + A (1 - t)`` with a smooth random transmission map.
-
-    ``t`` varies smoothly between the two ``transmission`` ends across the image (depth changes
-    slowly); the airlight ``A`` is a near-grey colour drawn from the ``airlight`` range.
-    """
-    lo, hi = transmission
-    t = lo + (hi - lo) * smooth_field(img.shape[:2], rng)
-    base = rng.uniform(*airlight)
-    light = np.clip(base + rng.uniform(-0.03, 0.03, 3), 0.0, 1.0).astype(np.float32)
-    return img * t[..., None] + light * (1.0 - t[..., None])
-
-
-def degrade(img: np.ndarray, steps: Sequence[str], cfg: DegradationSection, rng: np.random.Generator) -> np.ndarray:
-    """Apply the configured degradation steps in order to a float32 HWC image in [0, 1]."""
-    out = img
-    for step in steps:
-        if step == "bicubic":
-            out = imresize(out, 1.0 / cfg.scale).astype(np.float32)
-        elif step == "noise":
-            out = add_noise(out, rng.uniform(*cfg.noise_sigma), rng, cfg.noise_clip)
-        elif step == "blur":
-            out = motion_blur(out, motion_kernel(cfg.blur_size, rng.uniform(*cfg.blur_length), rng))
-        elif step == "haze":
-            out = add_haze(out, rng, cfg.haze_transmission, cfg.haze_airlight)
-        else:
-            raise ConfigError(f"unknown degradation step {step!r}")
-    return out
 
 
 def augment(lq: np.ndarray, hq: np.ndarray, rng: np.random.Generator, flip: bool, rot90: bool) -> tuple[np.ndarray, np.ndarray]:

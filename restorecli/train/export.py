@@ -9,7 +9,7 @@ from typing import Any
 from restorecli.download import sha256_file
 from restorecli.errors import ConfigError
 
-_TASK_OF_STEP = {"blur": "deblur", "haze": "dehaze", "noise": "denoise"}
+_TASK_OF_STEP = {"blur": "deblur", "haze": "dehaze", "haze_depth": "dehaze", "noise": "denoise", "camera_noise": "denoise"}
 
 
 def training_task(train_config: Mapping[str, Any], arch: str, config: Mapping[str, Any]) -> str:
