@@ -47,6 +47,11 @@ def restore(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
     return (code if isinstance(code, int) else 1), out, err
 
 
+def bundled_names() -> list[str]:
+    """The models whose weights ship inside the package, in manifest order."""
+    return [entry.name for entry in hub.load_manifest().entries if entry.weights.bundled is not None]
+
+
 def official_file(tmp_path: Path, name: str, *, random: bool = False, filename: str | None = None) -> Path:
     """An official-style BasicSR checkpoint ({"params": state_dict}) of ``name``'s layout."""
     layout = models.build(name, device="meta").state_dict()
@@ -170,7 +175,7 @@ def test_download_path_verify_remove(
     code, out, _ = restore(capsys, monkeypatch, "models", "verify", "--json")
     bundled = [
         {"name": name, "path": str(hub.BUNDLED_DIR / f"{name}.safetensors"), "ok": True, "detail": "ok (bundled)"}
-        for name in ("restorecli-light-x4", "restorecli-light-x2", "restorecli-light-dn")
+        for name in bundled_names()
     ]
     assert code == 0 and json.loads(out) == [*bundled, {"name": "private-dn", "path": str(path), "ok": True, "detail": "ok"}]
     path.write_bytes(PAYLOAD[::-1])
@@ -199,9 +204,9 @@ def test_unknown_names(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.M
 def test_list_table_and_json(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     code, out, _ = restore(capsys, monkeypatch, "models", "list", "--json")
     rows = json.loads(out)
-    assert code == 0 and len(rows) == 20  # 17 official + the bundled restorecli-light-x4, -x2 and -dn
+    assert code == 0 and len(rows) == 17 + len(bundled_names())  # the official models and the bundled ones
     where = {r["name"]: r["where"] for r in rows}
-    assert where["restorecli-light-x4"] == where["restorecli-light-x2"] == where["restorecli-light-dn"] == "bundled"
+    assert {where[name] for name in bundled_names()} == {"bundled"} and len(bundled_names()) >= 4
     assert {"name", "task", "scale", "sigma", "params", "source", "where", "size"} <= set(rows[0])
     code, out, _ = restore(capsys, monkeypatch, "models", "list", "--task", "dehaze")
     assert code == 0 and "mair-dehaze-r6k" in out and "mair-sr-x4" not in out

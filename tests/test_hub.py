@@ -148,12 +148,13 @@ def test_default_after_import_is_the_cached_model(tmp_path: Path, monkeypatch: p
 
 
 def test_nothing_obtainable_explains_how_to_get_weights() -> None:
-    # x3 has no bundled model: nothing is obtainable on a fresh machine.
-    assert hub.default_model("sr", scale=3) is None
+    # Indoor dehazing has no bundled model: nothing is obtainable on a fresh machine.
+    assert hub.default_model("dehaze", variant="indoor") is None
     with pytest.raises(DownloadError) as info:
-        hub.resolve_weights("sr", model=None, weights=None, scale=3)
+        hub.resolve_weights("dehaze", model=None, weights=None, variant="indoor")
     message = str(info.value)
-    assert DRIVE in message and "MaIR_SR_x3.pth" in message and "restore models import" in message
+    assert DRIVE in message and "MaIR_DH_ITS.pth" in message and "restore models import" in message
+    assert "restore models download mair-dehaze-its" in message
 
 
 def test_bundled_default_works_offline_on_a_fresh_cache(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -342,7 +343,7 @@ def test_corrupted_cache_file_is_detected(server: FileServer, tmp_path: Path) ->
     with pytest.raises(ChecksumError, match=f"expected sha256 {DIGEST}"):
         hub.fetch("private-sr-x4", manifest=manifest)
     results = hub.verify_cache(manifest=manifest)
-    bundled = ["restorecli-light-x4", "restorecli-light-x2", "restorecli-light-dn"]  # bundled files are checked too
+    bundled = [e.name for e in hub.load_manifest().entries if e.weights.bundled]  # bundled files are checked too
     cached = [(r.name, r.ok) for r in results if r.name not in bundled]
     assert cached == [("private-sr-x4", False)]
     hub.remove_cached("private-sr-x4")

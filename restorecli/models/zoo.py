@@ -119,6 +119,7 @@ RESTORECLI_MODELS: dict[str, ModelSpec] = {
     for spec in (
         ModelSpec("restorecli-light-dn", "mair", "denoise", 1, None, None, _restorecli_light(1), ""),
         ModelSpec("restorecli-light-x2", "mair", "sr", 2, None, None, _restorecli_light(2), ""),
+        ModelSpec("restorecli-light-x3", "mair", "sr", 3, None, None, _restorecli_light(3), ""),
         ModelSpec("restorecli-light-x4", "mair", "sr", 4, None, None, _restorecli_light(4), ""),
     )
 }
