@@ -8,7 +8,7 @@ numbers appear in the README and docs/training.md. Re-measuring them with ``rest
 shipped files and the inference path (scan kernel, tiling, imresize, noise protocol, metrics) at once.
 SR claims are re-measured on the whole set; a whole CBSD68 or Kodak24 pass takes minutes on the
 CPU, so denoising and held-out claims are checked on the first images only, as a share of the
-claimed gain (and a dehazer must beat the dark-channel prior there too).
+claimed gain; a claim against the dark-channel prior is re-measured on the whole set.
 """
 
 from __future__ import annotations
@@ -74,13 +74,19 @@ def test_bundled_model_reproduces_its_manifest_metrics(
         if dataset == "Set5":
             # The bundled-model target: at least 1 dB over bicubic on Set5.
             assert mean["psnr_y"] - claimed["bicubic_psnr_y"] >= 1.0
+    elif kind in SYNTHETIC_EVAL_TASKS and "dcp_psnr" in claimed:
+        # Model and dark-channel prior trade places from image to image: the claim is a whole-set mean.
+        held_out = [*data, "--task", kind]
+        mean = _mean([*held_out, "--model", name])
+        assert mean["psnr_rgb"] == pytest.approx(claimed["psnr"], abs=0.006)
+        assert mean["ssim_rgb"] == pytest.approx(claimed["ssim"], abs=6e-4)
+        assert _mean([*held_out, "--baseline", "degraded"])["psnr_rgb"] == pytest.approx(claimed["degraded_psnr"], abs=0.006)
+        assert _mean([*held_out, "--baseline", "dcp"])["psnr_rgb"] == pytest.approx(claimed["dcp_psnr"], abs=0.006)
     elif kind in SYNTHETIC_EVAL_TASKS:
         subset = [*data, "--task", kind, "--limit", str(HELD_OUT_IMAGES)]
         mean = _mean([*subset, "--model", name])
         degraded = _mean([*subset, "--baseline", "degraded"])
         assert mean["psnr_rgb"] - degraded["psnr_rgb"] >= 0.6 * (claimed["psnr"] - claimed["degraded_psnr"])
-        if "dcp_psnr" in claimed:
-            assert mean["psnr_rgb"] > _mean([*subset, "--baseline", "dcp"])["psnr_rgb"]
     else:
         subset = [*data, "--sigma", str(level), "--limit", str(DENOISE_IMAGES)]
         mean = _mean([*subset, "--model", name])

@@ -15,6 +15,7 @@ from restorecli import interrupts
 from restorecli.errors import RestoreError
 from restorecli.headers import lift_decoder_pixel_cap
 from restorecli.heap import reuse_freed_memory
+from restorecli.openmp import wait_passively
 
 app = typer.Typer(
     name="restore",
@@ -51,10 +52,12 @@ def main() -> None:
     line on stderr with their exit code (usage: 2); set RESTORECLI_DEBUG=1 for the traceback.
     Ctrl-C, SIGTERM and SIGHUP stop a command alike (``restorecli.interrupts``): it cleans up,
     reports what it finished, and the exit code is 128 + the signal number (130, 143, 129).
-    Freed memory is kept for reuse (``restorecli.heap``); the size limit of input images is the
-    header check alone (``restorecli.headers.lift_decoder_pixel_cap``).
+    Freed memory is kept for reuse (``restorecli.heap``), OpenMP threads sleep while they wait
+    (``restorecli.openmp``); the size limit of input images is the header check alone
+    (``restorecli.headers.lift_decoder_pixel_cap``).
     """
     reuse_freed_memory()
+    wait_passively()
     lift_decoder_pixel_cap()
     with interrupts.stop_signals() as stops:
         code = _run_app()

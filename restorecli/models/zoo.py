@@ -121,6 +121,7 @@ RESTORECLI_MODELS: dict[str, ModelSpec] = {
         ModelSpec("restorecli-light-x2", "mair", "sr", 2, None, None, _restorecli_light(2), ""),
         ModelSpec("restorecli-light-x3", "mair", "sr", 3, None, None, _restorecli_light(3), ""),
         ModelSpec("restorecli-light-x4", "mair", "sr", 4, None, None, _restorecli_light(4), ""),
+        ModelSpec("restorecli-light-dehaze", "mair", "dehaze", 1, None, None, _restorecli_light(1), ""),
         ModelSpec("restorecli-light-realdn", "mair", "denoise", 1, None, "real", _restorecli_light(1), ""),
         ModelSpec("restorecli-light-deblur", "mair", "deblur", 1, None, None, _restorecli_light(1), ""),
     )
