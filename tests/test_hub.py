@@ -121,11 +121,12 @@ def test_bundled_folder_claims_only_what_exists() -> None:
 def test_defaults_only_pick_obtainable_models(monkeypatch: pytest.MonkeyPatch) -> None:
     manifest = hub.load_manifest()
     assert hub.default_candidates("sr", scale=4)[0] == "mair-sr-x4"
-    # The bundled blind denoiser backs up every Gaussian level, never real camera noise.
+    # The bundled blind Gaussian denoiser backs up every Gaussian level, never real camera noise,
+    # which has a bundled model of its own.
     assert hub.default_candidates("denoise", sigma=25) == ["mair-dn-s25", "restorecli-light-dn"]
-    assert hub.default_candidates("denoise", real=True) == ["mair-realdn"]
+    assert hub.default_candidates("denoise", real=True) == ["mair-realdn", "restorecli-light-realdn"]
     assert hub.default_model("denoise", sigma=50) == "restorecli-light-dn"
-    assert hub.default_model("denoise", real=True) is None
+    assert hub.default_model("denoise", real=True) == "restorecli-light-realdn"
     assert hub.default_candidates("dehaze", variant="indoor") == ["mair-dehaze-its"]
     for rule in manifest.defaults:
         task = rule.task
