@@ -1,4 +1,4 @@
-"""The local weights cache: records of stored files, and their verification.
+"""The local weights cache: storing a checked checkpoint, records of stored files, their verification.
 
 Layout (root: ``--cache-dir``, else ``RESTORECLI_CACHE``, else the platform cache folder; see
 :mod:`restorecli.paths`)::
@@ -18,16 +18,19 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from restorecli.download import apply_mirror, sha256_file
 from restorecli.errors import CheckpointError, ChecksumError, DownloadError, UnknownModelError, UsageError
 from restorecli.io import atomic_output
 from restorecli.hub.manifest import NAME_RE, Manifest, ManifestEntry, as_manifest, suggest
 from restorecli.paths import BUNDLED_DIR, models_cache
+
+if TYPE_CHECKING:
+    import torch
 
 RECORD_FILE = "record.json"
 URL_DIR = "_url"
@@ -143,6 +146,7 @@ def store_checkpoint(
     origin: str,
     url: str | None = None,
     force: bool = False,
+    state: Mapping[str, torch.Tensor] | None = None,
 ) -> ImportResult:
     """Store ``file`` as ``entry``'s weights once it loads strictly into ``entry``'s network.
 
@@ -156,6 +160,7 @@ def store_checkpoint(
         origin: How it came: ``import`` (by hand) or ``drive``.
         url: Where it was downloaded from, if it was.
         force: Replace a different file already cached under that name.
+        state: The file's tensors when the caller has read them already (not read again).
 
     Raises:
         CheckpointError: Unreadable file, wrong layout, non-finite weights.
@@ -167,7 +172,8 @@ def store_checkpoint(
     from restorecli import models
     from restorecli.models.checkpoint import layout_mismatch
 
-    state = models.read_checkpoint(file).state_dict
+    if state is None:
+        state = models.read_checkpoint(file).state_dict
     layout = {k: v.shape for k, v in models.build_arch(entry.arch, entry.config, device="meta").state_dict().items()}
     problem = layout_mismatch(layout, state)
     if problem:

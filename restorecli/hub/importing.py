@@ -86,7 +86,7 @@ def import_checkpoint(
                     f"choose one with --name, e.g. --name {example}"
                 )
         entry = loaded.get(fits[0])
-    return store_checkpoint(file, entry, cache_dir=cache_dir, origin="import", force=force)
+    return store_checkpoint(file, entry, cache_dir=cache_dir, origin="import", force=force, state=state)
 
 
 def _closest(state: Mapping[str, Any], loaded: Manifest) -> str:
