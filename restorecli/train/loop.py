@@ -5,7 +5,11 @@ A training checkpoint is a dict readable with ``torch.load(weights_only=True)``:
     {"format": "restorecli-train", "arch": ..., "config": {...network...}, "name": ...,
      "params": state_dict, "params_ema": state_dict (EMA runs only), "optimizer": ...,
      "iteration": i, "train_config": {...}, "rng": [per-rank torch/CUDA states],
-     "best": {"metric": psnr, "iteration": j}, "elapsed": seconds}
+     "best": {"metric": psnr, "iteration": j}, "elapsed": seconds, "cpu_seconds": seconds}
+
+``metrics.jsonl`` records wall time (``time``) and the CPU time of this process (``cpu_s``, all
+threads, validation included) so that curves can be drawn against CPU-minutes, the budget that
+the CPU recipes in docs/training.md are sized by; both carry over a resume.
 
 so ``restore sr --weights latest.pth`` loads it directly (``params_ema`` is preferred).
 
@@ -340,6 +344,7 @@ def _train(
     progress: Callable[[StepReport], None] | None,
 ) -> TrainResult:
     started = time.perf_counter()
+    cpu_started = time.process_time()
     out_dir = config.output_dir
     state = read_training_checkpoint(resume) if resume else None
     torch.manual_seed(config.seed + info.rank)  # per-rank stream (drop-path); data RNG is separate
@@ -357,11 +362,13 @@ def _train(
     best_metric: float | None = None
     best_iteration: int | None = None
     elapsed_before = 0.0
+    cpu_before = 0.0
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["iteration"])
         best_metric, best_iteration = state["best"].get("metric"), state["best"].get("iteration")
         elapsed_before = float(state.get("elapsed", 0.0))
+        cpu_before = float(state.get("cpu_seconds", 0.0))
         rng = state.get("rng") or []
         if len(rng) == info.world:
             _set_rng_state(rng[info.rank], device)
@@ -388,6 +395,9 @@ def _train(
         (out_dir / "config.json").write_text(json.dumps(config_to_mapping(config), indent=2) + "\n", encoding="utf-8")
         logger.info("training %s on %s: iterations %d..%d of %d, %d images", config.run_name, device, start, end, total, len(dataset))
 
+    def cpu_seconds() -> float:
+        return cpu_before + time.process_time() - cpu_started
+
     def checkpoint(iteration: int) -> dict[str, Any]:
         rng_states = _gather_rng(info, device)
         payload: dict[str, Any] = {
@@ -402,6 +412,7 @@ def _train(
             "rng": rng_states,
             "best": {"metric": best_metric, "iteration": best_iteration},
             "elapsed": elapsed_before + time.perf_counter() - started,
+            "cpu_seconds": cpu_seconds(),
         }
         if ema is not None:
             payload["params_ema"] = {k: v.detach().cpu() for k, v in ema.state_dict().items()}
@@ -421,7 +432,7 @@ def _train(
             eval_model = model
             if ema is not None:
                 eval_model = _ema_copy(model, ema)
-            record: dict[str, Any] = {"iter": iteration}
+            record: dict[str, Any] = {"iter": iteration, "time": elapsed_before + time.perf_counter() - started, "cpu_s": cpu_seconds()}
             first = None
             for name, images in val_sets.items():
                 scores = validate(eval_model, images, device, crop, config.val.y_channel, config.val.ssim)
@@ -477,7 +488,7 @@ def _train(
             if info.is_main and progress is not None:
                 progress(StepReport(iteration, total, value, lr, its, (total - iteration) / its if its else float("inf")))
             if iteration % config.output.log_every == 0 and info.is_main:
-                log.write({"iter": iteration, "loss": value, "lr": lr, "it_s": its, "time": elapsed_before + now - started})
+                log.write({"iter": iteration, "loss": value, "lr": lr, "it_s": its, "time": elapsed_before + now - started, "cpu_s": cpu_seconds()})
                 if progress is None:  # no progress bar (not a TTY): a log line instead
                     logger.info("iter %d/%d  loss %.4f  lr %.2e  %.3f it/s", iteration, total, value, lr, its)
                 window_start, window_iters = now, 0
