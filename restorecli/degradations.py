@@ -64,8 +64,9 @@ def motion_kernel(size: int, length: float, rng: np.random.Generator) -> np.ndar
 
 
 def motion_blur(img: np.ndarray, kernel: np.ndarray) -> np.ndarray:
-    """Convolve with a blur kernel, reflecting at the borders."""
-    return cv2.filter2D(img, -1, kernel[::-1, ::-1], borderType=cv2.BORDER_REFLECT)
+    """Convolve with a blur kernel, reflecting at the borders (HWC in, HWC out, also for C = 1)."""
+    out = cv2.filter2D(img, -1, kernel[::-1, ::-1], borderType=cv2.BORDER_REFLECT)
+    return out.reshape(img.shape)
 
 
 def smooth_field(shape: tuple[int, int], rng: np.random.Generator, cells: int = 4) -> np.ndarray:

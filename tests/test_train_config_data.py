@@ -237,3 +237,32 @@ def test_val_set_from_lq_folder_or_degradation(folders: tuple[Path, Path]) -> No
     for p, m in zip(paired, made):
         assert np.array_equal(p.lq, m.lq) and np.array_equal(p.hq, m.hq)
         assert p.hq.shape[:2] == (2 * p.lq.shape[0], 2 * p.lq.shape[1])
+
+
+def test_grey_patches_carry_the_same_noise_in_every_channel(folders: tuple[Path, Path]) -> None:
+    hq, _ = folders
+    cfg = _cfg(hq, "degradation.scale=1", "degradation.steps=[noise, blur]", "data.grey=0.5", "model.config.upscale=1", "model.config.upsampler=''")
+    data = TrainDataset(cfg.data, cfg.degradation, seed=1)
+    kinds = set()
+    for epoch in range(8):
+        lq_patch, hq_patch = data[(epoch, 0)]
+        grey = bool(np.array_equal(hq_patch[0], hq_patch[1]) and np.array_equal(hq_patch[1], hq_patch[2]))
+        kinds.add(grey)
+        assert lq_patch.shape == hq_patch.shape == (3, 8, 8)
+        if grey:  # the network must learn R = G = B inputs with the same noise in each channel
+            assert np.array_equal(lq_patch[0], lq_patch[1]) and np.array_equal(lq_patch[1], lq_patch[2])
+            assert not np.allclose(lq_patch, hq_patch)
+        else:
+            assert not np.array_equal(lq_patch[0], lq_patch[1])
+    assert kinds == {True, False}
+
+
+def test_grey_is_a_probability_and_needs_channel_blind_steps() -> None:
+    assert "data.grey must be in [0, 1]" in _error({**TINY, "data": {**TINY["data"], "grey": 1.5}})
+    hazy = {**TINY, "data": {**TINY["data"], "grey": 0.2}, "degradation": {"scale": 2, "steps": ["bicubic", "haze"]}}
+    assert "haze need colour" in _error(hazy)
+
+
+def test_motion_blur_keeps_one_channel_images_three_dimensional() -> None:
+    img = np.random.default_rng(0).random((16, 16, 1), dtype=np.float32)
+    assert motion_blur(img, motion_kernel(9, 5.0, np.random.default_rng(1))).shape == (16, 16, 1)

@@ -75,13 +75,20 @@ class MixupSection:
     alpha: float = 1.2
 
 
+# Degradation steps that treat each channel alike, so they also run on a one-channel (grey) patch.
+CHANNEL_BLIND_STEPS = ("bicubic", "noise", "blur")
+
+
 @dataclass(frozen=True)
 class DataSection:
     """Training images. ``hq`` folders (required); ``lq`` folders for paired data (same order).
 
     ``patch`` is the LQ patch side, ``batch`` the batch per process (with ``progressive`` stages:
     the largest stage's, as the official ``gt_size``/``batch_size_per_gpu``), ``in_memory`` None =
-    auto (decode once and keep when the files total under 1 GiB).
+    auto (decode once and keep when the files total under 1 GiB). ``grey`` is the chance that an
+    HQ-only patch becomes grey (BT.601 luma) before it is degraded as one channel and repeated to
+    three: the CLI feeds grey images to colour networks as R = G = B, whose noise is then the same
+    in every channel, which a network trained on colour noise alone hardly removes.
     """
 
     hq: tuple[str, ...]
@@ -92,6 +99,7 @@ class DataSection:
     flip: bool = True
     rot90: bool = True
     in_memory: bool | None = None
+    grey: float = 0.0
     progressive: ProgressiveSection = field(default_factory=ProgressiveSection)
     mixup: MixupSection = field(default_factory=MixupSection)
 
@@ -406,6 +414,11 @@ def _check_values(config: TrainConfig) -> None:
         raise ConfigError(f"data.mixup.prob must be in [0, 1] (0 = off), got {mixup.prob}")
     if mixup.alpha <= 0:
         raise ConfigError(f"data.mixup.alpha must be positive, got {mixup.alpha}")
+    if not 0.0 <= config.data.grey <= 1.0:
+        raise ConfigError(f"data.grey must be in [0, 1] (0 = off), got {config.data.grey}")
+    colour_steps = sorted(set(config.degradation.steps) - set(CHANNEL_BLIND_STEPS))
+    if config.data.grey > 0 and colour_steps:
+        raise ConfigError(f"data.grey works with the steps {', '.join(CHANNEL_BLIND_STEPS)}; {', '.join(colour_steps)} need colour")
 
 
 def _check_degradation_ranges(degradation: DegradationSection) -> None:

@@ -116,6 +116,12 @@ def _pad_to(img: np.ndarray, side: int) -> np.ndarray:
     return img
 
 
+def grey_luma(img: np.ndarray) -> np.ndarray:
+    """(H, W, 1) BT.601 luma of a float32 HWC RGB image (the weights of ``cv2.COLOR_RGB2GRAY``)."""
+    weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return (img @ weights)[..., None].astype(np.float32)
+
+
 def _to_float(img: np.ndarray) -> np.ndarray:
     return img.astype(np.float32) / 255.0 if img.dtype == np.uint8 else img.astype(np.float32)
 
@@ -186,7 +192,12 @@ class TrainDataset:
             hq = _pad_to(hq, side)
             y, x = int(rng.integers(0, hq.shape[0] - side + 1)), int(rng.integers(0, hq.shape[1] - side + 1))
             hq_patch = _to_float(hq[y : y + side, x : x + side])
-            lq_patch = degrade(hq_patch, self.degradation.steps, self.degradation, rng)
+            if self.data.grey > 0 and rng.random() < self.data.grey:  # no draw when off: old runs replay
+                luma = grey_luma(hq_patch)
+                hq_patch = np.repeat(luma, 3, axis=2)
+                lq_patch = np.repeat(degrade(luma, self.degradation.steps, self.degradation, rng), 3, axis=2)
+            else:
+                lq_patch = degrade(hq_patch, self.degradation.steps, self.degradation, rng)
         lq_patch, hq_patch = augment(lq_patch, hq_patch, rng, self.data.flip, self.data.rot90)
         return np.ascontiguousarray(lq_patch), np.ascontiguousarray(hq_patch)
 
