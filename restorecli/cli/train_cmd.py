@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from restorecli.cli.options import QuietOpt
+from restorecli.cli.options import JsonOpt, OverwriteOpt, QuietOpt
 from restorecli.cli.stopping import exit_stopped
 from restorecli.console import Bars, Output
 from restorecli.errors import UsageError
@@ -150,6 +150,47 @@ def presets_command() -> None:
     output = Output()
     for preset in preset_names():
         output.line(preset)
+
+
+@train_app.command("plot")
+def plot_command(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders (output.dir) or their metrics.jsonl files.", show_default=False)],
+    out: Annotated[Path, typer.Option("--output", "-o", help="PNG file to write.", dir_okay=False, show_default=False)],
+    metric: Annotated[Optional[str], typer.Option("--metric", help="Validation metric, e.g. val/Set5/psnr (default: the first PSNR).", show_default=False)] = None,  # noqa: UP045
+    x_axis: Annotated[str, typer.Option("--x", help="x axis: cpu (CPU-minutes), wall (minutes) or iter.")] = "cpu",
+    labels: Annotated[Optional[list[str]], typer.Option("--label", help="Legend label per run, in order (default: folder names).", show_default=False)] = None,  # noqa: UP045
+    title: Annotated[str, typer.Option("--title", help="Title above the chart.")] = "",
+    overwrite: OverwriteOpt = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Draw the validation curves of runs against CPU-minutes (or wall time, iterations) as a PNG."""
+    import cv2
+
+    from restorecli.io import write_bytes_atomic
+    from restorecli.train.curves import X_AXES, draw_curves, read_curve
+
+    if out.suffix.lower() != ".png":
+        raise UsageError(f"--output: expected a .png file, got {out.name}")
+    if labels and len(labels) != len(runs):
+        raise UsageError(f"--label: expected one per run ({len(runs)}), got {len(labels)}")
+    curves = [read_curve(run, metric=metric, x_axis=x_axis, label=labels[i] if labels else None) for i, run in enumerate(runs)]
+    metrics = sorted({c.metric for c in curves})
+    if len(metrics) > 1:
+        raise UsageError(f"the runs have different first metrics ({', '.join(metrics)}); choose one with --metric")
+    picture = draw_curves(curves, x_label=X_AXES[x_axis][2], y_label=metrics[0].removeprefix("val/"), title=title)
+    ok, encoded = cv2.imencode(".png", picture)
+    if not ok:
+        raise UsageError(f"could not encode {out.name} as PNG")
+    write_bytes_atomic(out, encoded.tobytes(), overwrite=overwrite)
+    output = Output(json_output=json_output)
+    if json_output:
+        output.data({"output": str(out), "metric": metrics[0], "x": x_axis, "runs": [
+            {"label": c.label, "iterations": list(c.iterations), "x": [round(v, 3) for v in c.x], "y": list(c.y)} for c in curves
+        ]})
+    else:
+        for c in curves:
+            output.line(f"{c.label}: {c.metric} {c.y[-1]:.4f} at iteration {c.iterations[-1]} ({c.x[-1]:.1f} {x_axis})")
+        output.line(f"wrote {out}")
 
 
 def register(app: typer.Typer) -> None:
