@@ -191,11 +191,14 @@ class OutputRule:
             input's own folder.
         suffix: Added to the file stem.
         ext: ``same`` or one of ``png|jpg|webp|tif``.
+        file: The output file of a batch of one input (see ``output_file``); when set, it is the
+            output path and ``folder``, ``suffix`` and ``ext`` play no part.
     """
 
     folder: Path | None
     suffix: str
     ext: str = "same"
+    file: Path | None = None
 
     def __post_init__(self) -> None:
         if self.ext not in OUTPUT_EXTENSIONS:
@@ -205,6 +208,8 @@ class OutputRule:
 
     def path_for(self, item: InputFile) -> Path:
         """Output path of an input."""
+        if self.file is not None:
+            return self.file
         read_as = item.sniffed_format or io.FORMAT_BY_EXTENSION.get(item.path.suffix.lower())
         if self.ext != "same":
             extension = "." + self.ext
@@ -220,6 +225,62 @@ class OutputRule:
         # textual, not resolved: a symlinked subfolder keeps its place in the mirrored tree
         relative = item.path.parent.relative_to(item.base)
         return self.folder / relative / name
+
+
+def output_file(output: Path | None, *, suffix: str | None, ext: str) -> Path | None:
+    """The file that ``--output`` names, or None when it names a folder (or is not given).
+
+    ``--output`` names a file when its extension is an image extension (``io.FORMAT_BY_EXTENSION``,
+    in any case) and it is not an existing folder: a folder that exists keeps working as one, even
+    when it is called ``x.png``. The file's name and extension are used as given, so ``--suffix``
+    has nothing to add to and ``--ext`` may only agree with the extension.
+
+    Args:
+        output: ``--output``.
+        suffix: ``--suffix`` as given, None when it was not.
+        ext: ``--ext`` (``same`` leaves the format to the file's extension).
+
+    Raises:
+        UsageError: An extension of a format that is read but not written (GIF), a ``--suffix``,
+            or an ``--ext`` of another format than the file's.
+    """
+    if output is None or output.suffix.lower() not in io.FORMAT_BY_EXTENSION or output.is_dir():
+        return None
+    try:
+        fmt = io.output_format(output)
+    except ImageWriteError as error:
+        raise UsageError(f"--output: {error}") from None
+    if suffix is not None:
+        raise UsageError(f"--suffix: expected none with the output file {output} (its name is used as given), got {suffix!r}")
+    if ext != "same" and io.FORMAT_BY_EXTENSION["." + ext] != fmt:
+        raise UsageError(f"--ext: expected none or the format of the output file {output} ({fmt.upper()}), got {ext!r}")
+    return output
+
+
+def require_one_named_input(file: Path, specs: Sequence[str], items: Sequence[InputFile]) -> None:
+    """Refuse an output file for anything but one image file named on the command line.
+
+    Checked after discovery, before any work: a folder or a pattern may find any number of images,
+    and several inputs cannot share one output file.
+
+    Args:
+        file: The output file (``output_file``).
+        specs: Command-line inputs.
+        items: The images they found (``discover_inputs``).
+
+    Raises:
+        UsageError: Several inputs, a folder or a glob pattern.
+    """
+    if len(specs) == 1 and len(items) == 1 and items[0].named:
+        return
+    found = f"{len(items)} image" + ("" if len(items) == 1 else "s")
+    if len(specs) > 1:
+        inputs = f"{len(specs)} inputs"
+    elif Path(specs[0]).expanduser().is_dir():
+        inputs = f"the input folder {specs[0]} ({found})"
+    else:
+        inputs = f"the pattern {specs[0]!r} ({found})"
+    raise UsageError(f"--output: expected a folder for {inputs}, got the file name {file} (give a folder, or one input file)")
 
 
 def output_collisions(items: Sequence[InputFile], rule: OutputRule) -> list[FileResult]:
@@ -400,7 +461,7 @@ def _process(
     max_pixels: int | None,
 ) -> None:
     planned = rule.path_for(item)
-    if not _take_target(planned, item, result, protected=protected, overwrite=overwrite):
+    if not _take_target(planned, item, result, rule=rule, protected=protected, overwrite=overwrite):
         return
     image = io.read_image(item.path, max_pixels=max_pixels)
     result.width, result.height, result.frames = image.width, image.height, image.frames
@@ -409,13 +470,18 @@ def _process(
     result.notes += image.decoder_notes
     if image.orientation != 1:
         result.notes.append(f"EXIF orientation {image.orientation} applied")
-    if rule.ext == "same" and image.source_format not in io.EXTENSION_BY_FORMAT:
+    if rule.file is None and rule.ext == "same" and image.source_format not in io.EXTENSION_BY_FORMAT:
         result.notes.append(f"written as PNG ({image.source_format.upper()} is read, not written)")
     target = planned
     if image.alpha is not None and io.output_format(planned) not in io.FORMATS_WITH_ALPHA:
+        if rule.file is not None:  # a named file is written there or not at all, never renamed
+            raise ImageWriteError(
+                f"{planned}: {item.path} has an alpha channel, which {planned.suffix} files cannot keep; "
+                "expected an output name ending .png, .webp, .tif or .bmp"
+            )
         target = planned.with_suffix(".png")
         result.notes.append(f"written as PNG to keep the alpha channel ({planned.suffix} has none)")
-        if not _take_target(target, item, result, protected=protected, overwrite=overwrite):
+        if not _take_target(target, item, result, rule=rule, protected=protected, overwrite=overwrite):
             return
     key = _output_key(target)
     if key in claimed:  # the alpha switch to PNG above can meet another input's output
@@ -437,12 +503,18 @@ def _process(
         result.status = STATUS_OK
 
 
-def _take_target(path: Path, item: InputFile, result: FileResult, *, protected: set[Path], overwrite: bool) -> bool:
+def _take_target(
+    path: Path, item: InputFile, result: FileResult, *, rule: OutputRule, protected: set[Path], overwrite: bool
+) -> bool:
     """Make ``path`` the file's output; False (file skipped) when it exists and may not be replaced."""
     result.output = str(path)
+    if rule.file is None:
+        shorter, other = "choose a shorter --suffix or rename the input", "choose another --output folder or a --suffix"
+    else:
+        shorter, other = "choose a shorter --output name", "choose another --output name"
     # first: the checks below would stat the path, and the system refuses names over its limit
-    io.check_name_length(path, hint="choose a shorter --suffix or rename the input")
-    _refuse_input_as_output(path, item, protected)
+    io.check_name_length(path, hint=shorter)
+    _refuse_input_as_output(path, item, protected, hint=other)
     if path.exists() and not overwrite:
         result.status = STATUS_SKIPPED
         result.notes.append("output exists (pass --overwrite to replace it)")
@@ -450,13 +522,11 @@ def _take_target(path: Path, item: InputFile, result: FileResult, *, protected: 
     return True
 
 
-def _refuse_input_as_output(output: Path, item: InputFile, protected: set[Path]) -> None:
+def _refuse_input_as_output(output: Path, item: InputFile, protected: set[Path], *, hint: str) -> None:
     resolved = output.resolve()
     same_file = output.exists() and os.path.samefile(output, item.path)
     if resolved in protected or same_file:
-        raise ImageWriteError(
-            f"output {output} would overwrite an input; choose another --output folder or a --suffix"
-        )
+        raise ImageWriteError(f"output {output} would overwrite an input; {hint}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -553,8 +623,10 @@ __all__ = [
     "default_suffix",
     "discover_inputs",
     "drop_earlier_outputs",
-    "output_collisions",
     "gather_results",
+    "output_collisions",
+    "output_file",
+    "require_one_named_input",
     "run_batch",
     "share_of_rank",
     "skipped_results",

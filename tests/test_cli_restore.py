@@ -240,6 +240,63 @@ def test_discovery_sorts_skips_and_survives_symlink_loops(tmp_path: Path) -> Non
     assert [rule.path_for(p).relative_to(tmp_path).as_posix() for p in images] == ["out/a/z_x2.png", "out/b_x2.png", "out/noext_x2.png"]
 
 
+# --- an output file (-o clean.png) -------------------------------------------------------------
+
+
+def test_output_file_receives_the_one_input_in_its_extensions_format(tmp_path: Path, weights: dict[str, Path], capsys, monkeypatch) -> None:
+    source = write_png(tmp_path / "noisy.png")
+    target = tmp_path / "new" / "clean.jpg"  # its folder does not exist yet
+    code, out, err = run_cli(["denoise", source, "-o", target, "--weights", weights["same"], "--ext", "jpg", "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    [entry] = json.loads(out)["files"]
+    assert entry["status"] == "ok" and entry["output"] == str(target)
+    assert target.read_bytes()[:2] == b"\xff\xd8"  # JPEG, as the name says, from a PNG input
+    assert cv2.imread(str(target)).shape == (12, 16, 3)
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["new", "new/clean.jpg", "noisy.png"]
+    assert leftovers(tmp_path) == []
+    monkeypatch.setenv("COLUMNS", "400")  # the table folds long cells; the path is checked whole
+    code, out, err = run_cli(["denoise", source, "-o", tmp_path / "CLEAN.PNG", "--weights", weights["same"]], capsys, monkeypatch)
+    assert code == 0, err
+    assert (tmp_path / "CLEAN.PNG").read_bytes()[:4] == b"\x89PNG" and str(tmp_path / "CLEAN.PNG") in out  # the table too
+
+
+def test_existing_output_file_is_skipped_then_overwritten(tmp_path: Path, weights: dict[str, Path], capsys, monkeypatch) -> None:
+    source = write_png(tmp_path / "a.png")
+    target = tmp_path / "big.png"
+    target.write_bytes(b"old")
+    args = ["sr", source, "-o", target, "--weights", weights["sr2"], "--json"]
+    code, out, err = run_cli(args, capsys, monkeypatch)
+    [entry] = json.loads(out)["files"]
+    assert code == 0 and entry["status"] == "skipped" and entry["output"] == str(target) and target.read_bytes() == b"old"
+    assert "output exists" in err
+    code, out, err = run_cli([*args, "--overwrite"], capsys, monkeypatch)
+    assert code == 0, err
+    assert json.loads(out)["files"][0]["status"] == "ok" and cv2.imread(str(target)).shape == (24, 32, 3)
+
+
+def test_existing_folder_named_like_an_image_stays_a_folder(tmp_path: Path, weights: dict[str, Path], capsys, monkeypatch) -> None:
+    source = write_png(tmp_path / "a.png")
+    (tmp_path / "out.png").mkdir()
+    code, out, err = run_cli(["sr", source, "-o", tmp_path / "out.png", "--weights", weights["sr2"], "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    assert json.loads(out)["files"][0]["output"] == str(tmp_path / "out.png" / "a_x2.png")
+    assert (tmp_path / "out.png" / "a_x2.png").is_file()
+
+
+def test_output_names_a_file_only_with_an_image_extension_and_no_folder(tmp_path: Path) -> None:
+    from restorecli.batch import output_file
+    from restorecli.errors import UsageError
+
+    (tmp_path / "dir.png").mkdir()
+    assert output_file(None, suffix=None, ext="same") is None
+    assert output_file(tmp_path / "out", suffix="_x", ext="same") is None
+    assert output_file(tmp_path / "dir.png", suffix="_x", ext="jpg") is None
+    assert output_file(tmp_path / "a.JPEG", suffix=None, ext="jpg") == tmp_path / "a.JPEG"
+    assert output_file(tmp_path / "a.tiff", suffix=None, ext="same") == tmp_path / "a.tiff"
+    with pytest.raises(UsageError, match=r"--output: .*a\.gif: expected an extension of .*, got '\.gif'"):
+        output_file(tmp_path / "a.gif", suffix=None, ext="same")
+
+
 def test_quiet_means_nothing_on_stderr(tmp_path: Path, weights: dict[str, Path], capsys, monkeypatch) -> None:
     write_png(tmp_path / "a.png")
     (tmp_path / "b.png").write_bytes(b"")
@@ -290,7 +347,9 @@ def _bad_cases(tmp: Path, weights: dict[str, Path]) -> dict[str, tuple[list, int
     (tmp / "cut.png").write_bytes(data[: len(data) // 2])
     (tmp / "text.png").write_text("hello")
     (tmp / "blocker").write_text("a file where a folder should be")
+    rgba = write_png(tmp / "logo.png", channels=4)
     sr = ["--weights", weights["sr2"]]
+    never_loaded = ["--weights", tmp / "not-there.pth"]  # these are refused before the network is loaded
     return {
         "missing file": (["sr", tmp / "nope.png", *sr], 2, "does not exist; expected an image file, a folder or a glob"),
         "empty folder": (["sr", tmp / "empty_dir", *sr], 2, "no images found in"),
@@ -308,6 +367,20 @@ def _bad_cases(tmp: Path, weights: dict[str, Path]) -> dict[str, tuple[list, int
         "fp16 on cpu": (["sr", good, *sr, "--device", "cpu", "--precision", "fp16"], 1, "fp16 needs a CUDA device"),
         "bad --ext": (["sr", good, *sr, "--ext", "gif"], 2, "--ext: expected one of same, png, jpg, webp, tif, got 'gif'"),
         "sigma and real": (["denoise", good, "--sigma", "15", "--real"], 2, "exclude each other"),
+        "folder to output file": (["sr", good.parent, *never_loaded, "-o", tmp / "big.png"], 2,
+                                  (f"--output: expected a folder for the input folder {good.parent} (1 image), "
+                                   f"got the file name {tmp / 'big.png'} (give a folder, or one input file)")),
+        "two inputs to output file": (["sr", good, rgba, *never_loaded, "-o", tmp / "big.png"], 2, "--output: expected a folder for 2 inputs, got the file name"),
+        "glob to output file": (["sr", tmp / "good" / "*.png", *never_loaded, "-o", tmp / "big.png"], 2, "for the pattern"),
+        "suffix with output file": (["sr", good, *never_loaded, "-o", tmp / "big.png", "--suffix", "_x2"], 2,
+                                    f"--suffix: expected none with the output file {tmp / 'big.png'} (its name is used as given), got '_x2'"),
+        "ext against output file": (["sr", good, *never_loaded, "-o", tmp / "big.png", "--ext", "jpg"], 2,
+                                    f"--ext: expected none or the format of the output file {tmp / 'big.png'} (PNG), got 'jpg'"),
+        "gif output file": (["sr", good, *never_loaded, "-o", tmp / "big.gif"], 2, "got '.gif'"),
+        "output file equals input": (["sr", good, *sr, "-o", good], 1, "would overwrite an input; choose another --output name"),
+        "alpha to jpg output file": (["sr", rgba, *sr, "-o", tmp / "big.jpg"], 1,
+                                     (f"{tmp / 'big.jpg'}: {rgba} has an alpha channel, which .jpg files cannot keep; "
+                                      "expected an output name ending .png")),
     }
 
 
@@ -316,7 +389,9 @@ def _bad_cases(tmp: Path, weights: dict[str, Path]) -> dict[str, tuple[list, int
     ["missing file", "empty folder", "0-byte file", "truncated png", "text named .png", "unsupported scale",
      "scale differs from weights", "unknown model", "weights of another arch", "sr weights for denoise",
      "anonymous unknown layout", "unwritable output folder", "output equals input", "fp16 on cpu", "bad --ext",
-     "sigma and real"],  # fmt: skip
+     "sigma and real", "folder to output file", "two inputs to output file", "glob to output file",
+     "suffix with output file", "ext against output file", "gif output file", "output file equals input",
+     "alpha to jpg output file"],  # fmt: skip
 )
 def test_bad_input_gives_one_line_error(tmp_path: Path, weights: dict[str, Path], capsys, monkeypatch, case: str) -> None:
     args, expected_code, message = _bad_cases(tmp_path, weights)[case]

@@ -35,7 +35,9 @@ OutputOpt = Annotated[
     typer.Option(
         "--output",
         "-o",
-        help="Output folder; input folder trees are mirrored below it. Default: next to each input.",
+        help="Output folder (input folder trees are mirrored below it); for one input file, a name like out.jpg that "
+        "is not an existing folder is the output file, in its extension's format (an alpha channel needs "
+        ".png/.webp/.tif/.bmp, else it is refused). Default: next to each input.",
         show_default=False,
         rich_help_panel=FILES_PANEL,
     ),
@@ -43,7 +45,7 @@ OutputOpt = Annotated[
 SuffixOpt = Annotated[
     str | None,
     typer.Option(
-        help="Added to output names. Default: _x2/_x3/_x4, _denoised, _deblurred, _dehazed.",
+        help="Added to output names (not to an --output file). Default: _x2/_x3/_x4, _denoised, _deblurred, _dehazed.",
         show_default=False,
         rich_help_panel=FILES_PANEL,
     ),
@@ -52,7 +54,7 @@ ExtOpt = Annotated[
     str,
     typer.Option(
         metavar="same|png|jpg|webp|tif",
-        help="Output format; 'same' keeps the input's. 16-bit stays 16-bit in PNG/TIFF.",
+        help="Output format; 'same' keeps the input's (an --output file's extension sets it). 16-bit stays 16-bit in PNG/TIFF.",
         rich_help_panel=FILES_PANEL,
     ),
 ]

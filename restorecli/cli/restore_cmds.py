@@ -114,11 +114,14 @@ def _restore(
     # cheap checks first: a typo should not wait for a download or a model build
     check_tile(options.tile, options.tile_overlap)  # the model's own side rule is checked once it is known
     batch.OutputRule(options.output, options.suffix or "", options.ext)
+    output_file = batch.output_file(options.output, suffix=options.suffix, ext=options.ext)
     max_pixels = _max_pixels(options.max_pixels)
     resolve_precision(options.precision, resolve_device(options.device))
 
     images, skips = batch.discover_inputs(options.inputs, recursive=options.recursive)
     _require_images(images, skips, options.inputs)
+    if output_file is not None:
+        batch.require_one_named_input(output_file, options.inputs, images)
     network = load_model(
         options.model,
         weights=options.weights,
@@ -149,7 +152,7 @@ def _restore(
         overlap=options.tile_overlap,
         ensemble=options.ensemble,
     )
-    rule = batch.OutputRule(options.output, suffix, options.ext)
+    rule = batch.OutputRule(None if output_file else options.output, suffix, options.ext, file=output_file)
     collisions = batch.output_collisions(images, rule)
     for collision in collisions:
         output.note(_error_line(collision))
