@@ -80,17 +80,29 @@ class VAMambaConfig:
 class FeatureMemory:
     """FIFO of the most recent fused features of ONE forward pass (created per call, never kept).
 
-    Entries are (B, L, D) tensors that stay in the autograd graph.
+    Entries are (B, L, D) tensors that stay in the autograd graph. Their unit-norm copies
+    (normalised over positions), which later blocks compare against, are made once, on the first
+    read, rather than by every reader.
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.entries: list[torch.Tensor] = []
+        self._units: list[torch.Tensor | None] = []
 
     def push(self, features: torch.Tensor) -> None:
         self.entries.append(features)
+        self._units.append(None)
         if len(self.entries) > self.capacity:
             self.entries.pop(0)
+            self._units.pop(0)
+
+    def units(self) -> list[torch.Tensor]:
+        """``F.normalize(entry, dim=1)`` of each entry, oldest first."""
+        for index, unit in enumerate(self._units):
+            if unit is None:
+                self._units[index] = F.normalize(self.entries[index], dim=1)
+        return [unit for unit in self._units if unit is not None]
 
 
 class QCLAM(nn.Module):
@@ -124,12 +136,17 @@ class QCLAM(nn.Module):
         a = self.lora_down(x)
         v = x + self.lora_up(a)
         if memory.entries:
-            stacked = torch.stack(memory.entries, dim=1)  # (B, M, L, D)
+            batch = v.shape[0]
             unit_v = F.normalize(v, dim=1)
-            unit_e = F.normalize(stacked, dim=2)
-            sim = torch.einsum("bld,bmld->bm", unit_v, unit_e) / v.shape[-1]
+            # one dot product per entry: no (B, M, L, D) stack, no re-normalised copies
+            # (vecdot ran twice as fast as the equivalent bmm, forward + backward)
+            flat_v = unit_v.reshape(batch, -1)
+            sim = torch.stack([torch.linalg.vecdot(flat_v, unit.reshape(batch, -1)) for unit in memory.units()], dim=1)
+            sim = sim / v.shape[-1]
             weights = torch.softmax(self.log_sharpness.exp() * sim, dim=1)
-            read = torch.einsum("bm,bmld->bld", weights, stacked)
+            read = weights[:, 0, None, None] * memory.entries[0]
+            for m in range(1, len(memory.entries)):
+                read = torch.addcmul(read, weights[:, m, None, None], memory.entries[m])
             relevance = (weights * sim).sum(dim=1)
             gate = torch.sigmoid(self.cache_weight) * 0.5 * (1.0 + relevance)
             v = v + gate.view(-1, 1, 1) * self.feature_fusion(torch.cat([read, a], dim=-1))
@@ -278,14 +295,23 @@ class SS2D(SelectiveScanLayer):
         order, inverse = self._orders(scores, batch, height, width)
         y, _ = self.scan_ordered(xs.contiguous(), order, inverse)  # (B, L, K, Di), raster order
 
-        merged = y.new_zeros(batch, length, inner)
+        # split, not slices: a slice's backward zero-fills a whole (B, L, K, Di) gradient per slice
+        parts = list(y.unbind(dim=2))
+        merged = None
         if self.cross:
-            merged = y[:, :, :CROSS_DIRECTIONS].sum(dim=2)
+            merged = parts[0]
+            for part in parts[1:CROSS_DIRECTIONS]:
+                merged = merged + part
         if self.gps:
             assert scores is not None
             p = self.gps_patch
             gate = 2.0 * scores.repeat_interleave(p, dim=1).repeat_interleave(p, dim=2)[:, :height, :width]
-            merged = merged + y[:, :, -GPS_DIRECTIONS:].sum(dim=2) * gate.reshape(batch, length, 1).to(y.dtype)
+            gps_sum = parts[-GPS_DIRECTIONS]
+            for part in parts[len(parts) - GPS_DIRECTIONS + 1 :]:
+                gps_sum = gps_sum + part
+            gps_sum = gps_sum * gate.reshape(batch, length, 1).to(y.dtype)
+            merged = gps_sum if merged is None else merged + gps_sum
+        assert merged is not None
 
         out = self.out_norm(merged.view(batch, height, width, inner).to(x.dtype)) * F.silu(z)
         return self.out_proj(out)
