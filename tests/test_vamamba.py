@@ -164,3 +164,33 @@ def test_restore_train_runs_a_tiny_vamamba_from_the_preset(tmp_path: Path) -> No
     assert cfg.model.arch == "vamamba"
     losses = train(cfg).losses
     assert len(losses) == 4 and all(np.isfinite(losses))
+
+
+def test_qclam_matches_its_formula_with_a_full_memory() -> None:
+    """QCLAM as documented (stack, per-channel cosine, softmax, weighted read), in float64."""
+    import torch.nn.functional as F
+
+    from restorecli.models.vamamba import QCLAM, FeatureMemory
+
+    torch.manual_seed(0)
+    module = QCLAM(channels=6, rank=2).double()
+    torch.nn.init.normal_(module.lora_up.weight, std=0.3)
+    memory = FeatureMemory(3)
+    entries = [torch.randn(2, 20, 6, dtype=torch.float64) for _ in range(4)]
+    for entry in entries:
+        memory.push(entry)  # the oldest falls out
+    x = torch.randn(2, 20, 6, dtype=torch.float64, requires_grad=True)
+    out = module(x, memory)
+    a = module.lora_down(x)
+    v = x + module.lora_up(a)
+    stacked = torch.stack(entries[1:], dim=1)
+    sim = torch.einsum("bld,bmld->bm", F.normalize(v, dim=1), F.normalize(stacked, dim=2)) / 6
+    weights = torch.softmax(module.log_sharpness.exp() * sim, dim=1)
+    read = torch.einsum("bm,bmld->bld", weights, stacked)
+    gate = torch.sigmoid(module.cache_weight) * 0.5 * (1.0 + (weights * sim).sum(dim=1))
+    expected = v + gate.view(-1, 1, 1) * module.feature_fusion(torch.cat([read, a], dim=-1))
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    assert memory.entries[-1] is out and len(memory.entries) == 3
+    (grad,) = torch.autograd.grad(out.square().sum(), x)
+    (grad_expected,) = torch.autograd.grad(expected.square().sum(), x)
+    torch.testing.assert_close(grad, grad_expected, rtol=1e-10, atol=1e-12)
