@@ -106,8 +106,12 @@ def discover_inputs(specs: Sequence[str], *, recursive: bool = False) -> tuple[l
             for child, kind in _walk(path, recursive):
                 if kind == "file":
                     consider(child, path, named=False)
-                elif not child.name.startswith("."):
+                elif child.name.startswith("."):
+                    continue
+                elif kind == "folder":
                     skipped.append(Skip(child, "folder (pass --recursive to include subfolders)"))
+                else:
+                    skipped.append(Skip(child, _NOT_A_FILE[kind]))
         elif glob.has_magic(spec):
             matches = sorted(glob.glob(os.path.expanduser(spec), recursive=recursive))
             files = [Path(m) for m in matches if Path(m).is_file()]
@@ -116,6 +120,8 @@ def discover_inputs(specs: Sequence[str], *, recursive: bool = False) -> tuple[l
             base = _glob_base(spec)
             for file in files:
                 consider(file, base, named=False)
+        elif path.is_symlink() and not path.exists():
+            raise UsageError(f"input {spec!r} is a {_NOT_A_FILE['broken']}; expected an image file, a folder or a glob")
         elif path.exists():
             raise UsageError(f"input {spec!r} is neither a file nor a folder")
         else:
@@ -141,8 +147,16 @@ def drop_earlier_outputs(items: Sequence[InputFile], suffix: str) -> tuple[list[
     return kept, dropped
 
 
+_NOT_A_FILE = {
+    "broken": "symbolic link whose target is missing (or a loop of links)",
+    "special": "not a regular file (a pipe, socket or device)",
+}
+
+
 def _walk(folder: Path, recursive: bool, seen: set[Path] | None = None) -> Iterable[tuple[Path, str]]:
-    """(path, "file" | "folder") below a folder, sorted; ``seen`` breaks symlink loops."""
+    """(path, "file" | "folder" | "broken" | "special") below a folder, sorted; ``seen`` breaks
+    folder loops. Broken links and special files are yielded so that the batch reports them
+    instead of passing over them in silence."""
     seen = set() if seen is None else seen
     seen.add(folder.resolve())
     try:
@@ -157,6 +171,10 @@ def _walk(folder: Path, recursive: bool, seen: set[Path] | None = None) -> Itera
                 yield from _walk(entry, recursive, seen)
         elif entry.is_file():
             yield entry, "file"
+        elif entry.is_symlink() and not entry.exists():
+            yield entry, "broken"
+        else:
+            yield entry, "special"
 
 
 def _sniff(path: Path) -> str | None:

@@ -240,6 +240,26 @@ def test_discovery_sorts_skips_and_survives_symlink_loops(tmp_path: Path) -> Non
     assert [rule.path_for(p).relative_to(tmp_path).as_posix() for p in images] == ["out/a/z_x2.png", "out/b_x2.png", "out/noext_x2.png"]
 
 
+def test_broken_links_and_special_files_are_reported_not_passed_over(tmp_path: Path) -> None:
+    import os
+
+    from restorecli.batch import discover_inputs
+    from restorecli.errors import UsageError
+
+    write_png(tmp_path / "b.png")
+    (tmp_path / "gone.png").symlink_to(tmp_path / "missing.png")
+    (tmp_path / "loop1.png").symlink_to(tmp_path / "loop2.png")
+    (tmp_path / "loop2.png").symlink_to(tmp_path / "loop1.png")
+    os.mkfifo(tmp_path / "pipe.png")
+    images, skipped = discover_inputs([str(tmp_path)], recursive=False)
+    assert [p.path.name for p in images] == ["b.png"]
+    reasons = {s.path.name: s.reason for s in skipped}
+    assert set(reasons) == {"gone.png", "loop1.png", "loop2.png", "pipe.png"}
+    assert "target is missing" in reasons["gone.png"] and "not a regular file" in reasons["pipe.png"]
+    with pytest.raises(UsageError, match="'.*loop1.png' is a symbolic link whose target is missing"):
+        discover_inputs([str(tmp_path / "loop1.png")], recursive=False)
+
+
 # --- an output file (-o clean.png) -------------------------------------------------------------
 
 
