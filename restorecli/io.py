@@ -171,7 +171,8 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
     """Read an image file (the first page or frame of a multi-page or animated one).
 
     Args:
-        path: PNG, JPEG, WebP, BMP, TIFF or GIF file; 8 or 16 bits; grey, RGB or RGBA.
+        path: PNG, JPEG, WebP, BMP, TIFF or GIF file; 8 or 16 bits (or floating-point TIFF,
+            read as 16-bit with 0..1 as black..white); grey, RGB or RGBA.
         max_pixels: Refuse a file whose header declares more pixels; None: ``RESTORECLI_MAX_PIXELS``
             if set, else ``DEFAULT_MAX_PIXELS``.
 
@@ -225,12 +226,20 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
         if header.pixels > headers.OPENCV_PIXEL_CAP and not said:
             reason = f" (or over OpenCV's own limit of {headers.OPENCV_PIXEL_CAP} px: set OPENCV_IO_MAX_IMAGE_PIXELS)"
         raise ImageReadError(f"{path}: cannot decode this {fmt.upper()} file: it is truncated or corrupt{reason}")
+    notes: list[str] = []
+    if decoded.dtype in (np.float32, np.float64):
+        decoded, note = _float_to_16_bit(decoded, path, fmt)
+        notes.append(note)
     if decoded.dtype not in (np.uint8, np.uint16):
-        raise ImageReadError(f"{path}: expected 8- or 16-bit integer samples, got {decoded.dtype} {fmt.upper()}")
+        raise ImageReadError(f"{path}: expected 8- or 16-bit integer or floating-point samples, got {decoded.dtype} {fmt.upper()}")
 
     said = [_CODEC_PREFIX.sub("", line) for line in said]
     if said:
         _log.debug("%s: the %s decoder said: %s", path, fmt.upper(), "; ".join(said))
+    if fmt == "jpeg":
+        # libjpeg decodes damaged data with grey blocks and says so: the only warning worth a note
+        # (PNG damage fails its checksums; other warnings are about metadata)
+        notes += [f"decoder: {line}" for line in said[:3]]
     orientation = exif_orientation(data, fmt)
     if orientation != 1 and not (fmt == "tiff" and _tiff_decoder_orients()):
         decoded = apply_orientation(decoded, orientation)
@@ -248,10 +257,24 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
         icc_profile=profile,
         frames=header.frames,
         frame_unit=header.frame_unit,
-        # libjpeg decodes damaged data with grey blocks and says so: the only warning worth a note
-        # (PNG damage fails its checksums; other warnings are about metadata)
-        decoder_notes=tuple(f"decoder: {line}" for line in said[:3]) if fmt == "jpeg" else (),
+        decoder_notes=tuple(notes),
     )
+
+
+def _float_to_16_bit(decoded: np.ndarray, path: Path, fmt: str) -> tuple[np.ndarray, str]:
+    """Floating-point samples (32-bit TIFF from HDR and scientific tools) as 16-bit integers.
+
+    Float images put black at 0 and white at 1; brighter values cannot be restored into an 8-
+    or 16-bit output, so they are clipped, and the note says how many were.
+    """
+    if not np.isfinite(decoded).all():
+        raise ImageReadError(f"{path}: expected finite samples, got NaN or infinite values in a floating-point {fmt.upper()}")
+    outside = float(np.mean((decoded < 0.0) | (decoded > 1.0)))
+    converted = np.floor(np.clip(decoded, 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)
+    note = f"{decoded.dtype} samples read as 16-bit"
+    if outside > 0:
+        note += f" ({outside:.1%} of them were outside 0..1 and were clipped)"
+    return converted, note
 
 
 # ---------------------------------------------------------------------------------------------

@@ -269,3 +269,22 @@ def test_sniff_format() -> None:
         data = cv2.imencode(ext, marked_image())[1].tobytes()
         assert io.sniff_format(data[:16]) == fmt
     assert io.sniff_format(b"hello world") is None
+
+
+def test_floating_point_tiff_is_read_as_16_bit_with_a_note(tmp_path: Path) -> None:
+    samples = np.array([[[0.0, 0.5, 1.0], [1.5, -0.25, 0.25]]], dtype=np.float32)  # BGR on disk
+    path = tmp_path / "hdr.tiff"
+    assert cv2.imwrite(str(path), samples)
+    image = io.read_image(path)
+    assert image.color.dtype == np.uint16 and image.mode == "RGB"
+    np.testing.assert_array_equal(image.color[0, 0], [65535, 32768, 0])  # RGB of (0, 0.5, 1) BGR
+    np.testing.assert_array_equal(image.color[0, 1], [16384, 0, 65535])  # clipped ends
+    assert image.decoder_notes == ("float32 samples read as 16-bit (33.3% of them were outside 0..1 and were clipped)",)
+    grey = tmp_path / "grey.tiff"
+    assert cv2.imwrite(str(grey), np.full((3, 4), 0.25, np.float32))
+    image = io.read_image(grey)
+    assert image.mode == "L" and image.decoder_notes == ("float32 samples read as 16-bit",)
+    nan = tmp_path / "nan.tiff"
+    assert cv2.imwrite(str(nan), np.full((3, 4), np.nan, np.float32))
+    with pytest.raises(ImageReadError, match="expected finite samples, got NaN or infinite values"):
+        io.read_image(nan)
