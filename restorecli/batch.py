@@ -115,6 +115,7 @@ def discover_inputs(specs: Sequence[str], *, recursive: bool = False) -> tuple[l
         elif glob.has_magic(spec):
             matches = sorted(glob.glob(os.path.expanduser(spec), recursive=recursive))
             files = [Path(m) for m in matches if Path(m).is_file()]
+            skipped += [Skip(Path(m), _NOT_A_FILE["broken"]) for m in matches if Path(m).is_symlink() and not Path(m).exists()]
             if not files:
                 raise UsageError(f"pattern {spec!r} matches no files; expected image files, folders or a glob")
             base = _glob_base(spec)

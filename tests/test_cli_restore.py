@@ -258,6 +258,9 @@ def test_broken_links_and_special_files_are_reported_not_passed_over(tmp_path: P
     assert "target is missing" in reasons["gone.png"] and "not a regular file" in reasons["pipe.png"]
     with pytest.raises(UsageError, match="'.*loop1.png' is a symbolic link whose target is missing"):
         discover_inputs([str(tmp_path / "loop1.png")], recursive=False)
+    images, skipped = discover_inputs([str(tmp_path / "*.png")], recursive=False)
+    assert [p.path.name for p in images] == ["b.png"]
+    assert [s.path.name for s in skipped] == ["gone.png", "loop1.png", "loop2.png"]  # a pattern skips the pipe
 
 
 # --- an output file (-o clean.png) -------------------------------------------------------------
