@@ -43,6 +43,7 @@ def _claims() -> list[tuple[str, str, str, int, dict]]:
 
 
 CLAIMS = _claims()
+DEFAULT_MODELS = {name for rule in hub.load_manifest().defaults for name in rule.models}
 
 
 def _mean(args: list[str]) -> dict:
@@ -71,8 +72,9 @@ def test_bundled_model_reproduces_its_manifest_metrics(
         assert mean["ssim_y"] == pytest.approx(claimed["ssim_y"], abs=6e-4)
         baseline = _mean([*data, "--scale", str(level), "--baseline", "bicubic"])
         assert baseline["psnr_y"] == pytest.approx(claimed["bicubic_psnr_y"], abs=0.006)
-        if dataset == "Set5":
-            # The bundled-model target: at least 1 dB over bicubic on Set5.
+        if dataset == "Set5" and name in DEFAULT_MODELS:
+            # The target of a bundled default: at least 1 dB over bicubic on Set5. (A model that
+            # serves no command by default, such as the VAMamba comparison, states its numbers only.)
             assert mean["psnr_y"] - claimed["bicubic_psnr_y"] >= 1.0
     elif kind in SYNTHETIC_EVAL_TASKS and "dcp_psnr" in claimed:
         # Model and dark-channel prior trade places from image to image: the claim is a whole-set mean.

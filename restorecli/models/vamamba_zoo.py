@@ -42,6 +42,10 @@ def _table() -> dict[str, ModelSpec]:
         for scale in (2, 3, 4):
             sr = replace(config, upscale=scale, upsampler=_SR_HEAD[variant])
             specs.append(ModelSpec(f"vamamba-{variant}-sr-x{scale}", "vamamba", "sr", scale, None, None, sr, ""))
+    # Trained by restorecli (docs/training.md, "VAMamba against MaIR at equal CPU time"): the light
+    # x4 network with the bundled MaIR x4 model's recipe; chosen with --model, never a default.
+    light_x4 = replace(VAMAMBA_LIGHT, upscale=4, upsampler=_SR_HEAD["light"], drop_path_rate=0.0)
+    specs.append(ModelSpec("restorecli-vamamba-light-x4", "vamamba", "sr", 4, None, None, light_x4, ""))
     return {spec.name: spec for spec in sorted(specs, key=lambda s: s.name)}
 
 
