@@ -115,13 +115,13 @@ def discover_inputs(specs: Sequence[str], *, recursive: bool = False) -> tuple[l
         elif glob.has_magic(spec):
             matches = sorted(glob.glob(os.path.expanduser(spec), recursive=recursive))
             files = [Path(m) for m in matches if Path(m).is_file()]
-            skipped += [Skip(Path(m), _NOT_A_FILE["broken"]) for m in matches if Path(m).is_symlink() and not Path(m).exists()]
+            skipped += [Skip(Path(m), _NOT_A_FILE["broken"]) for m in matches if _is_broken_link(Path(m))]
             if not files:
                 raise UsageError(f"pattern {spec!r} matches no files; expected image files, folders or a glob")
             base = _glob_base(spec)
             for file in files:
                 consider(file, base, named=False)
-        elif path.is_symlink() and not path.exists():
+        elif _is_broken_link(path):
             raise UsageError(f"input {spec!r} is a {_NOT_A_FILE['broken']}; expected an image file, a folder or a glob")
         elif path.exists():
             raise UsageError(f"input {spec!r} is neither a file nor a folder")
@@ -154,6 +154,11 @@ _NOT_A_FILE = {
 }
 
 
+def _is_broken_link(path: Path) -> bool:
+    """A symbolic link whose target is missing, or a loop of links."""
+    return path.is_symlink() and not path.exists()
+
+
 def _walk(folder: Path, recursive: bool, seen: set[Path] | None = None) -> Iterable[tuple[Path, str]]:
     """(path, "file" | "folder" | "broken" | "special") below a folder, sorted; ``seen`` breaks
     folder loops. Broken links and special files are yielded so that the batch reports them
@@ -172,7 +177,7 @@ def _walk(folder: Path, recursive: bool, seen: set[Path] | None = None) -> Itera
                 yield from _walk(entry, recursive, seen)
         elif entry.is_file():
             yield entry, "file"
-        elif entry.is_symlink() and not entry.exists():
+        elif _is_broken_link(entry):
             yield entry, "broken"
         else:
             yield entry, "special"

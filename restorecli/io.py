@@ -270,7 +270,7 @@ def _float_to_16_bit(decoded: np.ndarray, path: Path, fmt: str) -> tuple[np.ndar
     if not np.isfinite(decoded).all():
         raise ImageReadError(f"{path}: expected finite samples, got NaN or infinite values in a floating-point {fmt.upper()}")
     outside = float(np.mean((decoded < 0.0) | (decoded > 1.0)))
-    converted = np.floor(np.clip(decoded, 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)
+    converted = np.round(np.clip(decoded, 0.0, 1.0) * 65535.0).astype(np.uint16)  # as quantize_to_uint8
     note = f"{decoded.dtype} samples read as 16-bit"
     if outside > 0:
         note += f" ({outside:.1%} of them were outside 0..1 and were clipped)"

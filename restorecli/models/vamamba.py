@@ -23,6 +23,7 @@ where a counterpart exists. What differs from the official code, and why:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -295,22 +296,15 @@ class SS2D(SelectiveScanLayer):
         order, inverse = self._orders(scores, batch, height, width)
         y, _ = self.scan_ordered(xs.contiguous(), order, inverse)  # (B, L, K, Di), raster order
 
-        # split, not slices: a slice's backward zero-fills a whole (B, L, K, Di) gradient per slice
-        parts = list(y.unbind(dim=2))
-        merged = None
-        if self.cross:
-            merged = parts[0]
-            for part in parts[1:CROSS_DIRECTIONS]:
-                merged = merged + part
+        # unbind, not slices: a slice's backward zero-fills a whole (B, L, K, Di) gradient per slice
+        parts = y.unbind(dim=2)
+        merged = functools.reduce(torch.add, parts[:CROSS_DIRECTIONS]) if self.cross else None
         if self.gps:
             assert scores is not None
             p = self.gps_patch
             gate = 2.0 * scores.repeat_interleave(p, dim=1).repeat_interleave(p, dim=2)[:, :height, :width]
-            gps_sum = parts[-GPS_DIRECTIONS]
-            for part in parts[len(parts) - GPS_DIRECTIONS + 1 :]:
-                gps_sum = gps_sum + part
-            gps_sum = gps_sum * gate.reshape(batch, length, 1).to(y.dtype)
-            merged = gps_sum if merged is None else merged + gps_sum
+            gps = functools.reduce(torch.add, parts[-GPS_DIRECTIONS:]) * gate.reshape(batch, length, 1).to(y.dtype)
+            merged = gps if merged is None else merged + gps
         assert merged is not None
 
         out = self.out_norm(merged.view(batch, height, width, inner).to(x.dtype)) * F.silu(z)

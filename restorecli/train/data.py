@@ -117,9 +117,8 @@ def _pad_to(img: np.ndarray, side: int) -> np.ndarray:
 
 
 def grey_luma(img: np.ndarray) -> np.ndarray:
-    """(H, W, 1) BT.601 luma of a float32 HWC RGB image (the weights of ``cv2.COLOR_RGB2GRAY``)."""
-    weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    return (img @ weights)[..., None].astype(np.float32)
+    """(H, W, 1) BT.601 luma of a float32 HWC RGB image, as ``read_rgb8(grey=True)`` makes it."""
+    return cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)[..., None]
 
 
 def _to_float(img: np.ndarray) -> np.ndarray:

@@ -7,11 +7,11 @@ A training checkpoint is a dict readable with ``torch.load(weights_only=True)``:
      "iteration": i, "train_config": {...}, "rng": [per-rank torch/CUDA states],
      "best": {"metric": psnr, "iteration": j}, "elapsed": seconds, "cpu_seconds": seconds}
 
+so ``restore sr --weights latest.pth`` loads it directly (``params_ema`` is preferred).
+
 ``metrics.jsonl`` records wall time (``time``) and the CPU time of this process (``cpu_s``, all
 threads, validation included) so that curves can be drawn against CPU-minutes, the budget that
 the CPU recipes in docs/training.md are sized by; both carry over a resume.
-
-so ``restore sr --weights latest.pth`` loads it directly (``params_ema`` is preferred).
 
 Resume is exact: the learning rate and the progressive stage are pure functions of the iteration,
 the data order and every sample are pure functions of (seed, rank, epoch, index), the mixup draw
@@ -395,6 +395,9 @@ def _train(
         (out_dir / "config.json").write_text(json.dumps(config_to_mapping(config), indent=2) + "\n", encoding="utf-8")
         logger.info("training %s on %s: iterations %d..%d of %d, %d images", config.run_name, device, start, end, total, len(dataset))
 
+    def wall_seconds() -> float:
+        return elapsed_before + time.perf_counter() - started
+
     def cpu_seconds() -> float:
         return cpu_before + time.process_time() - cpu_started
 
@@ -411,7 +414,7 @@ def _train(
             "train_config": config_to_mapping(config),
             "rng": rng_states,
             "best": {"metric": best_metric, "iteration": best_iteration},
-            "elapsed": elapsed_before + time.perf_counter() - started,
+            "elapsed": wall_seconds(),
             "cpu_seconds": cpu_seconds(),
         }
         if ema is not None:
@@ -432,7 +435,7 @@ def _train(
             eval_model = model
             if ema is not None:
                 eval_model = _ema_copy(model, ema)
-            record: dict[str, Any] = {"iter": iteration, "time": elapsed_before + time.perf_counter() - started, "cpu_s": cpu_seconds()}
+            record: dict[str, Any] = {"iter": iteration, "time": wall_seconds(), "cpu_s": cpu_seconds()}
             first = None
             for name, images in val_sets.items():
                 scores = validate(eval_model, images, device, crop, config.val.y_channel, config.val.ssim)
@@ -488,7 +491,7 @@ def _train(
             if info.is_main and progress is not None:
                 progress(StepReport(iteration, total, value, lr, its, (total - iteration) / its if its else float("inf")))
             if iteration % config.output.log_every == 0 and info.is_main:
-                log.write({"iter": iteration, "loss": value, "lr": lr, "it_s": its, "time": elapsed_before + now - started, "cpu_s": cpu_seconds()})
+                log.write({"iter": iteration, "loss": value, "lr": lr, "it_s": its, "time": wall_seconds(), "cpu_s": cpu_seconds()})
                 if progress is None:  # no progress bar (not a TTY): a log line instead
                     logger.info("iter %d/%d  loss %.4f  lr %.2e  %.3f it/s", iteration, total, value, lr, its)
                 window_start, window_iters = now, 0
