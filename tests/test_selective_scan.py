@@ -412,6 +412,18 @@ def test_failed_self_test_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     assert status.implementation == "torch" and "self-test failed" in status.reason
 
 
+def test_self_test_ignores_ambient_autocast(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first scan of a `--precision bf16` run loads the kernel under autocast; its self-test
+    must still compare float32 with float32 (under autocast the reference ran in bfloat16 and
+    a correct kernel was turned off for the whole process)."""
+    if scan_cpu.cpu_kernel_status().implementation != "compiled":
+        pytest.skip("no compiled kernel here")
+    monkeypatch.setattr(scan_cpu, "_kernel", None)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        status = scan_cpu.cpu_kernel_status()
+    assert status.implementation == "compiled", status.reason
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX file lock and shell-script compiler")
 def test_concurrent_builds_compile_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two builders of the same library: the lock lets one compile, the other reuses it."""

@@ -565,8 +565,10 @@ def _open(path: Path) -> ctypes.CDLL:
 def _self_test(lib: ctypes.CDLL) -> None:
     """Compare a small scan and its gradients with the reference; a miscompiled kernel
     (wrong flags, compiler bug) must not be used."""
-    # The first scan of a process may run under no_grad/inference_mode; the test needs autograd.
-    with torch.inference_mode(False), torch.enable_grad():
+    # The first scan of a process may run under no_grad/inference_mode, which the test's
+    # autograd needs off, or under autocast (--precision bf16), which would compute its
+    # torch reference in bfloat16 and fail a correct kernel.
+    with torch.inference_mode(False), torch.enable_grad(), torch.autocast("cpu", enabled=False):
         _self_test_with_grad(lib)
 
 
