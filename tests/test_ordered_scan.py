@@ -218,6 +218,19 @@ def test_streamed_inference_equals_whole_map(compiled: None, monkeypatch: pytest
     assert (streamed - whole).abs().max().item() < 1e-5
 
 
+def test_bf16_inference_on_maps_larger_than_a_run(compiled: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--precision bf16` on the CPU: maps of more positions than a streamed run used to stop
+    with a dtype error in in_proj; the output stays close to float32."""
+    net = models.build("mair-light-t-x2")
+    x = torch.rand(1, 3, 14, 11, generator=torch.Generator().manual_seed(3))
+    monkeypatch.setattr(blocks, "STREAM_ROWS", 37)
+    with torch.no_grad():
+        whole = net(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = net(x)
+    assert (half.float() - whole).abs().max().item() < 0.05
+
+
 @pytest.mark.parametrize("scan", ["cross", "gps", "both"])
 @pytest.mark.parametrize("qclam", [True, False])
 def test_vamamba_fused_equals_reference_and_gradients(compiled: None, scan: str, qclam: bool) -> None:

@@ -274,8 +274,14 @@ class ResidualMambaBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, height, width, _ = x.shape
-        # Not in training mode, where DropPath acts even without autograd.
-        if not (torch.is_grad_enabled() or self.training) and x.device.type == "cpu" and height * width > STREAM_ROWS:
+        # Not in training mode, where DropPath acts even without autograd; not under autocast
+        # (--precision bf16), whose casts the streamed path's preallocated float32 buffers skip.
+        if (
+            not (torch.is_grad_enabled() or self.training)
+            and x.device.type == "cpu"
+            and not torch.is_autocast_enabled("cpu")
+            and height * width > STREAM_ROWS
+        ):
             return self._forward_streamed(x)
         a = x * self.skip_scale + self.drop_path(self.self_attention(self.ln_1(x)))
         return a * self.skip_scale2 + getattr(self, self.mlp_name)(self.ln_2(a))
