@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import sys
 import threading
@@ -399,29 +400,69 @@ def test_bad_library_falls_back(fresh_kernel_state: Path, monkeypatch: pytest.Mo
     assert status.implementation == "torch" and "OSError" in status.reason
 
 
-def test_failed_self_test_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    if scan_cpu.cpu_kernel_status().implementation != "compiled":
+@pytest.fixture
+def untested_library(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """The loaded kernel copied into an empty extensions folder: found there without a build,
+    with no self-test verdict beside it."""
+    status = scan_cpu.cpu_kernel_status()
+    if status.implementation != "compiled" or status.library is None:
         pytest.skip("no compiled kernel here")
+    copy = tmp_path / Path(status.library).name
+    shutil.copy2(status.library, copy)
     monkeypatch.setattr(scan_cpu, "_kernel", None)
+    monkeypatch.setenv(scan_cpu.ENV_EXTENSIONS_DIR, str(tmp_path))
+    monkeypatch.delenv(scan_cpu.ENV_IMPL, raising=False)
+    return copy
 
+
+def _count_self_tests(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    real = scan_cpu._self_test
+
+    def counted(lib: object) -> None:
+        calls.append(1)
+        real(lib)
+
+    monkeypatch.setattr(scan_cpu, "_self_test", counted)
+    return calls
+
+
+def test_failed_self_test_falls_back(untested_library: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(lib: object) -> None:
         raise RuntimeError("kernel self-test failed (simulated)")
 
     monkeypatch.setattr(scan_cpu, "_self_test", broken)
     status = scan_cpu.cpu_kernel_status()
     assert status.implementation == "torch" and "self-test failed" in status.reason
+    assert sorted(p.name for p in untested_library.parent.iterdir()) == [untested_library.name]  # no verdict
 
 
-def test_self_test_ignores_ambient_autocast(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_self_test_verdict_is_kept_per_library(untested_library: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A passed self-test is not repeated by the next process for the same library file and
+    torch; a changed verdict file (another library's bytes, torch or test) tests again."""
+    calls = _count_self_tests(monkeypatch)
+    assert scan_cpu.cpu_kernel_status().implementation == "compiled" and len(calls) == 1
+    marker = untested_library.with_name(untested_library.name + ".verified")
+    assert torch.__version__ in marker.read_text()
+    monkeypatch.setattr(scan_cpu, "_kernel", None)  # the next process
+    status = scan_cpu.cpu_kernel_status()
+    assert status.implementation == "compiled" and len(calls) == 1 and "self-test passed before" in status.reason
+    marker.write_text(marker.read_text().replace("sha256 ", "sha256 0"))
+    monkeypatch.setattr(scan_cpu, "_kernel", None)
+    assert scan_cpu.cpu_kernel_status().implementation == "compiled" and len(calls) == 2
+    assert sorted(p.name for p in untested_library.parent.iterdir()) == [untested_library.name, marker.name]
+
+
+
+
+def test_self_test_ignores_ambient_autocast(untested_library: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The first scan of a `--precision bf16` run loads the kernel under autocast; its self-test
     must still compare float32 with float32 (under autocast the reference ran in bfloat16 and
     a correct kernel was turned off for the whole process)."""
-    if scan_cpu.cpu_kernel_status().implementation != "compiled":
-        pytest.skip("no compiled kernel here")
-    monkeypatch.setattr(scan_cpu, "_kernel", None)
+    calls = _count_self_tests(monkeypatch)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         status = scan_cpu.cpu_kernel_status()
-    assert status.implementation == "compiled", status.reason
+    assert status.implementation == "compiled" and len(calls) == 1, status.reason
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX file lock and shell-script compiler")

@@ -52,6 +52,8 @@ IMPLEMENTATIONS = ("auto", "torch", "compiled")
 
 _SOURCE = "selective_scan_cpu.cpp"
 _ABI_VERSION = 3
+# Bump when _self_test checks something new, so libraries verified by the old test are retested.
+_SELF_TEST_REVISION = 1
 _BUILD_TIMEOUT_S = 300
 _LOCK_WAIT_S = 300
 # Above this state size the chunked torch scan's (batch, dim, L, N) temporaries cost
@@ -424,10 +426,40 @@ def _build_and_load() -> _Kernel:
         except OSError:
             path.unlink(missing_ok=True)  # unloadable (truncated, foreign): rebuild next time
             raise
-        _self_test(lib)
+        tested = _verify(lib, path)
         how = f"built in {time.perf_counter() - started:.1f} s" if built else "loaded from cache"
+        if not tested:
+            how += ", self-test passed before"
         return _Kernel(lib, path, f"{how}; flags {' '.join(flags)}")
     raise RuntimeError("; ".join(errors))
+
+
+def _verify(lib: ctypes.CDLL, path: Path) -> bool:
+    """Run :func:`_self_test` unless it already passed for this very library file with this
+    torch; return whether it ran.
+
+    The test costs about a second of every process start (much of it importing torch's
+    symbolic-shape machinery for ``autograd.grad``), which a user running ``restore`` once per
+    file pays each time. Its verdict depends only on the library's bytes (the file name already
+    pins source, compiler, flags and CPU features) and on the torch reference, so it is kept
+    beside the library as ``<library>.verified``, holding the file's sha256 and the torch
+    version; a rebuilt or replaced file, another torch or a new test revision tests again.
+    """
+    marker = path.with_name(path.name + ".verified")
+    verdict = f"sha256 {hashlib.sha256(path.read_bytes()).hexdigest()} torch {torch.__version__} test {_SELF_TEST_REVISION}\n"
+    try:
+        if marker.read_text() == verdict:
+            return False
+    except OSError:
+        pass
+    _self_test(lib)
+    temporary = path.with_name(f".{marker.name}-{os.getpid()}")
+    try:  # written aside and renamed: a reader never sees half a verdict
+        temporary.write_text(verdict)
+        os.replace(temporary, marker)
+    except OSError:  # read-only cache: the test simply runs again next time
+        temporary.unlink(missing_ok=True)
+    return True
 
 
 def compile_library(source: str, stem: str, flags: list[str]) -> tuple[Path, bool]:
