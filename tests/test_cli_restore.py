@@ -369,6 +369,7 @@ def _bad_cases(tmp: Path, weights: dict[str, Path]) -> dict[str, tuple[list, int
     data = cv2.imencode(".png", np.zeros((16, 16, 3), np.uint8))[1].tobytes()
     (tmp / "cut.png").write_bytes(data[: len(data) // 2])
     (tmp / "text.png").write_text("hello")
+    (tmp / "photo.ppm").write_bytes(b"P6\n2 2\n255\n" + bytes(12))  # netpbm: not a format this tool reads
     (tmp / "blocker").write_text("a file where a folder should be")
     rgba = write_png(tmp / "logo.png", channels=4)
     sr = ["--weights", weights["sr2"]]
@@ -376,6 +377,8 @@ def _bad_cases(tmp: Path, weights: dict[str, Path]) -> dict[str, tuple[list, int
     return {
         "missing file": (["sr", tmp / "nope.png", *sr], 2, "does not exist; expected an image file, a folder or a glob"),
         "empty folder": (["sr", tmp / "empty_dir", *sr], 2, "no images found in"),
+        "unsupported format": (["sr", tmp / "photo.ppm", *sr], 2,
+                               f"no images found in {tmp / 'photo.ppm'}; {tmp / 'photo.ppm'}: not an image (expected PNG"),
         "0-byte file": (["sr", tmp / "zero.png", *sr], 1, "file is empty (0 bytes)"),
         "truncated png": (["sr", tmp / "cut.png", *sr], 1, "truncated or corrupt"),
         "text named .png": (["sr", tmp / "text.png", *sr], 1, "named .png but its content is not"),

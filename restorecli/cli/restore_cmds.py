@@ -226,6 +226,8 @@ def _require_images(images: list[InputFile], skips: list[Any], inputs: list[str]
     from restorecli.io import FORMAT_NAMES
 
     if not images:
+        if len(skips) == 1:  # say why the one candidate was left out
+            raise UsageError(f"no images found in {', '.join(inputs)}; {skips[0].path}: {skips[0].reason}")
         detail = f" ({len(skips)} other paths skipped)" if skips else ""
         raise UsageError(f"no images found in {', '.join(inputs)}{detail}; expected {FORMAT_NAMES} files")
 
