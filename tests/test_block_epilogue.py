@@ -1,5 +1,6 @@
 """The block epilogues' compiled kernel against their PyTorch formulation, float64 and float32,
-runs longer than one work unit, batch > 1 and one or two threads; autograd keeps PyTorch."""
+runs longer than one work unit, batch > 1 and one or two threads; the merge's compiled backward
+against autograd through the PyTorch formulation."""
 
 from __future__ import annotations
 
@@ -61,13 +62,50 @@ def test_residual_norm_kernel_matches_torch(compiled: None, dtype: torch.dtype, 
     assert (normed - want).abs().max().item() < tol
 
 
-def test_gradients_flow_through_the_torch_formulation(compiled: None) -> None:
-    """With autograd on, the epilogues run as PyTorch operations and give the reference gradients."""
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("rows, inner", [(1, 5), (130, 66), (67, 17), (9, 300)])
+def test_merge_norm_gate_backward_matches_torch(compiled: None, dtype: torch.dtype, threads: int, rows: int, inner: int) -> None:
+    """The compiled backward: gradients of y, the gates, z and the norm's weight and bias against
+    autograd through the PyTorch formulation (rows wider than the registers hold: 300)."""
+    gen = torch.Generator().manual_seed(rows * inner)
+    y = torch.randn(2, rows, 4, inner, generator=gen, dtype=dtype)
+    gates = torch.rand(2, 4, inner, generator=gen, dtype=dtype)
+    z = 3 * torch.randn(2, rows, inner, generator=gen, dtype=dtype)
+    grad = torch.randn(2, rows, inner, generator=gen, dtype=dtype)
+    norm = make_norm(inner, dtype, gen)
+    results = []
+    for backend in ("cpu", "ref"):
+        inputs = [t.clone().requires_grad_() for t in (y, gates, z)]
+        norm.zero_grad()
+
+        def run() -> torch.Tensor:
+            out = merge_norm_gate(*inputs, norm, backend=backend)
+            out.backward(grad)
+            return out
+
+        out = with_threads(threads, run)
+        results.append([out.detach(), *(t.grad for t in inputs), norm.weight.grad.clone(), norm.bias.grad.clone()])
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    for got, want in zip(*results):
+        assert got.shape == want.shape
+        assert ((got - want).norm() / want.norm()).item() < tol
+
+
+def test_merge_norm_gate_gradcheck(compiled: None) -> None:
     gen = torch.Generator().manual_seed(4)
-    y = torch.randn(1, 9, 4, 6, generator=gen, dtype=torch.float64, requires_grad=True)
-    gates = torch.rand(1, 4, 6, generator=gen, dtype=torch.float64)
-    z = torch.randn(1, 9, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(2, 9, 4, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    gates = torch.rand(2, 4, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(2, 9, 6, generator=gen, dtype=torch.float64, requires_grad=True)
     norm = make_norm(6, torch.float64, gen)
-    out = merge_norm_gate(y, gates, z, norm, backend="cpu")
-    assert out.requires_grad
-    assert torch.autograd.gradcheck(lambda a, b: merge_norm_gate(a, gates, b, norm, backend="cpu"), (y, z))
+    assert torch.autograd.gradcheck(
+        lambda a, g, b, w, c: merge_norm_gate(a, g, b, _with_affine(norm, w, c), backend="cpu"),
+        (y, gates, z, norm.weight.detach().clone().requires_grad_(), norm.bias.detach().clone().requires_grad_()),
+    )
+
+
+def _with_affine(norm: nn.LayerNorm, weight: torch.Tensor, bias: torch.Tensor) -> nn.Module:
+    """A LayerNorm-like holder whose weight and bias are the given tensors (for gradcheck)."""
+    holder = nn.Module()
+    holder.weight, holder.bias, holder.eps = weight, bias, norm.eps  # type: ignore[assignment]
+    return holder  # type: ignore[return-value]

@@ -6,7 +6,8 @@
 
 Each has two formulations of the same maths: PyTorch operations (the reference; any device,
 autograd) and the compiled CPU kernel (``rcs_merge_norm_gate_*``, ``rcs_residual_norm_*`` in
-the library of ``scan_cpu``), which runs forward only, where no gradient is wanted. In
+the library of ``scan_cpu``). The merge has a compiled backward too (training); the residual
+runs compiled only where no gradient is wanted. In
 PyTorch each step reads and writes the whole run; streamed inference
 (``restorecli.models.blocks.ResidualMambaBlock``) spent about 15 % of a forward in them.
 """
@@ -39,24 +40,13 @@ def merge_norm_gate(
     Returns:
         (B, n, Di) in z's dtype.
     """
-    lib = _kernel_for(backend, y, gates, z, norm.weight, norm.bias)
+    lib = _kernel_for(backend, y, gates, z, norm.weight, norm.bias, with_grad=True)
     if lib is None or y.dtype != z.dtype:
         return merge_norm_gate_reference(y, gates, z, norm, backend=backend)
-    from restorecli.ops.scan_cpu import call_library, pointer
+    from restorecli.ops.scan_cpu import merge_norm_gate_kernel
 
-    y, z = y.contiguous(), z.contiguous()
-    batch, length, directions, inner = y.shape
-    gates = gates.to(y.dtype).contiguous()
-    weight, bias = norm.weight.to(y.dtype).contiguous(), norm.bias.to(y.dtype).contiguous()
-    out = torch.empty_like(z)
     with _profiled("restorecli::merge_norm_gate"):
-        for image in range(batch):
-            call_library(
-                lib, "merge_norm_gate", y.dtype, pointer(y[image]), pointer(gates[image]), pointer(z[image]),
-                pointer(weight), pointer(bias), norm.eps, length, directions, inner, pointer(out[image]),
-                torch.get_num_threads(),
-            )  # fmt: skip
-    return out
+        return merge_norm_gate_kernel(y, gates, z, norm.weight, norm.bias, norm.eps, lib)
 
 
 def merge_norm_gate_reference(
@@ -109,13 +99,14 @@ def _profiled(name: str) -> contextlib.AbstractContextManager[object]:
     return contextlib.nullcontext()
 
 
-def _kernel_for(backend: str | None, *tensors: torch.Tensor) -> object | None:
-    """The compiled library where it applies: CPU float32/float64 tensors, no gradient wanted,
-    the ``cpu`` backend and a built kernel; else None (the PyTorch formulation runs)."""
+def _kernel_for(backend: str | None, *tensors: torch.Tensor, with_grad: bool = False) -> object | None:
+    """The compiled library where it applies: CPU float32/float64 tensors, the ``cpu`` backend,
+    a built kernel and, unless the epilogue has a compiled backward (``with_grad``), no gradient
+    wanted; else None (the PyTorch formulation runs)."""
     first = tensors[0]
     if first.device.type != "cpu" or first.dtype not in (torch.float32, torch.float64) or first.numel() == 0:
         return None
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+    if not with_grad and torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return None
     if resolve_backend(backend, first.device) != "cpu":
         return None

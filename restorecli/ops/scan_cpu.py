@@ -393,6 +393,69 @@ class _MergeKernel(torch.autograd.Function):
         return dy, dg_part.sum(0), None
 
 
+class _MergeNormGateKernel(torch.autograd.Function):
+    """``norm(sum_k gates[:, k] * y[:, :, k]) * silu(z)`` (``rcs_merge_norm_gate_*``): one pass
+    per position each way; the backward recomputes the merged row and its statistics from y
+    instead of keeping them. ``restorecli.ops.block_epilogue`` holds the PyTorch formulation."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        y: torch.Tensor,
+        gates: torch.Tensor,
+        z: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        eps: float,
+        lib: ctypes.CDLL,
+    ) -> torch.Tensor:
+        y, gates, z = y.contiguous(), gates.to(y.dtype).contiguous(), z.contiguous()
+        weight, bias = weight.to(y.dtype).contiguous(), bias.to(y.dtype).contiguous()
+        batch, length, directions, inner = y.shape
+        out = torch.empty_like(z)
+        for image in range(batch):
+            call_library(
+                lib, "merge_norm_gate", y.dtype, pointer(y[image]), pointer(gates[image]), pointer(z[image]),
+                pointer(weight), pointer(bias), eps, length, directions, inner, pointer(out[image]),
+                torch.get_num_threads(),
+            )  # fmt: skip
+        ctx.save_for_backward(y, gates, z, weight, bias)
+        ctx.meta = (eps, lib)  # type: ignore[attr-defined]
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx, dout: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        y, gates, z, weight, bias = ctx.saved_tensors  # type: ignore[attr-defined]
+        eps, lib = ctx.meta  # type: ignore[attr-defined]
+        batch, length, directions, inner = y.shape
+        threads = torch.get_num_threads()
+        dout = dout.to(y.dtype).contiguous()
+        dy, dz = torch.empty_like(y), torch.empty_like(z)
+        # Per-thread sums of the gradients that rows share; summed below.
+        dg_part = y.new_zeros(threads, batch, directions, inner)
+        dw_part, db_part = y.new_zeros(threads, inner), y.new_zeros(threads, inner)
+        call_library(
+            lib, "merge_norm_gate_bwd", y.dtype, pointer(y), pointer(gates), pointer(z), pointer(weight),
+            pointer(bias), eps, batch, length, directions, inner, pointer(dout), pointer(dy), pointer(dz),
+            pointer(dg_part), pointer(dw_part), pointer(db_part), threads,
+        )  # fmt: skip
+        return dy, dg_part.sum(0), dz, dw_part.sum(0), db_part.sum(0), None, None
+
+
+def merge_norm_gate_kernel(
+    y: torch.Tensor, gates: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, lib: ctypes.CDLL
+) -> torch.Tensor:
+    """``restorecli.ops.block_epilogue.merge_norm_gate`` on the compiled kernel, with autograd.
+
+    Args:
+        y: (B, n, K, Di); gates: (B, K, Di); z: (B, n, Di), float32 or float64 like y.
+        weight, bias: the LayerNorm's (Di,) parameters; eps: its epsilon.
+        lib: the loaded library (:func:`usable_kernel`).
+    """
+    return _MergeNormGateKernel.apply(y, gates, z, weight, bias, eps, lib)
+
+
 # ---------------------------------------------------------------------------------------
 # Building and loading the kernel
 
@@ -588,6 +651,9 @@ def _open(path: Path) -> ctypes.CDLL:
         gate = getattr(lib, f"rcs_merge_norm_gate_{suffix}")
         gate.argtypes = [ptr] * 5 + [ctypes.c_double, i64, i64, i64, ptr, ctypes.c_int]
         gate.restype = ctypes.c_int
+        gate_bwd = getattr(lib, f"rcs_merge_norm_gate_bwd_{suffix}")
+        gate_bwd.argtypes = [ptr] * 5 + [ctypes.c_double] + [i64] * 4 + [ptr] * 6 + [ctypes.c_int]
+        gate_bwd.restype = ctypes.c_int
         resid = getattr(lib, f"rcs_residual_norm_{suffix}")
         resid.argtypes = [ptr] * 5 + [ctypes.c_double, i64, i64, ptr, ptr, ctypes.c_int]
         resid.restype = ctypes.c_int

@@ -1628,13 +1628,14 @@ inline void normalise_vectors(__m512* v, int64_t nv, int64_t n, const float* w, 
   }
 }
 
-inline __m512 silu_avx512(__m512 z) {
+inline __m512 sigmoid_avx512(__m512 z) {
   const __m512 one = _mm512_set1_ps(1.0f);
   const __m512 e = exp_neg_avx512(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(z)));
   const __mmask16 pos = _mm512_cmp_ps_mask(z, _mm512_setzero_ps(), _CMP_GE_OQ);
-  const __m512 sig = _mm512_div_ps(_mm512_mask_blend_ps(pos, e, one), _mm512_add_ps(one, e));
-  return _mm512_mul_ps(z, sig);
+  return _mm512_div_ps(_mm512_mask_blend_ps(pos, e, one), _mm512_add_ps(one, e));
 }
+
+inline __m512 silu_avx512(__m512 z) { return _mm512_mul_ps(z, sigmoid_avx512(z)); }
 
 inline void merge_norm_gate_row(const float* yr, const float* g, const float* zr, const float* w,
                                 const float* b, float eps, int64_t K, int64_t inner, float* out) {
@@ -1669,6 +1670,70 @@ inline void residual_norm_row(const float* xr, const float* skip, const float* m
   normalise_vectors(v, nv, C, w, b, eps);
   for (int64_t i = 0; i < nv; ++i) _mm512_mask_storeu_ps(out + i * W, tail_mask(C, i), v[i]);
 }
+
+// The backward of merge_norm_gate_row for one row, from the row's y, z and output gradient d:
+// recomputes the merged row m and its normalisation n = (m - mean) * rstd, then
+//   dz = d * (n w + b) * silu'(z),   dw += d * silu(z) * n,   db += d * silu(z),
+//   dm = rstd * (e - mean(e) - n * mean(e n)) with e = d * silu(z) * w   (LayerNorm),
+//   dy[k] = g[k] * dm,   dg[k] += y[k] * dm.
+// Lanes past inner are zero in n and e; their dm is not, so stores and the dg sums are masked.
+inline void merge_norm_gate_backward_row(const float* yr, const float* g, const float* zr, const float* w,
+                                         const float* b, float eps, int64_t K, int64_t inner,
+                                         const float* dr, float* dyr, float* dzr, float* dg, float* dw,
+                                         float* db) {
+  const int64_t nv = (inner + W - 1) / W;
+  __m512 n[kMaxRowVectors], e[kMaxRowVectors];
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < nv; ++i) {
+    const __mmask16 m = tail_mask(inner, i);
+    __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, g + i * W), _mm512_maskz_loadu_ps(m, yr + i * W));
+    for (int64_t k = 1; k < K; ++k) {
+      v = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, g + k * inner + i * W), _mm512_maskz_loadu_ps(m, yr + k * inner + i * W), v);
+    }
+    n[i] = v;
+    acc = _mm512_add_ps(acc, v);
+  }
+  const __m512 mean = _mm512_set1_ps(_mm512_reduce_add_ps(acc) / static_cast<float>(inner));
+  acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < nv; ++i) {
+    n[i] = _mm512_maskz_sub_ps(tail_mask(inner, i), n[i], mean);
+    acc = _mm512_fmadd_ps(n[i], n[i], acc);
+  }
+  const float rstd_s = 1.0f / std::sqrt(_mm512_reduce_add_ps(acc) / static_cast<float>(inner) + eps);
+  const __m512 rstd = _mm512_set1_ps(rstd_s);
+  const __m512 one = _mm512_set1_ps(1.0f);
+  __m512 sum_e = _mm512_setzero_ps(), sum_en = _mm512_setzero_ps();
+  for (int64_t i = 0; i < nv; ++i) {
+    const __mmask16 m = tail_mask(inner, i);
+    n[i] = _mm512_mul_ps(n[i], rstd);
+    const __m512 z = _mm512_maskz_loadu_ps(m, zr + i * W);
+    const __m512 wv = _mm512_maskz_loadu_ps(m, w + i * W);
+    const __m512 d = _mm512_maskz_loadu_ps(m, dr + i * W);
+    const __m512 sig = sigmoid_avx512(z);
+    const __m512 silu = _mm512_mul_ps(z, sig);
+    const __m512 ln = _mm512_fmadd_ps(n[i], wv, _mm512_maskz_loadu_ps(m, b + i * W));
+    // silu'(z) = sig * (1 + z * (1 - sig))
+    const __m512 dsilu = _mm512_mul_ps(sig, _mm512_fmadd_ps(z, _mm512_sub_ps(one, sig), one));
+    _mm512_mask_storeu_ps(dzr + i * W, m, _mm512_mul_ps(_mm512_mul_ps(d, ln), dsilu));
+    const __m512 dln = _mm512_mul_ps(d, silu);
+    _mm512_mask_storeu_ps(dw + i * W, m, _mm512_fmadd_ps(dln, n[i], _mm512_maskz_loadu_ps(m, dw + i * W)));
+    _mm512_mask_storeu_ps(db + i * W, m, _mm512_add_ps(dln, _mm512_maskz_loadu_ps(m, db + i * W)));
+    e[i] = _mm512_mul_ps(dln, wv);
+    sum_e = _mm512_add_ps(sum_e, e[i]);
+    sum_en = _mm512_fmadd_ps(e[i], n[i], sum_en);
+  }
+  const __m512 mean_e = _mm512_set1_ps(_mm512_reduce_add_ps(sum_e) / static_cast<float>(inner));
+  const __m512 mean_en = _mm512_set1_ps(_mm512_reduce_add_ps(sum_en) / static_cast<float>(inner));
+  for (int64_t i = 0; i < nv; ++i) {
+    const __mmask16 m = tail_mask(inner, i);
+    const __m512 dm = _mm512_mul_ps(rstd, _mm512_sub_ps(_mm512_sub_ps(e[i], mean_e), _mm512_mul_ps(n[i], mean_en)));
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t at = k * inner + i * W;
+      _mm512_mask_storeu_ps(dyr + at, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, g + at), dm));
+      _mm512_mask_storeu_ps(dg + at, m, _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, yr + at), dm, _mm512_maskz_loadu_ps(m, dg + at)));
+    }
+  }
+}
 #endif
 
 // The mixer's output side: out[r] = LayerNorm(sum_k g[k] * y[r, k]) * silu(z[r]), for rows r
@@ -1700,6 +1765,74 @@ int merge_norm_gate(const T* y, const T* g, const T* z, const T* w, const T* b, 
       const T* zr = z + r * inner;
       RCS_SIMD
       for (int64_t d = 0; d < inner; ++d) o[d] *= zr[d] * sigmoid(zr[d]);
+    }
+  });
+  return ok ? 0 : 1;
+}
+
+// The backward of merge_norm_gate over batch * L rows, image i's rows sharing its gates
+// g[i] (K, inner): dy (rows, K, inner) and dz (rows, inner) per row, and the sums dg
+// (batch, K, inner), dw and db (inner) per thread into dg_part, dw_part, db_part (zeroed by
+// the caller, summed over threads by it). See merge_norm_gate_backward_row for the formulas.
+template <typename T>
+int merge_norm_gate_backward(const T* y, const T* g, const T* z, const T* w, const T* b, T eps,
+                             int64_t batch, int64_t L, int64_t K, int64_t inner, const T* dout, T* dy,
+                             T* dz, T* dg_part, T* dw_part, T* db_part, int threads) {
+  const int64_t rows = batch * L;
+  const int64_t units = (rows + kEpilogueRows - 1) / kEpilogueRows;
+  const bool ok = parallel_units(units, threads, [&](int64_t unit, int tid) {
+    T* dg_t = dg_part + static_cast<int64_t>(tid) * batch * K * inner;
+    T* dw_t = dw_part + static_cast<int64_t>(tid) * inner;
+    T* db_t = db_part + static_cast<int64_t>(tid) * inner;
+    std::vector<T> n(inner), e(inner);
+    for (int64_t r = unit * kEpilogueRows; r < std::min(rows, (unit + 1) * kEpilogueRows); ++r) {
+      const int64_t image = r / L;
+      const T* gr = g + image * K * inner;
+      T* dgr = dg_t + image * K * inner;
+      const T* yr = y + r * K * inner;
+      const T* zr = z + r * inner;
+      const T* dr = dout + r * inner;
+      T* dyr = dy + r * K * inner;
+      T* dzr = dz + r * inner;
+#if defined(__AVX512F__)
+      if constexpr (std::is_same_v<T, float>) {
+        if (inner <= kMaxRowVectors * W) {
+          merge_norm_gate_backward_row(yr, gr, zr, w, b, eps, K, inner, dr, dyr, dzr, dgr, dw_t, db_t);
+          continue;
+        }
+      }
+#endif
+      T sum = 0;
+      for (int64_t d = 0; d < inner; ++d) {
+        T m = 0;
+        for (int64_t k = 0; k < K; ++k) m += gr[k * inner + d] * yr[k * inner + d];
+        n[d] = m;
+        sum += m;
+      }
+      const T mean = sum / static_cast<T>(inner);
+      T sq = 0;
+      for (int64_t d = 0; d < inner; ++d) sq += (n[d] - mean) * (n[d] - mean);
+      const T rstd = T(1) / std::sqrt(sq / static_cast<T>(inner) + eps);
+      T sum_e = 0, sum_en = 0;
+      for (int64_t d = 0; d < inner; ++d) {
+        n[d] = (n[d] - mean) * rstd;
+        const T sig = sigmoid(zr[d]);
+        const T dln = dr[d] * zr[d] * sig;
+        dzr[d] = dr[d] * (n[d] * w[d] + b[d]) * sig * (T(1) + zr[d] * (T(1) - sig));
+        dw_t[d] += dln * n[d];
+        db_t[d] += dln;
+        e[d] = dln * w[d];
+        sum_e += e[d];
+        sum_en += e[d] * n[d];
+      }
+      const T mean_e = sum_e / static_cast<T>(inner), mean_en = sum_en / static_cast<T>(inner);
+      for (int64_t d = 0; d < inner; ++d) {
+        const T dm = rstd * (e[d] - mean_e - n[d] * mean_en);
+        for (int64_t k = 0; k < K; ++k) {
+          dyr[k * inner + d] = gr[k * inner + d] * dm;
+          dgr[k * inner + d] += yr[k * inner + d] * dm;
+        }
+      }
     }
   });
   return ok ? 0 : 1;
@@ -1812,6 +1945,14 @@ RCS_DEFINE_MERGE(f64, double)
                                               int64_t inner, T* out, int threads) {             \
     if (rows < 0 || K < 1 || inner < 1) return 2;                                              \
     return merge_norm_gate<T>(y, g, z, w, b, static_cast<T>(eps), rows, K, inner, out, threads); \
+  }                                                                                             \
+  RCS_EXPORT int rcs_merge_norm_gate_bwd_##SUFFIX(                                             \
+      const T* y, const T* g, const T* z, const T* w, const T* b, double eps, int64_t batch,    \
+      int64_t L, int64_t K, int64_t inner, const T* dout, T* dy, T* dz, T* dg_part, T* dw_part, \
+      T* db_part, int threads) {                                                               \
+    if (batch < 0 || L < 0 || K < 1 || inner < 1) return 2;                                    \
+    return merge_norm_gate_backward<T>(y, g, z, w, b, static_cast<T>(eps), batch, L, K, inner, dout, \
+                                       dy, dz, dg_part, dw_part, db_part, threads);             \
   }                                                                                             \
   RCS_EXPORT int rcs_residual_norm_##SUFFIX(const T* x, const T* skip, const T* mixed,         \
                                             const T* w, const T* b, double eps, int64_t rows,   \
