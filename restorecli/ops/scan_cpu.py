@@ -51,7 +51,7 @@ ENV_EXTENSIONS_DIR = "RESTORECLI_EXTENSIONS_DIR"
 IMPLEMENTATIONS = ("auto", "torch", "compiled")
 
 _SOURCE = "selective_scan_cpu.cpp"
-_ABI_VERSION = 3
+_ABI_VERSION = 4
 # Bump when _self_test checks something new, so libraries verified by the old test are retested.
 _SELF_TEST_REVISION = 1
 _BUILD_TIMEOUT_S = 300
@@ -334,7 +334,7 @@ class _OrderedKernelScan(torch.autograd.Function):
         threads = _backward_threads(x, proj)
         dy = dy.to(x.dtype).contiguous()
         dy_shift = (dmean.to(x.dtype) / length).reshape(batch, dim).contiguous()
-        dx_dirs = x.new_empty(batch, length, directions, inner)
+        dx = x.new_empty(batch, length, inner)  # summed over the directions by the kernel
         dproj_part = x.new_zeros(threads, *proj.shape)
         da_part = x.new_empty(batch, dim, n_state)
         dd_part = x.new_empty(batch, dim)
@@ -343,11 +343,11 @@ class _OrderedKernelScan(torch.autograd.Function):
         call_library(
             lib, "oscan_bwd", x.dtype, pointer(order), order_stride, pointer(x), pointer(proj), proj.shape[2], rank,
             pointer(dt_weight), pointer(A), pointer(D), pointer(dt_bias), 1, batch, inner, length, n_state,
-            directions, tile, pointer(ckpt), pointer(dy), pointer(dy_shift), pointer(dx_dirs), pointer(dproj_part), pointer(da_part),
+            directions, tile, pointer(ckpt), pointer(dy), pointer(dy_shift), pointer(dx), pointer(dproj_part), pointer(da_part),
             pointer(dd_part), pointer(dbias_part), pointer(ddtw_part), threads,
         )  # fmt: skip
         return (
-            dx_dirs.sum(2),
+            dx,
             dproj_part.sum(0) if threads > 1 else dproj_part[0],
             ddtw_part.sum(0).view(directions, inner, rank),
             dbias_part.sum(0),

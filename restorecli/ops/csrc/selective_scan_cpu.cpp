@@ -30,8 +30,10 @@
 //  * proj (batch, L, P) holds per position and direction g, at g * (R + 2N): the low-rank
 //    step input dt_low (R values), then B (N), then C (N) -- the output of one x_proj GEMM;
 //  * delta = dt_w (dim, R) . dt_low is computed in the kernel (the dt_proj GEMM, fused);
-//  * y and dx are (batch, L, G, inner). A time step of 16 channels is then one contiguous
-//    64-byte row instead of a strided transpose.
+//  * y is (batch, L, G, inner). A time step of 16 channels is then one contiguous 64-byte
+//    row instead of a strided transpose. dx, the gradient of x, is (batch, L, inner): the
+//    directions of one image and channel chunk run on one worker, the first storing its
+//    d loss / d u and the others adding theirs (no (batch, L, G, inner) copy to sum later).
 // The backward sums the gradients of dt_low, B and C (shared by a direction's channels)
 // into per-thread (threads, batch, L, P) buffers, like dB/dC of the plain layout.
 #include <algorithm>
@@ -65,7 +67,7 @@
 namespace {
 
 constexpr int W = 16;  // lanes (channels) per work unit: one AVX-512 float vector
-constexpr int kAbiVersion = 3;
+constexpr int kAbiVersion = 4;
 
 // ---------------------------------------------------------------------------------------
 // Vectorisable math. float versions are approximations with < 2 ulp error; the double
@@ -276,7 +278,7 @@ struct Ordered {
   T* y;  // (batch, L, G, inner) forward output
   T* y_sum;  // (batch, dim) forward output: sums of y over the steps (for SSA's pooled mean)
   const T* dy_shift;  // (batch, dim) or null: added to every step's dy (the mean's gradient)
-  T* dx;  // (batch, L, G, inner) backward output (d loss / d u per direction)
+  T* dx;  // (batch, L, inner) backward output, summed over the directions (see the header)
   T* dproj;  // (threads, batch, L, P), zeroed by the caller
   T* ddt_w;  // (batch, dim, R) per-image partial sums
   const T* dy;  // (batch, L, G, inner)
@@ -725,7 +727,7 @@ void prefetch_ordered_tile(const Problem<T>& p, const Ordered<T>& o, const UnitB
   prefetch_rows<false>(ou0.ord, br, t0, tl, o.proj, o.P, ou0.off, o.R + 2 * p.N);
   if (backward) {
     prefetch_rows<false>(ou0.ord, br, t0, tl, o.dy, p.G * inner, ub.g * inner + col, width);
-    prefetch_rows<true>(ou0.ord, br, t0, tl, o.dx, p.G * inner, ub.g * inner + col, width);
+    prefetch_rows<true>(ou0.ord, br, t0, tl, o.dx, inner, col, width);
   } else {
     prefetch_rows<true>(ou0.ord, br, t0, tl, o.y, p.G * inner, ub.g * inner + col, width);
   }
@@ -738,6 +740,22 @@ void scatter_ordered_tile(const Problem<T>& p, const Lanes<T>& l, const OrderedU
   for (int64_t t = 0; t < tl; ++t) {
     const int64_t pos = l.b * p.L + ou.ord[t0 + t];
     store_lanes(src + t * W, l.nl, dst + (pos * p.G + l.g) * p.per_group + ou.c0);
+  }
+}
+
+// Writes (first direction) or adds (the others) src[t][lane] to the unit's channels of the
+// (batch, L, inner) gradient dx.
+template <typename T>
+void scatter_dx_tile(const Problem<T>& p, const Lanes<T>& l, const OrderedUnit<T>& ou, int64_t t0,
+                     int64_t tl, const T* src, T* dx) {
+  for (int64_t t = 0; t < tl; ++t) {
+    T* dst = dx + (l.b * p.L + ou.ord[t0 + t]) * p.per_group + ou.c0;
+    const T* row = src + t * W;
+    if (l.g == 0) {
+      store_lanes(row, l.nl, dst);
+    } else {
+      for (int64_t c = 0; c < l.nl; ++c) dst[c] += row[c];
+    }
   }
 }
 
@@ -1137,7 +1155,8 @@ void ordered_rows_n1_backward(const Problem<float>& p, const Ordered<float>& o, 
     const int64_t nb = rg.nb;
     const float* xb = o.x + ub.b * p.L * inner + rg.col;
     const float* dyb = o.dy + ub.b * p.L * yrow + ub.g * inner + rg.col;
-    float* dxb = o.dx + ub.b * p.L * yrow + ub.g * inner + rg.col;
+    float* dxb = o.dx + ub.b * p.L * inner + rg.col;  // summed over directions: see the header
+    const bool first_direction = ub.g == 0;
     // Pass 1: the tile's forward from its checkpoint.
     alignas(64) float h[kRowGroup * W];
     for (int64_t j = 0; j < nb; ++j) {
@@ -1177,14 +1196,14 @@ void ordered_rows_n1_backward(const Problem<float>& p, const Ordered<float>& o, 
       if (t >= kRowPrefetch) {
         const int64_t ahead = ord[t - kRowPrefetch];
         prefetch_span<0>(dyb + ahead * yrow, rg.lanes);
-        prefetch_span<1>(dxb + ahead * yrow, rg.lanes);
+        prefetch_span<1>(dxb + ahead * inner, rg.lanes);
         prefetch_span<1>(dpb + ahead * o.P, Q);
       }
       const int64_t pos = ord[t];
       const float* pr = pb + pos * o.P;
       const float* xr = xb + pos * inner;
       const float* dyr = dyb + pos * yrow;
-      float* dxr = dxb + pos * yrow;
+      float* dxr = dxb + pos * inner;
       const __m512 b_in = _mm512_set1_ps(pr[R]);
       const __m512 c_out = _mm512_set1_ps(pr[R + 1]);
       float* sh = shared + t * Q * W;
@@ -1210,7 +1229,8 @@ void ordered_rows_n1_backward(const Problem<float>& p, const Ordered<float>& o, 
         const __m512 g_dt = _mm512_fmadd_ps(g_dtu, u, _mm512_mul_ps(q, _mm512_load_ps(bs.A(g0 + j))));
         const __m512 gdt = _mm512_mul_ps(g_dt, _mm512_load_ps(rec_dsp + at));  // d loss / d raw
         const __m512 du = _mm512_fmadd_ps(g_dtu, dt, _mm512_mul_ps(_mm512_load_ps(bs.D(g0 + j)), dy));
-        _mm512_mask_storeu_ps(dxr + j * W, mask, du);
+        _mm512_mask_storeu_ps(dxr + j * W, mask,
+                              first_direction ? du : _mm512_add_ps(du, _mm512_maskz_loadu_ps(mask, dxr + j * W)));
         float* dD = bs.dD(g0 + j);
         _mm512_store_ps(dD, _mm512_fmadd_ps(dy, u, _mm512_load_ps(dD)));
         float* dbias = bs.dbias(g0 + j);
@@ -1402,7 +1422,7 @@ void backward_unit(const Problem<T>& p, const Ordered<T>* o, int64_t unit, int t
             for (int c = 0; c < W; ++c) dtw_acc[r * W + c] += ddt[t * W + c] * s;
           }
         }
-        scatter_ordered_tile(p, l, ou, t0, tl, dut, o->dx);
+        scatter_dx_tile(p, l, ou, t0, tl, dut, o->dx);
       } else {
         lane_dot_rows(hs, dyt, tl, N, dCb + t0 * N);
         lane_dot_rows(as, dtu, tl, N, dBb + t0 * N);
@@ -1457,9 +1477,11 @@ bool valid(int64_t batch, int64_t dim, int64_t L, int64_t N, int64_t G, int64_t 
 // Ordered units run all channel blocks of one direction (sharing the rows they read), split
 // only as far as needed to give every thread work. (Smaller units that keep their blocks'
 // state within L1 measured slower: 53 against 39 ms for Di = 360, N = 16 at 64².)
+// The ordered backward runs the directions of an (image, chunk) on one worker (dx is summed
+// over them), so only the images count as separate groups there.
 template <typename T>
-void set_blocks_per_unit(Problem<T>& p, int threads) {
-  const int64_t groups = p.batch * p.G;
+void set_blocks_per_unit(Problem<T>& p, int threads, bool directions_together) {
+  const int64_t groups = directions_together ? p.batch : p.batch * p.G;
   const int64_t want = std::max<int64_t>(1, (2 * threads + groups - 1) / std::max<int64_t>(groups, 1));
   const int64_t chunks = std::min(p.blocks_per_group, want);
   p.blocks_per_unit = (p.blocks_per_group + chunks - 1) / chunks;
@@ -1470,22 +1492,22 @@ void set_blocks_per_unit(Problem<T>& p, int threads) {
 template <typename T>
 bool ordered_problem(const T* A, const T* D, const T* bias, int softplus, int64_t batch,
                      int64_t inner, int64_t L, int64_t N, int64_t G, int64_t tile, int64_t P,
-                     int64_t R, int64_t order_bstride, int threads, Problem<T>* out) {
+                     int64_t R, int64_t order_bstride, int threads, bool backward, Problem<T>* out) {
   if (!valid(batch, G * inner, L, N, G, tile) || R <= 0 || P < G * (R + 2 * N) ||
       (order_bstride != 0 && order_bstride != G * L)) {
     return false;
   }
   *out = make_problem<T>(nullptr, nullptr, A, nullptr, nullptr, D, bias, softplus, batch,
                          G * inner, L, N, G, tile);
-  set_blocks_per_unit(*out, threads);
+  set_blocks_per_unit(*out, threads, backward);
   return true;
 }
 
 // Runs a unit function for every unit, with N fixed at compile time for the common sizes.
 template <typename T, typename F>
-int run_units(const Problem<T>& p, int threads, F unit_fn) {
+int run_units(const Problem<T>& p, int threads, F unit_fn, int64_t units = -1) {
   auto run = [&](auto nn) {
-    return parallel_units(p.units(), threads,
+    return parallel_units(units < 0 ? p.units() : units, threads,
                           [&](int64_t unit, int tid) { unit_fn(nn, unit, tid); });
   };
   bool ok;
@@ -1508,6 +1530,19 @@ int forward(const Problem<T>& p, const Ordered<T>* o, T* y, T* ckpt, int threads
 template <typename T, bool kOrdered>
 int backward(const Problem<T>& p, const Ordered<T>* o, const T* ckpt, const T* dy,
              const Grads& gr, int threads) {
+  if constexpr (kOrdered) {
+    // One work item per (image, chunk): its directions in order, the first storing dx.
+    const int64_t chunks = p.chunks();
+    return run_units(
+        p, threads,
+        [&](auto nn, int64_t item, int tid) {
+          const int64_t b = item / chunks, chunk = item % chunks;
+          for (int64_t g = 0; g < p.G; ++g) {
+            backward_unit<T, decltype(nn)::value, true>(p, o, (b * p.G + g) * chunks + chunk, tid, ckpt, dy, gr);
+          }
+        },
+        p.batch * chunks);
+  }
   return run_units(p, threads, [&](auto nn, int64_t unit, int tid) {
     backward_unit<T, decltype(nn)::value, kOrdered>(p, o, unit, tid, ckpt, dy, gr);
   });
@@ -1898,7 +1933,7 @@ RCS_EXPORT int rcs_lanes() { return W; }
       T* y_sum, T* ckpt, int threads) {                                                         \
     Problem<T> p;                                                                               \
     if (!ordered_problem(A, D, bias, softplus, batch, inner, L, N, G, tile, P, R, order_bstride, \
-                         threads, &p))                                                          \
+                         threads, false, &p))                                                   \
       return 2;                                                                                 \
     const Ordered<T> o{order, order_bstride, x, proj, P, R, dt_w,                               \
                        y, y_sum, nullptr, nullptr, nullptr, nullptr, nullptr};                  \
@@ -1912,7 +1947,7 @@ RCS_EXPORT int rcs_lanes() { return W; }
       T* ddt_w, int threads) {                                                                  \
     Problem<T> p;                                                                               \
     if (!ordered_problem(A, D, bias, softplus, batch, inner, L, N, G, tile, P, R, order_bstride, \
-                         threads, &p))                                                          \
+                         threads, true, &p))                                                    \
       return 2;                                                                                 \
     const Ordered<T> o{order, order_bstride, x, proj, P, R, dt_w,                               \
                        nullptr, nullptr, dy_shift, dx, dproj, ddt_w, dy};                       \
