@@ -92,6 +92,39 @@ def test_merge_norm_gate_backward_matches_torch(compiled: None, dtype: torch.dty
         assert ((got - want).norm() / want.norm()).item() < tol
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("rows, channels, use_a", [(1, 5, True), (131, 60, True), (67, 17, False), (9, 300, True)])
+def test_residual_norm_backward_matches_torch(
+    compiled: None, dtype: torch.dtype, threads: int, rows: int, channels: int, use_a: bool
+) -> None:
+    """The compiled backward: gradients of x, skip, mixed and the norm's weight and bias, with
+    and without a gradient reaching ``a`` itself, against autograd through PyTorch."""
+    gen = torch.Generator().manual_seed(rows * channels)
+    x = torch.randn(2, rows, channels, generator=gen, dtype=dtype)
+    mixed = torch.randn(2, rows, channels, generator=gen, dtype=dtype)
+    skip = 1 + 0.1 * torch.randn(channels, generator=gen, dtype=dtype)
+    grad_a, grad_n = (torch.randn(2, rows, channels, generator=gen, dtype=dtype) for _ in range(2))
+    norm = make_norm(channels, dtype, gen)
+    results = []
+    for backend in ("cpu", "ref"):
+        inputs = [t.clone().requires_grad_() for t in (x, skip, mixed)]
+        norm.zero_grad()
+
+        def run() -> list[torch.Tensor]:
+            a, normed = residual_norm(*inputs, norm, backend=backend)
+            loss = (normed * grad_n).sum()
+            (loss + (a * grad_a).sum() if use_a else loss).backward()
+            return [a.detach(), normed.detach()]
+
+        outs = with_threads(threads, run)
+        results.append([*outs, *(t.grad for t in inputs), norm.weight.grad.clone(), norm.bias.grad.clone()])
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    for got, want in zip(*results):
+        assert got.shape == want.shape
+        assert ((got - want).norm() / want.norm()).item() < tol
+
+
 def test_merge_norm_gate_gradcheck(compiled: None) -> None:
     gen = torch.Generator().manual_seed(4)
     y = torch.randn(2, 9, 4, 6, generator=gen, dtype=torch.float64, requires_grad=True)

@@ -283,8 +283,9 @@ class ResidualMambaBlock(nn.Module):
             and height * width > STREAM_ROWS
         ):
             return self._forward_streamed(x)
-        a = x * self.skip_scale + self.drop_path(self.self_attention(self.ln_1(x)))
-        return a * self.skip_scale2 + getattr(self, self.mlp_name)(self.ln_2(a))
+        mixed = self.drop_path(self.self_attention(self.ln_1(x)))
+        a, normed = residual_norm(x, self.skip_scale, mixed, self.ln_2, backend=self.self_attention.scan_backend)
+        return a * self.skip_scale2 + getattr(self, self.mlp_name)(normed)
 
     def _forward_streamed(self, x: torch.Tensor) -> torch.Tensor:
         """Inference on the CPU: the position-wise layers run on runs of ``STREAM_ROWS`` positions

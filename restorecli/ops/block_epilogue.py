@@ -5,11 +5,10 @@
   and ``LayerNorm(a)``.
 
 Each has two formulations of the same maths: PyTorch operations (the reference; any device,
-autograd) and the compiled CPU kernel (``rcs_merge_norm_gate_*``, ``rcs_residual_norm_*`` in
-the library of ``scan_cpu``). The merge has a compiled backward too (training); the residual
-runs compiled only where no gradient is wanted. In
-PyTorch each step reads and writes the whole run; streamed inference
-(``restorecli.models.blocks.ResidualMambaBlock``) spent about 15 % of a forward in them.
+autograd) and the compiled CPU kernel (``rcs_merge_norm_gate_*``, ``rcs_residual_norm_*`` and
+their ``_bwd`` backwards in the library of ``scan_cpu``). In PyTorch each step reads and writes
+the whole run: streamed inference (``restorecli.models.blocks.ResidualMambaBlock``) spent about
+15 % of a forward in them, a training step more (their backwards are five to eight operators).
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ def merge_norm_gate(
     Returns:
         (B, n, Di) in z's dtype.
     """
-    lib = _kernel_for(backend, y, gates, z, norm.weight, norm.bias, with_grad=True)
+    lib = _kernel_for(backend, y, gates, z, norm.weight, norm.bias)
     if lib is None or y.dtype != z.dtype:
         return merge_norm_gate_reference(y, gates, z, norm, backend=backend)
     from restorecli.ops.scan_cpu import merge_norm_gate_kernel
@@ -77,18 +76,10 @@ def residual_norm(
     if lib is None or x.shape != mixed.shape or x.dtype != mixed.dtype:
         a = x * skip + mixed
         return a, norm(a)
-    from restorecli.ops.scan_cpu import call_library, pointer
+    from restorecli.ops.scan_cpu import residual_norm_kernel
 
-    x, mixed = x.contiguous(), mixed.contiguous()
-    channels = x.shape[-1]
-    skip, weight, bias = (t.to(x.dtype).contiguous() for t in (skip, norm.weight, norm.bias))
-    a, normed = torch.empty_like(x), torch.empty_like(x)
     with _profiled("restorecli::residual_norm"):
-        call_library(
-            lib, "residual_norm", x.dtype, pointer(x), pointer(skip), pointer(mixed), pointer(weight), pointer(bias),
-            norm.eps, x.numel() // channels, channels, pointer(a), pointer(normed), torch.get_num_threads(),
-        )  # fmt: skip
-    return a, normed
+        return residual_norm_kernel(x, skip, mixed, norm.weight, norm.bias, norm.eps, lib)
 
 
 def _profiled(name: str) -> contextlib.AbstractContextManager[object]:
@@ -99,14 +90,11 @@ def _profiled(name: str) -> contextlib.AbstractContextManager[object]:
     return contextlib.nullcontext()
 
 
-def _kernel_for(backend: str | None, *tensors: torch.Tensor, with_grad: bool = False) -> object | None:
-    """The compiled library where it applies: CPU float32/float64 tensors, the ``cpu`` backend,
-    a built kernel and, unless the epilogue has a compiled backward (``with_grad``), no gradient
-    wanted; else None (the PyTorch formulation runs)."""
+def _kernel_for(backend: str | None, *tensors: torch.Tensor) -> object | None:
+    """The compiled library where it applies: CPU float32/float64 tensors, the ``cpu`` backend
+    and a built kernel; else None (the PyTorch formulation runs)."""
     first = tensors[0]
     if first.device.type != "cpu" or first.dtype not in (torch.float32, torch.float64) or first.numel() == 0:
-        return None
-    if not with_grad and torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return None
     if resolve_backend(backend, first.device) != "cpu":
         return None

@@ -456,6 +456,66 @@ def merge_norm_gate_kernel(
     return _MergeNormGateKernel.apply(y, gates, z, weight, bias, eps, lib)
 
 
+class _ResidualNormKernel(torch.autograd.Function):
+    """``a = x * skip + mixed`` and ``LayerNorm(a)`` (``rcs_residual_norm_*``), one pass per
+    position each way; the backward recomputes the statistics from the saved ``a``."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        x: torch.Tensor,
+        skip: torch.Tensor,
+        mixed: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        eps: float,
+        lib: ctypes.CDLL,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x, mixed = x.contiguous(), mixed.contiguous()
+        skip, weight, bias = (t.to(x.dtype).contiguous() for t in (skip, weight, bias))
+        channels = x.shape[-1]
+        a, normed = torch.empty_like(x), torch.empty_like(x)
+        call_library(
+            lib, "residual_norm", x.dtype, pointer(x), pointer(skip), pointer(mixed), pointer(weight), pointer(bias),
+            eps, x.numel() // channels, channels, pointer(a), pointer(normed), torch.get_num_threads(),
+        )  # fmt: skip
+        ctx.save_for_backward(x, skip, a, weight)
+        ctx.meta = (eps, lib)  # type: ignore[attr-defined]
+        return a, normed
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx, da: torch.Tensor | None, dnormed: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        x, skip, a, weight = ctx.saved_tensors  # type: ignore[attr-defined]
+        eps, lib = ctx.meta  # type: ignore[attr-defined]
+        channels = x.shape[-1]
+        threads = torch.get_num_threads()
+        da = None if da is None else da.to(x.dtype).contiguous()
+        dnormed = torch.zeros_like(x) if dnormed is None else dnormed.to(x.dtype).contiguous()
+        dx, dmixed = torch.empty_like(x), torch.empty_like(x)
+        # Per-thread sums of the gradients that rows share; summed below.
+        dskip_part, dw_part, db_part = (x.new_zeros(threads, channels) for _ in range(3))
+        call_library(
+            lib, "residual_norm_bwd", x.dtype, pointer(x), pointer(skip), pointer(a), pointer(weight), eps,
+            x.numel() // channels, channels, pointer(da), pointer(dnormed), pointer(dx), pointer(dmixed),
+            pointer(dskip_part), pointer(dw_part), pointer(db_part), threads,
+        )  # fmt: skip
+        return dx, dskip_part.sum(0), dmixed, dw_part.sum(0), db_part.sum(0), None, None
+
+
+def residual_norm_kernel(
+    x: torch.Tensor, skip: torch.Tensor, mixed: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, lib: ctypes.CDLL
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``restorecli.ops.block_epilogue.residual_norm`` on the compiled kernel, with autograd.
+
+    Args:
+        x, mixed: (..., C) of one shape and dtype (float32 or float64); skip: (C,).
+        weight, bias: the LayerNorm's (C,) parameters; eps: its epsilon.
+        lib: the loaded library (:func:`usable_kernel`).
+    """
+    return _ResidualNormKernel.apply(x, skip, mixed, weight, bias, eps, lib)
+
+
 # ---------------------------------------------------------------------------------------
 # Building and loading the kernel
 
@@ -657,6 +717,9 @@ def _open(path: Path) -> ctypes.CDLL:
         resid = getattr(lib, f"rcs_residual_norm_{suffix}")
         resid.argtypes = [ptr] * 5 + [ctypes.c_double, i64, i64, ptr, ptr, ctypes.c_int]
         resid.restype = ctypes.c_int
+        resid_bwd = getattr(lib, f"rcs_residual_norm_bwd_{suffix}")
+        resid_bwd.argtypes = [ptr] * 4 + [ctypes.c_double, i64, i64] + [ptr] * 7 + [ctypes.c_int]
+        resid_bwd.restype = ctypes.c_int
     return lib
 
 

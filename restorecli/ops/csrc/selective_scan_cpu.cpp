@@ -1769,6 +1769,51 @@ inline void merge_norm_gate_backward_row(const float* yr, const float* g, const 
     }
   }
 }
+
+// The backward of residual_norm_row for one row, from the row's x, a = x * skip + mixed and
+// the gradients da (may be null) and dn of its two outputs, with n = (a - mean) * rstd:
+//   dw += dn * n,   db += dn,   ga = da + rstd * (e - mean(e) - n * mean(e n)) with e = dn * w,
+//   dmixed = ga,   dx = ga * skip,   dskip += ga * x.
+inline void residual_norm_backward_row(const float* xr, const float* skip, const float* ar, const float* w,
+                                       float eps, int64_t C, const float* dar, const float* dnr, float* dxr,
+                                       float* dmr, float* dskip, float* dw, float* db) {
+  const int64_t nv = (C + W - 1) / W;
+  __m512 n[kMaxRowVectors], e[kMaxRowVectors];
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < nv; ++i) {
+    n[i] = _mm512_maskz_loadu_ps(tail_mask(C, i), ar + i * W);
+    acc = _mm512_add_ps(acc, n[i]);
+  }
+  const __m512 mean = _mm512_set1_ps(_mm512_reduce_add_ps(acc) / static_cast<float>(C));
+  acc = _mm512_setzero_ps();
+  for (int64_t i = 0; i < nv; ++i) {
+    n[i] = _mm512_maskz_sub_ps(tail_mask(C, i), n[i], mean);
+    acc = _mm512_fmadd_ps(n[i], n[i], acc);
+  }
+  const __m512 rstd = _mm512_set1_ps(1.0f / std::sqrt(_mm512_reduce_add_ps(acc) / static_cast<float>(C) + eps));
+  __m512 sum_e = _mm512_setzero_ps(), sum_en = _mm512_setzero_ps();
+  for (int64_t i = 0; i < nv; ++i) {
+    const __mmask16 m = tail_mask(C, i);
+    n[i] = _mm512_mul_ps(n[i], rstd);
+    const __m512 dn = _mm512_maskz_loadu_ps(m, dnr + i * W);
+    _mm512_mask_storeu_ps(dw + i * W, m, _mm512_fmadd_ps(dn, n[i], _mm512_maskz_loadu_ps(m, dw + i * W)));
+    _mm512_mask_storeu_ps(db + i * W, m, _mm512_add_ps(dn, _mm512_maskz_loadu_ps(m, db + i * W)));
+    e[i] = _mm512_mul_ps(dn, _mm512_maskz_loadu_ps(m, w + i * W));
+    sum_e = _mm512_add_ps(sum_e, e[i]);
+    sum_en = _mm512_fmadd_ps(e[i], n[i], sum_en);
+  }
+  const __m512 mean_e = _mm512_set1_ps(_mm512_reduce_add_ps(sum_e) / static_cast<float>(C));
+  const __m512 mean_en = _mm512_set1_ps(_mm512_reduce_add_ps(sum_en) / static_cast<float>(C));
+  for (int64_t i = 0; i < nv; ++i) {
+    const __mmask16 m = tail_mask(C, i);
+    __m512 ga = _mm512_mul_ps(rstd, _mm512_sub_ps(_mm512_sub_ps(e[i], mean_e), _mm512_mul_ps(n[i], mean_en)));
+    if (dar != nullptr) ga = _mm512_add_ps(ga, _mm512_maskz_loadu_ps(m, dar + i * W));
+    _mm512_mask_storeu_ps(dmr + i * W, m, ga);
+    _mm512_mask_storeu_ps(dxr + i * W, m, _mm512_mul_ps(ga, _mm512_maskz_loadu_ps(m, skip + i * W)));
+    _mm512_mask_storeu_ps(dskip + i * W, m,
+                          _mm512_fmadd_ps(ga, _mm512_maskz_loadu_ps(m, xr + i * W), _mm512_maskz_loadu_ps(m, dskip + i * W)));
+  }
+}
 #endif
 
 // The mixer's output side: out[r] = LayerNorm(sum_k g[k] * y[r, k]) * silu(z[r]), for rows r
@@ -1898,6 +1943,60 @@ int residual_norm(const T* x, const T* skip, const T* mixed, const T* w, const T
   });
   return ok ? 0 : 1;
 }
+
+// The backward of residual_norm over rows of C values, from x, the forward's a and the
+// gradients da (null: none) and dn of a and normed: dx and dmixed per row, and the sums dskip,
+// dw and db (C) per thread into dskip_part, dw_part, db_part (zeroed and summed by the
+// caller). See residual_norm_backward_row for the formulas.
+template <typename T>
+int residual_norm_backward(const T* x, const T* skip, const T* a, const T* w, T eps, int64_t rows, int64_t C,
+                           const T* da, const T* dn, T* dx, T* dmixed, T* dskip_part, T* dw_part, T* db_part,
+                           int threads) {
+  const int64_t units = (rows + kEpilogueRows - 1) / kEpilogueRows;
+  const bool ok = parallel_units(units, threads, [&](int64_t unit, int tid) {
+    T* dskip_t = dskip_part + static_cast<int64_t>(tid) * C;
+    T* dw_t = dw_part + static_cast<int64_t>(tid) * C;
+    T* db_t = db_part + static_cast<int64_t>(tid) * C;
+    std::vector<T> n(C), e(C);
+    for (int64_t r = unit * kEpilogueRows; r < std::min(rows, (unit + 1) * kEpilogueRows); ++r) {
+      const T* xr = x + r * C;
+      const T* ar = a + r * C;
+      const T* dar = da == nullptr ? nullptr : da + r * C;
+      const T* dnr = dn + r * C;
+#if defined(__AVX512F__)
+      if constexpr (std::is_same_v<T, float>) {
+        if (C <= kMaxRowVectors * W) {
+          residual_norm_backward_row(xr, skip, ar, w, eps, C, dar, dnr, dx + r * C, dmixed + r * C, dskip_t, dw_t, db_t);
+          continue;
+        }
+      }
+#endif
+      T sum = 0;
+      for (int64_t c = 0; c < C; ++c) sum += ar[c];
+      const T mean = sum / static_cast<T>(C);
+      T sq = 0;
+      for (int64_t c = 0; c < C; ++c) sq += (ar[c] - mean) * (ar[c] - mean);
+      const T rstd = T(1) / std::sqrt(sq / static_cast<T>(C) + eps);
+      T sum_e = 0, sum_en = 0;
+      for (int64_t c = 0; c < C; ++c) {
+        n[c] = (ar[c] - mean) * rstd;
+        dw_t[c] += dnr[c] * n[c];
+        db_t[c] += dnr[c];
+        e[c] = dnr[c] * w[c];
+        sum_e += e[c];
+        sum_en += e[c] * n[c];
+      }
+      const T mean_e = sum_e / static_cast<T>(C), mean_en = sum_en / static_cast<T>(C);
+      for (int64_t c = 0; c < C; ++c) {
+        const T ga = rstd * (e[c] - mean_e - n[c] * mean_en) + (dar == nullptr ? T(0) : dar[c]);
+        dmixed[r * C + c] = ga;
+        dx[r * C + c] = ga * skip[c];
+        dskip_t[c] += ga * xr[c];
+      }
+    }
+  });
+  return ok ? 0 : 1;
+}
 }  // namespace
 
 // ---------------------------------------------------------------------------------------
@@ -1994,6 +2093,14 @@ RCS_DEFINE_MERGE(f64, double)
                                             int64_t C, T* a, T* normed, int threads) {          \
     if (rows < 0 || C < 1) return 2;                                                           \
     return residual_norm<T>(x, skip, mixed, w, b, static_cast<T>(eps), rows, C, a, normed, threads); \
+  }                                                                                             \
+  RCS_EXPORT int rcs_residual_norm_bwd_##SUFFIX(                                               \
+      const T* x, const T* skip, const T* a, const T* w, double eps, int64_t rows, int64_t C,   \
+      const T* da, const T* dn, T* dx, T* dmixed, T* dskip_part, T* dw_part, T* db_part,        \
+      int threads) {                                                                            \
+    if (rows < 0 || C < 1) return 2;                                                           \
+    return residual_norm_backward<T>(x, skip, a, w, static_cast<T>(eps), rows, C, da, dn, dx, dmixed, \
+                                     dskip_part, dw_part, db_part, threads);                    \
   }
 
 RCS_DEFINE_EPILOGUE(f32, float)
