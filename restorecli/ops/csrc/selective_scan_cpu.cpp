@@ -1645,21 +1645,29 @@ inline __mmask16 tail_mask(int64_t n, int64_t v) {
   return left >= W ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
 }
 
-// LayerNorm of a row held in nv vectors (lanes past n are zero); the result replaces it.
-inline void normalise_vectors(__m512* v, int64_t nv, int64_t n, const float* w, const float* b, float eps) {
+// Centres a row held in nv vectors (lanes past n zero) and divides it by its standard
+// deviation (biased, + eps), in place: the normalised row of a LayerNorm before its affine
+// part (lanes past n stay zero). Returns 1 / std in every lane.
+inline __m512 standardise_vectors(__m512* v, int64_t nv, int64_t n, float eps) {
   __m512 acc = _mm512_setzero_ps();
   for (int64_t i = 0; i < nv; ++i) acc = _mm512_add_ps(acc, v[i]);
   const __m512 mean = _mm512_set1_ps(_mm512_reduce_add_ps(acc) / static_cast<float>(n));
   acc = _mm512_setzero_ps();
   for (int64_t i = 0; i < nv; ++i) {
-    const __m512 d = _mm512_maskz_sub_ps(tail_mask(n, i), v[i], mean);
-    acc = _mm512_fmadd_ps(d, d, acc);
+    v[i] = _mm512_maskz_sub_ps(tail_mask(n, i), v[i], mean);
+    acc = _mm512_fmadd_ps(v[i], v[i], acc);
   }
   const __m512 rstd = _mm512_set1_ps(1.0f / std::sqrt(_mm512_reduce_add_ps(acc) / static_cast<float>(n) + eps));
+  for (int64_t i = 0; i < nv; ++i) v[i] = _mm512_mul_ps(v[i], rstd);
+  return rstd;
+}
+
+// LayerNorm of a row held in nv vectors (lanes past n are zero); the result replaces it.
+inline void normalise_vectors(__m512* v, int64_t nv, int64_t n, const float* w, const float* b, float eps) {
+  standardise_vectors(v, nv, n, eps);
   for (int64_t i = 0; i < nv; ++i) {
     const __mmask16 m = tail_mask(n, i);
-    v[i] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_sub_ps(v[i], mean), rstd), _mm512_maskz_loadu_ps(m, w + i * W),
-                           _mm512_maskz_loadu_ps(m, b + i * W));
+    v[i] = _mm512_fmadd_ps(v[i], _mm512_maskz_loadu_ps(m, w + i * W), _mm512_maskz_loadu_ps(m, b + i * W));
   }
 }
 
@@ -1706,6 +1714,22 @@ inline void residual_norm_row(const float* xr, const float* skip, const float* m
   for (int64_t i = 0; i < nv; ++i) _mm512_mask_storeu_ps(out + i * W, tail_mask(C, i), v[i]);
 }
 
+// The LayerNorm gradient of its input, in place of e: from e = d loss / d normalised row and
+// the normalised row xhat, rstd * (e - mean(e) - xhat * mean(e xhat)). Lanes past n of the
+// result are not zero: callers mask their stores.
+inline void norm_input_grad(__m512* e, const __m512* xhat, int64_t nv, int64_t n, __m512 rstd) {
+  __m512 sum_e = _mm512_setzero_ps(), sum_ex = _mm512_setzero_ps();
+  for (int64_t i = 0; i < nv; ++i) {
+    sum_e = _mm512_add_ps(sum_e, e[i]);
+    sum_ex = _mm512_fmadd_ps(e[i], xhat[i], sum_ex);
+  }
+  const __m512 mean_e = _mm512_set1_ps(_mm512_reduce_add_ps(sum_e) / static_cast<float>(n));
+  const __m512 mean_ex = _mm512_set1_ps(_mm512_reduce_add_ps(sum_ex) / static_cast<float>(n));
+  for (int64_t i = 0; i < nv; ++i) {
+    e[i] = _mm512_mul_ps(rstd, _mm512_sub_ps(_mm512_sub_ps(e[i], mean_e), _mm512_mul_ps(xhat[i], mean_ex)));
+  }
+}
+
 // The backward of merge_norm_gate_row for one row, from the row's y, z and output gradient d:
 // recomputes the merged row m and its normalisation n = (m - mean) * rstd, then
 //   dz = d * (n w + b) * silu'(z),   dw += d * silu(z) * n,   db += d * silu(z),
@@ -1718,7 +1742,6 @@ inline void merge_norm_gate_backward_row(const float* yr, const float* g, const 
                                          float* db) {
   const int64_t nv = (inner + W - 1) / W;
   __m512 n[kMaxRowVectors], e[kMaxRowVectors];
-  __m512 acc = _mm512_setzero_ps();
   for (int64_t i = 0; i < nv; ++i) {
     const __mmask16 m = tail_mask(inner, i);
     __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, g + i * W), _mm512_maskz_loadu_ps(m, yr + i * W));
@@ -1726,21 +1749,11 @@ inline void merge_norm_gate_backward_row(const float* yr, const float* g, const 
       v = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, g + k * inner + i * W), _mm512_maskz_loadu_ps(m, yr + k * inner + i * W), v);
     }
     n[i] = v;
-    acc = _mm512_add_ps(acc, v);
   }
-  const __m512 mean = _mm512_set1_ps(_mm512_reduce_add_ps(acc) / static_cast<float>(inner));
-  acc = _mm512_setzero_ps();
-  for (int64_t i = 0; i < nv; ++i) {
-    n[i] = _mm512_maskz_sub_ps(tail_mask(inner, i), n[i], mean);
-    acc = _mm512_fmadd_ps(n[i], n[i], acc);
-  }
-  const float rstd_s = 1.0f / std::sqrt(_mm512_reduce_add_ps(acc) / static_cast<float>(inner) + eps);
-  const __m512 rstd = _mm512_set1_ps(rstd_s);
+  const __m512 rstd = standardise_vectors(n, nv, inner, eps);
   const __m512 one = _mm512_set1_ps(1.0f);
-  __m512 sum_e = _mm512_setzero_ps(), sum_en = _mm512_setzero_ps();
   for (int64_t i = 0; i < nv; ++i) {
     const __mmask16 m = tail_mask(inner, i);
-    n[i] = _mm512_mul_ps(n[i], rstd);
     const __m512 z = _mm512_maskz_loadu_ps(m, zr + i * W);
     const __m512 wv = _mm512_maskz_loadu_ps(m, w + i * W);
     const __m512 d = _mm512_maskz_loadu_ps(m, dr + i * W);
@@ -1754,14 +1767,11 @@ inline void merge_norm_gate_backward_row(const float* yr, const float* g, const 
     _mm512_mask_storeu_ps(dw + i * W, m, _mm512_fmadd_ps(dln, n[i], _mm512_maskz_loadu_ps(m, dw + i * W)));
     _mm512_mask_storeu_ps(db + i * W, m, _mm512_add_ps(dln, _mm512_maskz_loadu_ps(m, db + i * W)));
     e[i] = _mm512_mul_ps(dln, wv);
-    sum_e = _mm512_add_ps(sum_e, e[i]);
-    sum_en = _mm512_fmadd_ps(e[i], n[i], sum_en);
   }
-  const __m512 mean_e = _mm512_set1_ps(_mm512_reduce_add_ps(sum_e) / static_cast<float>(inner));
-  const __m512 mean_en = _mm512_set1_ps(_mm512_reduce_add_ps(sum_en) / static_cast<float>(inner));
+  norm_input_grad(e, n, nv, inner, rstd);
   for (int64_t i = 0; i < nv; ++i) {
     const __mmask16 m = tail_mask(inner, i);
-    const __m512 dm = _mm512_mul_ps(rstd, _mm512_sub_ps(_mm512_sub_ps(e[i], mean_e), _mm512_mul_ps(n[i], mean_en)));
+    const __m512 dm = e[i];
     for (int64_t k = 0; k < K; ++k) {
       const int64_t at = k * inner + i * W;
       _mm512_mask_storeu_ps(dyr + at, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, g + at), dm));
@@ -1779,34 +1789,19 @@ inline void residual_norm_backward_row(const float* xr, const float* skip, const
                                        float* dmr, float* dskip, float* dw, float* db) {
   const int64_t nv = (C + W - 1) / W;
   __m512 n[kMaxRowVectors], e[kMaxRowVectors];
-  __m512 acc = _mm512_setzero_ps();
-  for (int64_t i = 0; i < nv; ++i) {
-    n[i] = _mm512_maskz_loadu_ps(tail_mask(C, i), ar + i * W);
-    acc = _mm512_add_ps(acc, n[i]);
-  }
-  const __m512 mean = _mm512_set1_ps(_mm512_reduce_add_ps(acc) / static_cast<float>(C));
-  acc = _mm512_setzero_ps();
-  for (int64_t i = 0; i < nv; ++i) {
-    n[i] = _mm512_maskz_sub_ps(tail_mask(C, i), n[i], mean);
-    acc = _mm512_fmadd_ps(n[i], n[i], acc);
-  }
-  const __m512 rstd = _mm512_set1_ps(1.0f / std::sqrt(_mm512_reduce_add_ps(acc) / static_cast<float>(C) + eps));
-  __m512 sum_e = _mm512_setzero_ps(), sum_en = _mm512_setzero_ps();
+  for (int64_t i = 0; i < nv; ++i) n[i] = _mm512_maskz_loadu_ps(tail_mask(C, i), ar + i * W);
+  const __m512 rstd = standardise_vectors(n, nv, C, eps);
   for (int64_t i = 0; i < nv; ++i) {
     const __mmask16 m = tail_mask(C, i);
-    n[i] = _mm512_mul_ps(n[i], rstd);
     const __m512 dn = _mm512_maskz_loadu_ps(m, dnr + i * W);
     _mm512_mask_storeu_ps(dw + i * W, m, _mm512_fmadd_ps(dn, n[i], _mm512_maskz_loadu_ps(m, dw + i * W)));
     _mm512_mask_storeu_ps(db + i * W, m, _mm512_add_ps(dn, _mm512_maskz_loadu_ps(m, db + i * W)));
     e[i] = _mm512_mul_ps(dn, _mm512_maskz_loadu_ps(m, w + i * W));
-    sum_e = _mm512_add_ps(sum_e, e[i]);
-    sum_en = _mm512_fmadd_ps(e[i], n[i], sum_en);
   }
-  const __m512 mean_e = _mm512_set1_ps(_mm512_reduce_add_ps(sum_e) / static_cast<float>(C));
-  const __m512 mean_en = _mm512_set1_ps(_mm512_reduce_add_ps(sum_en) / static_cast<float>(C));
+  norm_input_grad(e, n, nv, C, rstd);
   for (int64_t i = 0; i < nv; ++i) {
     const __mmask16 m = tail_mask(C, i);
-    __m512 ga = _mm512_mul_ps(rstd, _mm512_sub_ps(_mm512_sub_ps(e[i], mean_e), _mm512_mul_ps(n[i], mean_en)));
+    __m512 ga = e[i];
     if (dar != nullptr) ga = _mm512_add_ps(ga, _mm512_maskz_loadu_ps(m, dar + i * W));
     _mm512_mask_storeu_ps(dmr + i * W, m, ga);
     _mm512_mask_storeu_ps(dxr + i * W, m, _mm512_mul_ps(ga, _mm512_maskz_loadu_ps(m, skip + i * W)));
