@@ -185,3 +185,18 @@ def test_exports_name_the_task_of_the_new_steps() -> None:
            "ssm_ratio": 1.0, "mlp_ratio": 1.0, "upsampler": "", "resi_connection": "1conv", "scan_len": 4}  # fmt: skip
     assert training_task({"degradation": {"steps": ["camera_noise"]}}, "mair", net) == "denoise"
     assert training_task({"degradation": {"steps": ["haze_depth"]}}, "mair", net) == "dehaze"
+
+
+def test_the_degradation_names_the_task_before_a_borrowed_model_name() -> None:
+    """The bundled deblur/dehaze recipes borrow a denoiser's name for their network and add mild
+    noise after the blur or haze: their runs (and a fine-tune from their files) do deblur and
+    dehaze, not denoise; paired data without a degradation keeps the named model's task."""
+    from restorecli.train.export import training_task
+
+    net = {"upscale": 1, "in_chans": 3, "img_range": 1.0, "embed_dim": 8, "depths": [1], "d_state": 1,
+           "ssm_ratio": 1.0, "mlp_ratio": 1.0, "upsampler": "", "resi_connection": "1conv", "scan_len": 4}  # fmt: skip
+    borrowed = {"model": {"name": "mair-dn-s25"}}
+    assert training_task({**borrowed, "degradation": {"steps": ["blur", "noise"]}}, "mair", net) == "deblur"
+    assert training_task({**borrowed, "degradation": {"steps": ["haze_depth", "noise"]}}, "mair", net) == "dehaze"
+    assert training_task({**borrowed, "degradation": {"steps": ["noise"]}}, "mair", net) == "denoise"
+    assert training_task({"model": {"name": "mair-deblur"}, "degradation": {"steps": []}}, "mair", net) == "deblur"

@@ -15,8 +15,11 @@ _TASK_OF_STEP = {"blur": "deblur", "haze": "dehaze", "haze_depth": "dehaze", "no
 def training_task(train_config: Mapping[str, Any], arch: str, config: Mapping[str, Any]) -> str:
     """The task a training run taught its network.
 
-    An upscaling network does ``sr``; a same-size one does its named model's task (``model.name``
-    in the model table), else the task of its synthetic degradation (blur, haze, noise).
+    An upscaling network does ``sr``; a same-size one does the task of its synthetic degradation:
+    deblur or dehaze where a blur or haze step is in it (noise after them is mild noise on
+    top), else denoise for a noise step; without a degradation (paired data), its named model's
+    task (``model.name`` in the model table). The degradation comes first because the bundled
+    recipes borrow a denoiser's name for its network (restorecli/presets/restorecli-light-*-cpu.yml).
 
     Args:
         train_config: The run's training config as a mapping (``train_config`` of a checkpoint).
@@ -30,12 +33,12 @@ def training_task(train_config: Mapping[str, Any], arch: str, config: Mapping[st
 
     if models.ARCHS[arch].scale_of(models.config_from_mapping(arch, config)) > 1:
         return "sr"
+    tasks = [_TASK_OF_STEP[step] for step in train_config.get("degradation", {}).get("steps", ()) if step in _TASK_OF_STEP]
+    if tasks:
+        return next((task for task in tasks if task != "denoise"), "denoise")
     name = train_config.get("model", {}).get("name") or ""
     if name in models.MODELS:
         return models.MODELS[name].task
-    steps = [step for step in train_config.get("degradation", {}).get("steps", ()) if step in _TASK_OF_STEP]
-    if steps:
-        return _TASK_OF_STEP[steps[-1]]
     raise ConfigError("the training config does not tell the network's task (no model.name, no degradation); pass --task")
 
 
