@@ -605,6 +605,8 @@ def test_env_command_json() -> None:
     assert report["scan"]["backends"]["ref"]["usable"] is True
     assert report["scan"]["cpu_kernel"]["implementation"] in ("compiled", "torch")
     assert report["cache"]["extensions"] == str(scan_cpu.extensions_dir())
+    share = report["platform"]["last_level_cache_per_cpu"]
+    assert share is None or share > 0
 
 
 def test_env_command_text(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -616,4 +618,5 @@ def test_env_command_text(monkeypatch: pytest.MonkeyPatch) -> None:
     result = CliRunner().invoke(app, ["env"])
     assert result.exit_code == 0, result.output
     assert "torch fallback" in result.stdout and "RESTORECLI_CPU_SCAN=torch" in result.stdout
+    assert "last-level cache" in result.stdout
     assert os.environ.get(scan_cpu.ENV_IMPL) == "torch"

@@ -38,7 +38,7 @@ def collect() -> dict[str, Any]:
 
     from restorecli._version import __version__
     from restorecli.paths import cache_dir
-    from restorecli.ops import available_backends, scan_cpu, scan_cuda
+    from restorecli.ops import available_backends, cpu_cache, scan_cpu, scan_cuda
 
     devices = [
         {
@@ -57,7 +57,13 @@ def collect() -> dict[str, Any]:
     return {
         "restorecli": __version__,
         "python": {"version": platform.python_version(), "executable": sys.executable},
-        "platform": {"system": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count()},
+        "platform": {
+            "system": platform.platform(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            # sizes the runs of streamed inference (restorecli/models/blocks.py)
+            "last_level_cache_per_cpu": cpu_cache.last_level_share(),
+        },
         "torch": {
             "version": torch.__version__,
             "cuda": torch.version.cuda,
@@ -88,6 +94,11 @@ def _scan_label(device: str) -> str:
         return f"error: {error}"
 
 
+def _cache_text(report: dict[str, Any]) -> str:
+    share = report["platform"]["last_level_cache_per_cpu"]
+    return "last-level cache unknown" if share is None else f"last-level cache {share / 2**20:g} MiB per CPU"
+
+
 def _text(report: dict[str, Any]) -> str:
     torch_info, scan = report["torch"], report["scan"]
     cpu_kernel = scan["cpu_kernel"]
@@ -95,7 +106,7 @@ def _text(report: dict[str, Any]) -> str:
     lines = [
         f"restorecli      {report['restorecli']}",
         f"python          {report['python']['version']} ({report['python']['executable']})",
-        f"platform        {report['platform']['system']}, {report['platform']['cpus']} CPUs",
+        f"platform        {report['platform']['system']}, {report['platform']['cpus']} CPUs, {_cache_text(report)}",
         f"torch           {torch_info['version']} (CUDA {torch_info['cuda'] or 'none'}, "
         f"{torch_info['threads']} threads, CPU capability {torch_info['cpu_capability']})",
     ]

@@ -13,13 +13,36 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from restorecli.ops import cpu_cache
 from restorecli.ops.block_epilogue import merge_norm_gate, residual_norm
 from restorecli.ops.scan_order import mair_scan_order
 
 DIRECTIONS = 4
-# Positions per run of the position-wise layers in streamed inference (ResidualMambaBlock):
-# their activations (a few hundred bytes per position) then stay in the core's L2 cache.
-STREAM_ROWS = 1024
+# Positions per thread in a run of the position-wise layers in streamed inference
+# (ResidualMambaBlock): the run's activations stay in the thread's share of the last-level cache,
+# and each operator still gets enough rows to amortise its parallel region. Rule and bounds from
+# docs/benchmarks.md, "Streamed runs sized from the cache and the threads": 1,024 suited the
+# first 2-core machine; on the second (large shared L3) 1,024 ran the bundled network 1.3x
+# (1 thread) to 2.5x (2 threads) slower than 16,384 per thread.
+STREAM_ROWS_MIN = 1024
+STREAM_ROWS_MAX = 16384
+# A fixed run length in positions (tests); None: chosen by stream_rows.
+STREAM_ROWS: int | None = None
+
+
+def stream_rows(position_bytes: int, threads: int) -> int:
+    """Positions per run of streamed inference for ``threads`` threads whose run activations take
+    ``position_bytes`` per position: half of each thread's share of the last-level cache (the
+    rest holds weights and the scan's maps), a power of two within the bounds above.
+    """
+    if STREAM_ROWS is not None:
+        return STREAM_ROWS
+    share = cpu_cache.last_level_share()
+    per_thread = STREAM_ROWS_MIN
+    if share is not None:
+        fitting = max(1, share // 2 // max(1, position_bytes))
+        per_thread = min(STREAM_ROWS_MAX, max(STREAM_ROWS_MIN, 1 << (fitting.bit_length() - 1)))
+    return per_thread * max(1, threads)
 
 
 def inner_width(channels: int, ssm_ratio: float) -> int:
@@ -280,17 +303,26 @@ class ResidualMambaBlock(nn.Module):
             not (torch.is_grad_enabled() or self.training)
             and x.device.type == "cpu"
             and not torch.is_autocast_enabled("cpu")
-            and height * width > STREAM_ROWS
         ):
-            return self._forward_streamed(x)
+            rows = stream_rows(self.position_bytes, torch.get_num_threads())
+            if height * width > rows:
+                return self._forward_streamed(x, rows)
         mixed = self.drop_path(self.self_attention(self.ln_1(x)))
         a, normed = residual_norm(x, self.skip_scale, mixed, self.ln_2, backend=self.self_attention.scan_backend)
         return a * self.skip_scale2 + getattr(self, self.mlp_name)(normed)
 
-    def _forward_streamed(self, x: torch.Tensor) -> torch.Tensor:
-        """Inference on the CPU: the position-wise layers run on runs of ``STREAM_ROWS`` positions
-        whose activations stay in cache, instead of on whole-map tensors that do not (on a
-        256² map a GEMM ran at half the speed it reaches in cache); the same maths as ``forward``.
+    @property
+    def position_bytes(self) -> int:
+        """Bytes per position of a streamed run's float32 activations: input, ln_1, z, the
+        mixer's output, a, ln_2, the MLP's hidden layer and output."""
+        mixer = self.self_attention
+        return 4 * (6 * mixer.channels + mixer.inner + getattr(self, self.mlp_name).fc1.out_features)
+
+    def _forward_streamed(self, x: torch.Tensor, rows: int) -> torch.Tensor:
+        """Inference on the CPU: the position-wise layers run on runs of ``rows`` positions whose
+        activations stay in cache, instead of on whole-map tensors that may not (on a 256² map
+        a GEMM ran at half the speed it reaches in cache on the first development machine);
+        the same maths as ``forward``.
         """
         batch, height, width, channels = x.shape
         length = height * width
@@ -300,15 +332,15 @@ class ResidualMambaBlock(nn.Module):
         xa = x.new_empty(batch, height, width, inner)
         z = x.new_empty(batch * length, inner)
         xa_rows = xa.view(batch * length, inner)
-        for start in range(0, batch * length, STREAM_ROWS):
-            run = slice(start, start + STREAM_ROWS)
+        for start in range(0, batch * length, rows):
+            run = slice(start, start + rows)
             mixer.project_in(self.ln_1(rows_in[run]), out=(xa_rows[run], z[run]))
         y, gates = mixer.scan_and_gate(xa)
         out = torch.empty_like(rows_in)
         mlp = getattr(self, self.mlp_name)
         for image in range(batch):
-            for start in range(image * length, (image + 1) * length, STREAM_ROWS):
-                run = slice(start, min(start + STREAM_ROWS, (image + 1) * length))
+            for start in range(image * length, (image + 1) * length, rows):
+                run = slice(start, min(start + rows, (image + 1) * length))
                 local = slice(run.start - image * length, run.stop - image * length)
                 mixed = mixer.project_out(y[image : image + 1, local], gates[image : image + 1], z[run].unsqueeze(0))[0]
                 a, normed = residual_norm(rows_in[run], self.skip_scale, mixed, self.ln_2, backend=mixer.scan_backend)
