@@ -251,24 +251,26 @@ class OutputRule:
         return self.folder / relative / name
 
 
-def output_file(output: Path | None, *, suffix: str | None, ext: str) -> Path | None:
+def output_file(output: Path | None, *, suffix: str | None, ext: str, names_folder: bool = False) -> Path | None:
     """The file that ``--output`` names, or None when it names a folder (or is not given).
 
     ``--output`` names a file when its extension is an image extension (``io.FORMAT_BY_EXTENSION``,
-    in any case) and it is not an existing folder: a folder that exists keeps working as one, even
-    when it is called ``x.png``. The file's name and extension are used as given, so ``--suffix``
-    has nothing to add to and ``--ext`` may only agree with the extension.
+    in any case), it is not an existing folder and it was not written with a trailing separator:
+    a folder that exists keeps working as one, even when it is called ``x.png``, and so does
+    ``out.png/``. The file's name and extension are used as given, so ``--suffix`` has nothing to
+    add to and ``--ext`` may only agree with the extension.
 
     Args:
         output: ``--output``.
         suffix: ``--suffix`` as given, None when it was not.
         ext: ``--ext`` (``same`` leaves the format to the file's extension).
+        names_folder: ``--output`` ended in a path separator.
 
     Raises:
         UsageError: An extension of a format that is read but not written (GIF), a ``--suffix``,
             or an ``--ext`` of another format than the file's.
     """
-    if output is None or output.suffix.lower() not in io.FORMAT_BY_EXTENSION or output.is_dir():
+    if names_folder or output is None or output.suffix.lower() not in io.FORMAT_BY_EXTENSION or output.is_dir():
         return None
     try:
         fmt = io.output_format(output)

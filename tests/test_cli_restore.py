@@ -306,6 +306,14 @@ def test_existing_folder_named_like_an_image_stays_a_folder(tmp_path: Path, weig
     assert (tmp_path / "out.png" / "a_x2.png").is_file()
 
 
+def test_output_with_a_trailing_slash_is_a_folder_whatever_its_name(tmp_path: Path, weights: dict[str, Path], capsys, monkeypatch) -> None:
+    source = write_png(tmp_path / "a.png")
+    code, out, err = run_cli(["sr", source, "-o", f"{tmp_path / 'out.png'}/", "--weights", weights["sr2"], "--json"], capsys, monkeypatch)
+    assert code == 0, err
+    assert json.loads(out)["files"][0]["output"] == str(tmp_path / "out.png" / "a_x2.png")
+    assert (tmp_path / "out.png" / "a_x2.png").is_file()
+
+
 def test_output_names_a_file_only_with_an_image_extension_and_no_folder(tmp_path: Path) -> None:
     from restorecli.batch import output_file
     from restorecli.errors import UsageError
@@ -316,6 +324,7 @@ def test_output_names_a_file_only_with_an_image_extension_and_no_folder(tmp_path
     assert output_file(tmp_path / "dir.png", suffix="_x", ext="jpg") is None
     assert output_file(tmp_path / "a.JPEG", suffix=None, ext="jpg") == tmp_path / "a.JPEG"
     assert output_file(tmp_path / "a.tiff", suffix=None, ext="same") == tmp_path / "a.tiff"
+    assert output_file(tmp_path / "a.tiff", suffix="_x", ext="jpg", names_folder=True) is None
     with pytest.raises(UsageError, match=r"--output: .*a\.gif: expected an extension of .*, got '\.gif'"):
         output_file(tmp_path / "a.gif", suffix=None, ext="same")
 

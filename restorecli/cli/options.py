@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
@@ -30,14 +31,16 @@ InputsArg = Annotated[
 RecursiveOpt = Annotated[
     bool, typer.Option("--recursive", "-r", help="Include subfolders of input folders.", rich_help_panel=FILES_PANEL)
 ]
+# A string, not a Path: Path drops the trailing separator that makes `-o out.png/` a folder.
 OutputOpt = Annotated[
-    Path | None,
+    str | None,
     typer.Option(
         "--output",
         "-o",
+        metavar="PATH",
         help="Output folder (input folder trees are mirrored below it); for one input file, a name like out.jpg that "
-        "is not an existing folder is the output file, in its extension's format (an alpha channel needs "
-        ".png/.webp/.tif/.bmp, else it is refused). Default: next to each input.",
+        "is not an existing folder and does not end in a slash is the output file, in its extension's format (an "
+        "alpha channel needs .png/.webp/.tif/.bmp, else it is refused). Default: next to each input.",
         show_default=False,
         rich_help_panel=FILES_PANEL,
     ),
@@ -180,6 +183,16 @@ class RestoreOptions:
     device: DeviceOpt = "auto"
     precision: PrecisionOpt = "fp32"
     ensemble: EnsembleOpt = False
+
+    @property
+    def output_path(self) -> Path | None:
+        """``--output`` as a path (None when not given)."""
+        return None if self.output is None else Path(self.output)
+
+    @property
+    def output_names_folder(self) -> bool:
+        """Whether ``--output`` ends in a path separator, which makes it a folder whatever its name."""
+        return self.output is not None and self.output.endswith(("/", os.sep))
 
 
 def with_restore_options(command: Callable[..., Any]) -> Callable[..., Any]:

@@ -113,8 +113,10 @@ def _restore(
     output = Output(json_output=options.json_output, quiet=options.quiet or rank != 0)
     # cheap checks first: a typo should not wait for a download or a model build
     check_tile(options.tile, options.tile_overlap)  # the model's own side rule is checked once it is known
-    batch.OutputRule(options.output, options.suffix or "", options.ext)
-    output_file = batch.output_file(options.output, suffix=options.suffix, ext=options.ext)
+    batch.OutputRule(options.output_path, options.suffix or "", options.ext)
+    output_file = batch.output_file(
+        options.output_path, suffix=options.suffix, ext=options.ext, names_folder=options.output_names_folder
+    )
     max_pixels = _max_pixels(options.max_pixels)
     resolve_precision(options.precision, resolve_device(options.device))
 
@@ -152,7 +154,7 @@ def _restore(
         overlap=options.tile_overlap,
         ensemble=options.ensemble,
     )
-    rule = batch.OutputRule(None if output_file else options.output, suffix, options.ext, file=output_file)
+    rule = batch.OutputRule(None if output_file else options.output_path, suffix, options.ext, file=output_file)
     collisions = batch.output_collisions(images, rule)
     for collision in collisions:
         output.note(_error_line(collision))
