@@ -368,8 +368,16 @@ def _cpu_model() -> str:
 def _meta(settings: BenchSettings, device: torch.device, backend: str, label: str | None, command: str) -> dict[str, Any]:
     import torch
 
+    from restorecli.ops import cpu_cache
+
     return {
-        "machine": {"platform": platform.platform(), "cpu": _cpu_model(), "cpu_count": os.cpu_count()},
+        "machine": {
+            "platform": platform.platform(),
+            "cpu": _cpu_model(),
+            "cpu_count": os.cpu_count(),
+            # sizes the streamed runs of inference (restorecli/models/blocks.py)
+            "last_level_cache_per_cpu": cpu_cache.last_level_share(),
+        },
         "torch": torch.__version__,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": command,

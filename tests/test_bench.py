@@ -93,6 +93,7 @@ def test_one_tiny_run_reports_every_measurement() -> None:
     assert document["meta"]["command"] == "restore bench"
     assert document["meta"]["scan_backend"] in ("cpu", "ref")
     assert document["meta"]["train_flops"] == bench.TRAIN_FLOPS_CONVENTION
+    assert "last_level_cache_per_cpu" in document["meta"]["machine"]
     text = bench.format_markdown(report)
     assert "| model | threads | input | forward s |" in text and "| 2 × 8² |" in text
 
