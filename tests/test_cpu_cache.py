@@ -25,7 +25,7 @@ def test_cache_sizes_parse(text: str, expected: int | None) -> None:
     assert cpu_cache.parse_size(text) == expected
 
 
-@pytest.mark.parametrize(("text", "expected"), [("0", 1), ("0-1", 2), ("0,2,4-7", 6), ("0-1\n", 2), ("", None), ("a-b", None)])
+@pytest.mark.parametrize(("text", "expected"), [("0", 1), ("0-1", 2), ("0,2,4-7", 6), ("0-1\n", 2), ("", None), ("a-b", None), ("3-1", None)])
 def test_cpu_lists_count(text: str, expected: int | None) -> None:
     assert cpu_cache.count_cpus(text) == expected
 
@@ -36,6 +36,13 @@ def test_last_level_share_is_the_highest_data_cache_per_sharing_cpu(tmp_path: Pa
     write_cache(tmp_path, 2, level=2, kind="Unified", size="2048K", cpus="0")
     write_cache(tmp_path, 3, level=3, kind="Unified", size="32M", cpus="0-7")
     assert cpu_cache.last_level_share(tmp_path) == 4 << 20
+
+
+def test_an_unreadable_entry_is_passed_over(tmp_path: Path) -> None:
+    write_cache(tmp_path, 0, level=2, kind="Unified", size="2048K", cpus="0")
+    write_cache(tmp_path, 1, level=3, kind="Unified", size="32M", cpus="0-3")
+    (tmp_path / "index1" / "level").write_text("three\n")
+    assert cpu_cache.last_level_share(tmp_path) == 2 << 20
 
 
 def test_unknown_cache_is_none(tmp_path: Path) -> None:

@@ -200,3 +200,5 @@ def test_the_degradation_names_the_task_before_a_borrowed_model_name() -> None:
     assert training_task({**borrowed, "degradation": {"steps": ["haze_depth", "noise"]}}, "mair", net) == "dehaze"
     assert training_task({**borrowed, "degradation": {"steps": ["noise"]}}, "mair", net) == "denoise"
     assert training_task({"model": {"name": "mair-deblur"}, "degradation": {"steps": []}}, "mair", net) == "deblur"
+    paired = {"model": {"name": "mair-deblur"}, "data": {"lq": ["blurred"]}, "degradation": {"steps": ["noise"]}}
+    assert training_task(paired, "mair", net) == "deblur"  # steps left by an override do not apply to pairs

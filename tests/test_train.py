@@ -207,3 +207,19 @@ def test_fine_tune_starts_from_earlier_weights(tiny: Path, tmp_path: Path, layou
     for key, value in source.state_dict().items():
         assert torch.equal(built.state_dict()[key], value), key
     assert len(train(cfg).losses) == 1
+
+
+@pytest.mark.parametrize("preset", ["restorecli-light-deblur-cpu", "restorecli-light-dehaze-cpu"])
+def test_fine_tune_may_start_from_a_model_of_another_task(preset: str, tmp_path: Path) -> None:
+    """The deblur and dehaze recipes start from the bundled denoiser (their presets say so): the
+    start's task differs from the run's, its network fits, and its weights are loaded as they are."""
+    from restorecli import load_model
+    from restorecli.train import loop
+
+    start = Path(models.__file__).parents[1] / "weights" / "restorecli-light-dn.safetensors"
+    hq = smooth_images(tmp_path / "hq", 1)
+    cfg = load_config(preset, [f"model.pretrained={start}", f"data.hq=[{hq}]"])
+    built = loop._build_model(cfg, torch.device("cpu"))
+    expected = load_model(start, device="cpu").module.state_dict()
+    for key, value in expected.items():
+        assert torch.equal(built.state_dict()[key], value), key

@@ -27,7 +27,7 @@ def count_cpus(cpu_list: str) -> int | None:
     total = 0
     for part in cpu_list.strip().split(","):
         first, _, last = part.partition("-")
-        if not first.isdigit() or (last and not last.isdigit()):
+        if not first.isdigit() or (last and (not last.isdigit() or int(last) < int(first))):
             return None
         total += int(last) - int(first) + 1 if last else 1
     return total or None
@@ -37,16 +37,15 @@ def count_cpus(cpu_list: str) -> int | None:
 def last_level_share(cache_dir: Path = CACHE_DIR) -> int | None:
     """Bytes of the last-level data cache per CPU that shares it, as CPU 0 sees it; None when unknown."""
     best: tuple[int, int] | None = None  # (level, bytes per CPU)
-    try:
-        entries = sorted(cache_dir.glob("index*"))
-        for entry in entries:
+    for entry in sorted(cache_dir.glob("index*")):
+        try:  # an entry that cannot be read or parsed is passed over, not the whole list
             if (entry / "type").read_text().strip() not in ("Data", "Unified"):
                 continue
             level = int((entry / "level").read_text())
             size = parse_size((entry / "size").read_text())
             cpus = count_cpus((entry / "shared_cpu_list").read_text())
-            if size is not None and cpus is not None and (best is None or level > best[0]):
-                best = (level, size // cpus)
-    except (OSError, ValueError):
-        return None
+        except (OSError, ValueError):
+            continue
+        if size is not None and cpus is not None and (best is None or level > best[0]):
+            best = (level, size // cpus)
     return None if best is None else best[1]

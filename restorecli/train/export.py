@@ -33,7 +33,9 @@ def training_task(train_config: Mapping[str, Any], arch: str, config: Mapping[st
 
     if models.ARCHS[arch].scale_of(models.config_from_mapping(arch, config)) > 1:
         return "sr"
-    tasks = [_TASK_OF_STEP[step] for step in train_config.get("degradation", {}).get("steps", ()) if step in _TASK_OF_STEP]
+    # Paired data (data.lq) ignores the degradation steps (restorecli/train/config.py), so they tell nothing.
+    steps = () if train_config.get("data", {}).get("lq") else train_config.get("degradation", {}).get("steps", ())
+    tasks = [_TASK_OF_STEP[step] for step in steps if step in _TASK_OF_STEP]
     if tasks:
         return next((task for task in tasks if task != "denoise"), "denoise")
     name = train_config.get("model", {}).get("name") or ""

@@ -288,11 +288,17 @@ def _build_model(config: TrainConfig, device: torch.device) -> nn.Module:
     if config.model.pretrained:
         # The one loading path: an official file, a restorecli checkpoint or safetensors.
         arch_config = dataclasses.asdict(config.model.config)
-        task = training_task(config_to_mapping(config), config.model.arch, arch_config)
-        # A bare state dict of a network outside the model table is read as the one trained here.
-        state = load_model(
-            config.model.pretrained, task=task, device="cpu", architecture=(config.model.arch, arch_config)
-        ).module.state_dict()
+        architecture = (config.model.arch, arch_config)
+        try:
+            # No task check: a start may do another task (the deblur and dehaze recipes start from
+            # the denoiser, restorecli/presets/restorecli-light-deblur-cpu.yml); the network must fit.
+            start = load_model(config.model.pretrained, device="cpu", architecture=architecture)
+        except CheckpointError:
+            # A bare state dict of a network outside the model table is read as the one trained
+            # here, which needs the run's task.
+            task = training_task(config_to_mapping(config), config.model.arch, arch_config)
+            start = load_model(config.model.pretrained, task=task, device="cpu", architecture=architecture)
+        state = start.module.state_dict()
         if config.model.strict:
             models.load_checkpoint(model, state)
         else:
