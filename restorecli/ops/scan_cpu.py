@@ -53,7 +53,7 @@ IMPLEMENTATIONS = ("auto", "torch", "compiled")
 _SOURCE = "selective_scan_cpu.cpp"
 _ABI_VERSION = 4
 # Bump when _self_test checks something new, so libraries verified by the old test are retested.
-_SELF_TEST_REVISION = 1
+_SELF_TEST_REVISION = 2
 _BUILD_TIMEOUT_S = 300
 _LOCK_WAIT_S = 300
 # Above this state size the chunked torch scan's (batch, dim, L, N) temporaries cost
@@ -736,6 +736,7 @@ def _self_test(lib: ctypes.CDLL) -> None:
 def _self_test_with_grad(lib: ctypes.CDLL) -> None:
     _self_test_plain(lib)
     _self_test_ordered(lib)
+    _self_test_epilogues(lib)
 
 
 def _assert_close(results: list[list[torch.Tensor]], tol: float, what: str) -> None:
@@ -774,6 +775,38 @@ def _self_test_plain(lib: ctypes.CDLL) -> None:
                 grads = torch.autograd.grad(out, inputs, grad_out.to(dtype))
                 results.append([out.detach(), *grads])
             _assert_close(results, tol, f"N={n_state}, {dtype}")
+
+
+def _self_test_epilogues(lib: ctypes.CDLL) -> None:
+    """The block epilogues (merge + LayerNorm + SiLU gate; residual + LayerNorm) and their
+    backwards, which compute the training gradients, against their torch formulations."""
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(2)
+    batch, length, directions, inner, eps = 2, 13, 4, 20, 1e-5
+    args = [
+        torch.randn(batch, length, directions, inner, generator=gen, dtype=torch.float64),
+        torch.rand(batch, directions, inner, generator=gen, dtype=torch.float64),
+        torch.randn(batch, length, inner, generator=gen, dtype=torch.float64),
+        torch.randn(inner, generator=gen, dtype=torch.float64) * 0.5 + 1,
+        torch.randn(inner, generator=gen, dtype=torch.float64) * 0.1,
+    ]
+    grads_out = [torch.randn(batch, length, inner, generator=gen, dtype=torch.float64) for _ in range(2)]
+    for dtype, tol in ((torch.float32, 1e-4), (torch.float64, 1e-10)):
+        results = []
+        for use_kernel in (True, False):
+            y, gates, z, weight, bias = inputs = [v.to(dtype).requires_grad_() for v in args]
+            if use_kernel:
+                out = _MergeNormGateKernel.apply(y, gates, z, weight, bias, eps, lib)
+                a, normed = _ResidualNormKernel.apply(z, weight, out, weight, bias, eps, lib)
+            else:
+                merged = (y * gates.unsqueeze(1)).sum(2)
+                out = F.layer_norm(merged, (inner,), weight, bias, eps) * F.silu(z)
+                a = z * weight + out
+                normed = F.layer_norm(a, (inner,), weight, bias, eps)
+            grads = torch.autograd.grad((a, normed), inputs, [g.to(dtype) for g in grads_out])
+            results.append([out.detach(), a.detach(), normed.detach(), *grads])
+        _assert_close(results, tol, f"epilogues, {dtype}")
 
 
 def _self_test_ordered(lib: ctypes.CDLL) -> None:
