@@ -481,6 +481,8 @@ class _ResidualNormKernel(torch.autograd.Function):
         )  # fmt: skip
         ctx.save_for_backward(x, skip, a, weight)
         ctx.meta = (eps, lib)  # type: ignore[attr-defined]
+        # An output that gets no gradient arrives as None, not as zeros the kernel would read.
+        ctx.set_materialize_grads(False)
         return a, normed
 
     @staticmethod
