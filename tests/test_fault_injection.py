@@ -38,14 +38,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # Runs the entry point after a setup snippet (argv[1]) that instruments the library for a test:
 # a marker file when a step is done, or pinned data-set files served by a local server.
 DRIVER = "import sys\nexec(sys.argv[1])\nfrom restorecli.cli import main\nsys.argv = ['restore', *sys.argv[2:]]\nmain()\n"
-MARK_AFTER_FIRST_SCORE = """
+# Marks the start of the second image (its ground truth is read), when the first is recorded:
+# a mark right after the first score left a window before the first result was kept, which a
+# loaded machine hit.
+MARK_AT_SECOND_IMAGE = """
 import pathlib, restorecli.evaluate as ev
-_score = ev._metrics
+_read = ev.read_rgb8
+_reads = []
 def _marked(*args, **kwargs):
-    scores = _score(*args, **kwargs)
-    pathlib.Path({marker!r}).touch()
-    return scores
-ev._metrics = _marked
+    _reads.append(args)
+    if len(_reads) == 2:
+        pathlib.Path({marker!r}).touch()
+    return _read(*args, **kwargs)
+ev.read_rgb8 = _marked
 """
 PIN_DATASET = """
 import json, restorecli.datasets as ds
@@ -134,9 +139,9 @@ def test_eval_reports_the_images_done_on_sigterm(tmp_path: Path, tiny_x2: Path) 
     hr = tmp_path / "data" / "Set5" / "HR"
     for name, size in (("a", 24), ("b", 192), ("c", 24)):
         write_png(hr / f"{name}.png", size, size)
-    marker = tmp_path / "first-image-scored"
+    marker = tmp_path / "second-image-started"
     args = ["eval", "-d", "Set5", "--data-dir", "data", "--weights", tiny_x2, "-s", "2", "--protocol", "whole", "--out", "report"]
-    process = start(args, tmp_path, setup=MARK_AFTER_FIRST_SCORE.format(marker=str(marker)))
+    process = start(args, tmp_path, setup=MARK_AT_SECOND_IMAGE.format(marker=str(marker)))
     wait_for(marker.exists, process)
     code, out, err = stop(process, signal.SIGTERM)
     assert code == 143, err
