@@ -268,9 +268,12 @@ def output_file(output: Path | None, *, suffix: str | None, ext: str, names_fold
 
     Raises:
         UsageError: An extension of a format that is read but not written (GIF), a ``--suffix``,
-            or an ``--ext`` of another format than the file's.
+            an ``--ext`` of another format than the file's, or a folder whose name a file holds.
     """
     if names_folder or output is None or output.suffix.lower() not in io.FORMAT_BY_EXTENSION or output.is_dir():
+        # a folder, then: refused now if a file holds its name, not once per input after the model loaded
+        if output is not None and output.exists() and not output.is_dir():
+            raise UsageError(f"--output: expected a folder, got the existing file {output}")
         return None
     try:
         fmt = io.output_format(output)

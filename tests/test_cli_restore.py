@@ -325,6 +325,11 @@ def test_output_names_a_file_only_with_an_image_extension_and_no_folder(tmp_path
     assert output_file(tmp_path / "a.JPEG", suffix=None, ext="jpg") == tmp_path / "a.JPEG"
     assert output_file(tmp_path / "a.tiff", suffix=None, ext="same") == tmp_path / "a.tiff"
     assert output_file(tmp_path / "a.tiff", suffix="_x", ext="jpg", names_folder=True) is None
+    (tmp_path / "notes").write_text("x")
+    (tmp_path / "b.png").write_bytes(b"x")
+    for target, names_folder in ((tmp_path / "notes", False), (tmp_path / "b.png", True)):  # out.png/ with a file out.png
+        with pytest.raises(UsageError, match=rf"--output: expected a folder, got the existing file .*{target.name}$"):
+            output_file(target, suffix=None, ext="same", names_folder=names_folder)
     with pytest.raises(UsageError, match=r"--output: .*a\.gif: expected an extension of .*, got '\.gif'"):
         output_file(tmp_path / "a.gif", suffix=None, ext="same")
 
