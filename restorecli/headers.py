@@ -50,12 +50,15 @@ class Header:
         height: Rows.
         frames: Pages (TIFF) or frames (animated PNG, WebP, GIF); 1 for a still image.
         frame_unit: ``page`` or ``frame``: how ``frames`` is counted.
+        grey_alpha: The file stores grey samples with an alpha channel (PNG colour type 4, a
+            two-sample grey TIFF); OpenCV decodes the PNG as BGRA and the TIFF as grey alone.
     """
 
     width: int
     height: int
     frames: int = 1
     frame_unit: str = "frame"
+    grey_alpha: bool = False
 
     @property
     def pixels(self) -> int:
@@ -100,7 +103,7 @@ def _png(data: bytes) -> Header:
     if not any(chunk.kind == b"IDAT" for chunk in chunks):
         raise HeaderError("no image data (IDAT chunk)")
     frames = next((struct.unpack(">I", c.body[:4])[0] for c in chunks if c.kind == b"acTL" and len(c.body) >= 4), 1)
-    return Header(width, height, max(1, frames))
+    return Header(width, height, max(1, frames), grey_alpha=chunks[0].body[9] == 4)
 
 
 # SOF0-3, 5-7, 9-11, 13-15: the markers whose segment holds the frame size (C4, C8, CC are not SOFs)
@@ -182,7 +185,9 @@ def _tiff(data: bytes) -> Header:
         end = max((o + c for o, c in zip(offsets, counts, strict=False)), default=0)
         if end > len(data):
             raise HeaderError(f"cut short: image data runs to byte {end}, the file has {len(data)}")
-    return Header(first[256][0], first[257][0], max(1, pages), "page")
+    # PhotometricInterpretation 0/1 (grey) with two samples per pixel: grey and an extra (alpha) sample
+    grey_alpha = (first.get(262) or [-1])[0] in (0, 1) and (first.get(277) or [1])[0] == 2
+    return Header(first[256][0], first[257][0], max(1, pages), "page", grey_alpha=grey_alpha)
 
 
 _TIFF_TYPE_SIZES = {1: ("B", 1), 3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}
@@ -196,7 +201,7 @@ def _tiff_directory(data: bytes, offset: int, order: str) -> tuple[dict[int, lis
     for i in range(count):
         entry = data[offset + 2 + 12 * i : offset + 14 + 12 * i]
         tag, kind, n = struct.unpack(order + "HHI", entry[:8])
-        if kind not in _TIFF_TYPE_SIZES or tag not in (254, 256, 257, 273, 279, 324, 325):
+        if kind not in _TIFF_TYPE_SIZES or tag not in (254, 256, 257, 262, 273, 277, 279, 324, 325):
             continue
         code, size = _TIFF_TYPE_SIZES[kind]
         if n * size <= 4:

@@ -92,7 +92,8 @@ class Image:
             a format whose profile is not read: BMP, TIFF).
         frames: Pages or frames in the file; only the first was decoded.
         frame_unit: ``page`` (TIFF) or ``frame`` (animations).
-        decoder_notes: What the decoder said about a damaged JPEG file it still decoded.
+        decoder_notes: What reading changed or lost: the decoder's words on a damaged JPEG file it
+            still decoded, floating-point samples made 16-bit, an alpha channel it could not read.
     """
 
     color: np.ndarray
@@ -244,6 +245,11 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
     if orientation != 1 and not (fmt == "tiff" and _tiff_decoder_orients()):
         decoded = apply_orientation(decoded, orientation)
     color, alpha = _split_channels(decoded, path)
+    if header.grey_alpha and color.ndim == 3:
+        # OpenCV expands a grey+alpha PNG to BGRA: read as grey, the restored output stays grey
+        color = np.ascontiguousarray(color[..., 0])
+    elif header.grey_alpha and alpha is None:
+        notes.append(f"alpha dropped (OpenCV reads a grey+alpha {fmt.upper()} as grey alone)")
     try:
         profile = icc.find_profile(data, fmt)
     except icc.ProfileError as error:

@@ -288,3 +288,39 @@ def test_floating_point_tiff_is_read_as_16_bit_with_a_note(tmp_path: Path) -> No
     assert cv2.imwrite(str(nan), np.full((3, 4), np.nan, np.float32))
     with pytest.raises(ImageReadError, match="expected finite samples, got NaN or infinite values"):
         io.read_image(nan)
+
+
+def grey_alpha_png(grey: np.ndarray, alpha: np.ndarray) -> bytes:
+    """A PNG of colour type 4 (grey + alpha), 8 or 16 bits, written by hand (OpenCV writes none)."""
+    height, width = grey.shape
+    depth = 16 if grey.dtype == np.uint16 else 8
+    samples = np.dstack([grey, alpha]).astype(">u2" if depth == 16 else np.uint8)
+    raw = b"".join(b"\x00" + row.tobytes() for row in samples)
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", width, height, depth, 4, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("depth", [8, 16])
+def test_grey_alpha_png_is_read_as_grey_with_alpha(tmp_path: Path, depth: int) -> None:
+    # OpenCV decodes it as BGRA; read as RGBA, a restored grey image came out with coloured pixels
+    image = random_image("LA", depth)
+    path = _file(tmp_path / "la.png", grey_alpha_png(image.color, image.alpha))
+    back = io.read_image(path)
+    assert (back.mode, back.bit_depth, back.decoder_notes) == ("LA", depth, ())
+    np.testing.assert_array_equal(back.color, image.color)
+    np.testing.assert_array_equal(back.alpha, image.alpha)
+
+
+def test_grey_alpha_tiff_says_that_its_alpha_was_not_read(tmp_path: Path) -> None:
+    grey, alpha = np.array([[10, 20, 30]], np.uint8), np.array([[255, 128, 0]], np.uint8)
+    pixels = np.dstack([grey, alpha]).tobytes()
+    entries = [(256, 3), (257, 1), (258, 8), (259, 1), (262, 1), (273, 8), (277, 2), (278, 1), (279, len(pixels)), (338, 2)]
+    data = b"II*\x00" + struct.pack("<I", 8 + len(pixels)) + pixels + struct.pack("<H", len(entries))
+    data += b"".join(struct.pack("<HHIHH", tag, 3, 1, value, 0) for tag, value in entries) + struct.pack("<I", 0)
+    image = io.read_image(_file(tmp_path / "la.tif", data))
+    assert image.mode == "L" and image.decoder_notes == ("alpha dropped (OpenCV reads a grey+alpha TIFF as grey alone)",)
+    np.testing.assert_array_equal(image.color, grey)
