@@ -194,3 +194,58 @@ def test_qclam_matches_its_formula_with_a_full_memory() -> None:
     (grad,) = torch.autograd.grad(out.square().sum(), x)
     (grad_expected,) = torch.autograd.grad(expected.square().sum(), x)
     torch.testing.assert_close(grad, grad_expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "ref"])
+@pytest.mark.parametrize("scan", ["cross", "gps", "both"])
+def test_inference_epilogue_equals_the_training_formulation(backend: str, scan: str) -> None:
+    """Without autograd, SS2D scales the GPS sequences by their score gate in place and merges,
+    normalises and gates them in one pass; with autograd it sums them first. Both are the same
+    maths (float64, every head, with the kernel and with the PyTorch formulation)."""
+    net = tiny(scan=scan).double()
+    with torch.no_grad():  # non-trivial weights everywhere (zero-initialised adapters hide paths)
+        for parameter in net.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, dtype=parameter.dtype, generator=torch.Generator().manual_seed(parameter.numel())))
+    models.set_scan_backend(net, backend)
+    x = torch.rand(2, 3, 13, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        inference = net(x)
+    with torch.enable_grad():
+        training = net(x.requires_grad_())
+    torch.testing.assert_close(inference, training.detach(), rtol=1e-10, atol=1e-12)
+
+
+def test_light_cab_on_rows_equals_its_convolutions() -> None:
+    """The light CAB runs its 1x1 convolutions as linear layers on channels-last rows: the same
+    as its Sequential of convolutions on the NCHW map (parameters and names unchanged)."""
+    from restorecli.models.vamamba import CAB
+
+    torch.manual_seed(0)
+    cab = CAB(12, light=True).double()
+    rows = torch.randn(2, 9, 7, 12, dtype=torch.float64)
+    expected = cab.cab(rows.permute(0, 3, 1, 2).contiguous()).permute(0, 2, 3, 1)
+    torch.testing.assert_close(cab(rows), expected, rtol=1e-12, atol=1e-12)
+    assert [name for name, _ in cab.named_parameters()][:2] == ["cab.0.weight", "cab.0.bias"]
+
+
+def test_score_vit_on_rows_equals_its_convolutions() -> None:
+    """ScoreViT reads channels-last rows and runs its 1x1 reduction as a linear layer: the same
+    scores as the registered convolutions on the NCHW map (odd sizes: replicate padding runs)."""
+    import torch.nn.functional as F
+
+    from restorecli.models.vamamba import ScoreViT, sincos_position_embedding
+
+    torch.manual_seed(0)
+    vit = ScoreViT(channels=10, patch=4, dim=16, layers=1, heads=2).double().eval()
+    rows = torch.randn(2, 9, 7, 10, dtype=torch.float64)
+    with torch.no_grad():
+        t = F.pad(vit.reduce(rows.permute(0, 3, 1, 2).contiguous()), (0, 1, 0, 3), mode="replicate")
+        t = vit.proj(t)
+        batch, dim, h, w = t.shape
+        tokens = t.flatten(2).transpose(1, 2) + sincos_position_embedding(h, w, dim, t.device, t.dtype)
+        for layer in vit.layers:
+            tokens = layer(tokens)
+        expected = torch.sigmoid(vit.score_head(vit.norm(tokens))).view(batch, h, w)
+        scores = vit(rows)
+    assert scores.shape == (2, 3, 2)
+    torch.testing.assert_close(scores, expected, rtol=1e-12, atol=1e-12)

@@ -34,6 +34,7 @@ from torch import nn
 
 from restorecli.models.blocks import DropPath, SelectiveScanLayer, dt_rank, inner_width
 from restorecli.models.heads import add_neck_and_head, add_stem, drop_path_rates, init_linear_and_norm, reconstruct
+from restorecli.ops.block_epilogue import merge_norm_gate, residual_norm
 from restorecli.ops.gps_order import gps_pixel_orders, inverse_permutation
 from restorecli.ops.scan_order import cross_scan_order
 
@@ -81,29 +82,38 @@ class VAMambaConfig:
 class FeatureMemory:
     """FIFO of the most recent fused features of ONE forward pass (created per call, never kept).
 
-    Entries are (B, L, D) tensors that stay in the autograd graph. Their unit-norm copies
-    (normalised over positions), which later blocks compare against, are made once, on the first
-    read, rather than by every reader.
+    Entries are (B, L, D) tensors that stay in the autograd graph. Their per-channel norms over
+    the positions, which later blocks' cosine similarities divide by, are computed once, on the
+    first read, rather than by every reader.
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.entries: list[torch.Tensor] = []
-        self._units: list[torch.Tensor | None] = []
+        self._norms: list[torch.Tensor | None] = []
 
     def push(self, features: torch.Tensor) -> None:
         self.entries.append(features)
-        self._units.append(None)
+        self._norms.append(None)
         if len(self.entries) > self.capacity:
             self.entries.pop(0)
-            self._units.pop(0)
+            self._norms.pop(0)
 
-    def units(self) -> list[torch.Tensor]:
-        """``F.normalize(entry, dim=1)`` of each entry, oldest first."""
-        for index, unit in enumerate(self._units):
-            if unit is None:
-                self._units[index] = F.normalize(self.entries[index], dim=1)
-        return [unit for unit in self._units if unit is not None]
+    def norms(self) -> list[torch.Tensor]:
+        """Per-channel norms over the positions (B, D) of each entry, oldest first, clamped
+        below at ``NORM_EPS`` as ``F.normalize`` does."""
+        for index, norm in enumerate(self._norms):
+            if norm is None:
+                self._norms[index] = channel_norms(self.entries[index])
+        return [norm for norm in self._norms if norm is not None]
+
+
+NORM_EPS = 1e-12  # F.normalize's default
+
+
+def channel_norms(features: torch.Tensor) -> torch.Tensor:
+    """``max(||features[b, :, d]||, NORM_EPS)``: (B, L, D) -> (B, D)."""
+    return torch.linalg.vector_norm(features, dim=1).clamp_min(NORM_EPS)
 
 
 class QCLAM(nn.Module):
@@ -137,20 +147,20 @@ class QCLAM(nn.Module):
         a = self.lora_down(x)
         v = x + self.lora_up(a)
         if memory.entries:
-            batch = v.shape[0]
-            unit_v = F.normalize(v, dim=1)
-            # one dot product per entry: no (B, M, L, D) stack, no re-normalised copies
-            # (vecdot ran twice as fast as the equivalent bmm, forward + backward)
-            flat_v = unit_v.reshape(batch, -1)
-            sim = torch.stack([torch.linalg.vecdot(flat_v, unit.reshape(batch, -1)) for unit in memory.units()], dim=1)
-            sim = sim / v.shape[-1]
+            # sum_l (v / |v|)(e / |e|) per channel is sum_l v e / (|v| |e|): one dot product and
+            # a (B, D) division per entry, no normalised (B, L, D) copies of v or the entries.
+            norm_v = channel_norms(v)
+            sim = torch.stack(
+                [(torch.linalg.vecdot(v, entry, dim=1) / (norm_v * norm)).mean(dim=1) for entry, norm in zip(memory.entries, memory.norms())],
+                dim=1,
+            )
             weights = torch.softmax(self.log_sharpness.exp() * sim, dim=1)
             read = weights[:, 0, None, None] * memory.entries[0]
             for m in range(1, len(memory.entries)):
                 read = torch.addcmul(read, weights[:, m, None, None], memory.entries[m])
             relevance = (weights * sim).sum(dim=1)
             gate = torch.sigmoid(self.cache_weight) * 0.5 * (1.0 + relevance)
-            v = v + gate.view(-1, 1, 1) * self.feature_fusion(torch.cat([read, a], dim=-1))
+            v = torch.addcmul(v, gate.view(-1, 1, 1), self.feature_fusion(torch.cat([read, a], dim=-1)))
         memory.push(v)
         return v
 
@@ -195,10 +205,13 @@ class ScoreViT(nn.Module):
         self.score_head = nn.Linear(dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Args: x (B, D, H, W). Returns: (B, ceil(H/p), ceil(W/p)) scores in (0, 1)."""
+        """Args: x (B, H, W, D) channels-last. Returns: (B, ceil(H/p), ceil(W/p)) scores in (0, 1)."""
         p = self.patch
-        t = self.reduce(x)
-        pad_h, pad_w = -x.shape[2] % p, -x.shape[3] % p
+        # The 1x1 reduction as a linear layer on the rows: oneDNN's 1x1 convolution to 8
+        # channels of a channels-last map ran about 5x slower than this GEMM.
+        reduce = self.reduce
+        t = F.linear(x, reduce.weight.view(reduce.out_channels, -1), reduce.bias).permute(0, 3, 1, 2)
+        pad_h, pad_w = -t.shape[2] % p, -t.shape[3] % p
         if pad_h or pad_w:
             t = F.pad(t, (0, pad_w, 0, pad_h), mode="replicate")
         t = self.proj(t)
@@ -292,23 +305,32 @@ class SS2D(SelectiveScanLayer):
         scores = None
         if self.gps:
             assert self.vit_score_map is not None
-            scores = self.vit_score_map(xs.transpose(1, 2).reshape(batch, inner, height, width))
+            scores = self.vit_score_map(xs.view(batch, height, width, inner))
         order, inverse = self._orders(scores, batch, height, width)
         y, _ = self.scan_ordered(xs.contiguous(), order, inverse)  # (B, L, K, Di), raster order
 
-        # unbind, not slices: a slice's backward zero-fills a whole (B, L, K, Di) gradient per slice
-        parts = y.unbind(dim=2)
-        merged = functools.reduce(torch.add, parts[:CROSS_DIRECTIONS]) if self.cross else None
+        z = z.view(batch, length, inner)
+        ones = y.new_ones(batch, 1, inner)
         if self.gps:
             assert scores is not None
             p = self.gps_patch
             gate = 2.0 * scores.repeat_interleave(p, dim=1).repeat_interleave(p, dim=2)[:, :height, :width]
-            gps = functools.reduce(torch.add, parts[-GPS_DIRECTIONS:]) * gate.reshape(batch, length, 1).to(y.dtype)
-            merged = gps if merged is None else merged + gps
-        assert merged is not None
-
-        out = self.out_norm(merged.view(batch, height, width, inner).to(x.dtype)) * F.silu(z)
-        return self.out_proj(out)
+            gate = gate.reshape(batch, length, 1, 1).to(y.dtype)
+            if not torch.is_grad_enabled():
+                # Inference: the score gate scales the GPS sequences in place, so the merge, the
+                # norm and the SiLU gate are one pass over y (merge_norm_gate with unit gates).
+                y[:, :, self.directions - GPS_DIRECTIONS :].mul_(gate)
+                out = merge_norm_gate(y, ones.expand(batch, self.directions, inner), z, self.out_norm, backend=self.scan_backend)
+                return self.out_proj(out).view(batch, height, width, -1)
+            # unbind, not slices: a slice's backward zero-fills a whole (B, L, K, Di) gradient per slice
+            parts = y.unbind(dim=2)
+            merged = functools.reduce(torch.add, parts[-GPS_DIRECTIONS:]) * gate[..., 0]
+            if self.cross:
+                merged = functools.reduce(torch.add, parts[:CROSS_DIRECTIONS]) + merged
+            out = merge_norm_gate(merged.unsqueeze(2), ones, z, self.out_norm, backend=self.scan_backend)
+        else:
+            out = merge_norm_gate(y, ones.expand(batch, self.directions, inner), z, self.out_norm, backend=self.scan_backend)
+        return self.out_proj(out).view(batch, height, width, -1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -351,7 +373,22 @@ class CAB(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.cab(x)
+        """Args: x (B, H, W, C) channels-last. Returns the same shape.
+
+        The light variant's 1x1 convolutions run as linear layers on the rows (oneDNN's 1x1
+        convolutions of channels-last maps ran several times slower); the others on NCHW views.
+        """
+        if len(self.cab) != 6:
+            return self.cab(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        reduce, depthwise, gelu, expand, dilated, attention = self.cab
+        t = gelu(depthwise(_pointwise(reduce, x).permute(0, 3, 1, 2)))
+        t = dilated(_pointwise(expand, t.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+        return attention(t).permute(0, 2, 3, 1)
+
+
+def _pointwise(conv: nn.Conv2d, rows: torch.Tensor) -> torch.Tensor:
+    """A 1x1 convolution applied to channels-last rows (..., C_in) -> (..., C_out)."""
+    return F.linear(rows, conv.weight.view(conv.out_channels, -1), conv.bias)
 
 
 class RAMBlock(nn.Module):
@@ -369,9 +406,9 @@ class RAMBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, memory: FeatureMemory | None) -> torch.Tensor:
         """Args: x (B, H, W, C). Returns the same shape."""
-        x = x * self.skip_scale + self.drop_path(self.self_attention(self.ln_1(x), memory))
-        cab = self.conv_blk(self.ln_2(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return x * self.skip_scale2 + cab
+        mixed = self.drop_path(self.self_attention(self.ln_1(x), memory))
+        x, normed = residual_norm(x, self.skip_scale, mixed, self.ln_2, backend=self.self_attention.scan_backend)
+        return torch.addcmul(self.conv_blk(normed), x, self.skip_scale2)
 
 
 class ResidualGroup(nn.Module):
