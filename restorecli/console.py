@@ -18,6 +18,7 @@ use it.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,10 +28,32 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress
 
-__all__ = ["Bars", "Output", "bars_wanted", "progress_bars", "stdout_console"]
+__all__ = ["Bars", "Output", "bars_wanted", "cell", "one_line", "progress_bars", "stdout_console"]
 
 PIPED_WIDTH = 200
 """Width of tables written to a pipe or file: long paths are not wrapped at 80 columns."""
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with its control characters escaped as Python writes them (``\\n``, ``\\x1b``).
+
+    A file name may hold a newline or a terminal escape sequence; a note or an ``Error:`` line
+    that names it must stay one line and must not drive the terminal.
+    """
+    return _CONTROL.sub(lambda match: repr(match.group())[1:-1], text)
+
+
+def cell(text: str) -> str:
+    """Plain text (a path, a message naming one) for a rich table cell: one line, no markup.
+
+    rich reads ``[...]`` in a string as a style tag, so ``IMG [edited].jpg`` showed as ``IMG .jpg``.
+    """
+    from rich.markup import escape
+
+    return escape(one_line(text))
 
 
 def _is_terminal(stream: IO[str]) -> bool:
@@ -160,5 +183,5 @@ class Output:
 
     def warning(self, message: str) -> None:
         """A message on stderr even under ``--quiet``: what the user must act on (how to resume)."""
-        sys.stderr.write(message + "\n")
+        sys.stderr.write(one_line(message) + "\n")
         sys.stderr.flush()

@@ -199,6 +199,25 @@ def test_batch_goes_on_past_a_bad_file(tmp_path: Path, weights: dict[str, Path],
     assert err.count("Error: ") == 1 and "b.png: not an image" in err and "Skipped" in err and "readme.txt" in err
 
 
+def test_names_with_brackets_newlines_and_escapes_are_shown_as_they_are(tmp_path: Path, weights: dict[str, Path], capsys, monkeypatch) -> None:
+    # rich read "[edited]" as a style tag (the table showed "IMG .jpg"); a newline split the Error line in two
+    folder = tmp_path / "in"
+    write_png(folder / "IMG [edited].png")
+    write_png(folder / "[red] b.png")
+    (folder / "bad\nname.png").write_text("not really a png")
+    (folder / "esc\x1b[31m.png").write_text("not one either")
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(["sr", "in", "-o", "out", "--weights", weights["sr2"]], capsys, monkeypatch)
+    assert code == 1
+    assert sorted(err.splitlines()) == [
+        "Error: in/bad\\nname.png: not an image: named .png but its content is not PNG, JPEG, WebP, BMP, TIFF or GIF (starts with b'not real')",
+        "Error: in/esc\\x1b[31m.png: not an image: named .png but its content is not PNG, JPEG, WebP, BMP, TIFF or GIF (starts with b'not one ')",
+    ]
+    for shown in ("in/IMG [edited].png", "out/IMG [edited]_x2.png", "in/[red] b.png", "out/[red] b_x2.png", "in/bad\\nname.png", "in/esc\\x1b[31m.png"):
+        assert shown in out
+    assert "\x1b" not in out and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["IMG [edited]_x2.png", "[red] b_x2.png"]
+
+
 def test_existing_outputs_are_skipped_then_overwritten(tmp_path: Path, weights: dict[str, Path], capsys, monkeypatch) -> None:
     source = write_png(tmp_path / "a.png")
     target = tmp_path / "a_x2.png"

@@ -73,3 +73,11 @@ def test_tables_on_a_pipe_are_not_wrapped_at_80_columns(capsys: pytest.CaptureFi
     Output().show(table)
     out = capsys.readouterr().out
     assert "/a/very/long/folder/name/" * 3 + "photo.png" in out and max(map(len, out.splitlines())) > 80
+
+
+def test_notes_and_table_cells_are_one_line_of_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
+    # file names may hold newlines, terminal escapes and rich's "[...]" tags
+    assert console.one_line("a\nb\tc\x1b[31md\x7f é 画") == "a\\nb\\tc\\x1b[31md\\x7f é 画"
+    assert console.cell("IMG [edited].png") == "IMG \\[edited].png"
+    Output(quiet=False).note("Error: in/bad\nname.png: not an image")
+    assert capsys.readouterr().err == "Error: in/bad\\nname.png: not an image\n"

@@ -402,6 +402,23 @@ def test_pred_dir_scoring(tmp_path: Path) -> None:
     assert isinstance(result.exception, ImageReadError) and "c.png" in str(result.exception)
 
 
+def test_pred_dir_table_shows_names_as_they_are_and_a_file_as_out_is_refused_first(tmp_path: Path) -> None:
+    image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    _write(tmp_path / "[bold] gt" / "IMG [edited].png", image)
+    _write(tmp_path / "pred" / "IMG [edited].png", image)
+    args = ["eval", "--pred-dir", str(tmp_path / "pred"), "--gt-dir", str(tmp_path / "[bold] gt"), "--scale", "1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    # rich read "[edited]" as a style tag and showed "IMG "
+    assert "IMG [edited]" in result.stdout and f"{tmp_path / '[bold] gt'}: PSNR inf dB" in result.stdout
+
+    (tmp_path / "report.txt").write_text("mine")
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "report.txt")])
+    assert isinstance(result.exception, UsageError)
+    assert str(result.exception) == f"--out: expected a folder, got the existing file {tmp_path / 'report.txt'}"
+    assert (tmp_path / "report.txt").read_text() == "mine"
+
+
 # ----------------------------------------------------------------------------- data sets
 
 

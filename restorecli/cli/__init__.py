@@ -12,6 +12,7 @@ import typer
 
 from restorecli.cli import bench_cmd, env_cmd, eval_cmd, models_cmds, restore_cmds, train_cmd
 from restorecli import interrupts
+from restorecli.console import one_line
 from restorecli.errors import RestoreError
 from restorecli.headers import lift_decoder_pixel_cap
 from restorecli.heap import reuse_freed_memory
@@ -73,7 +74,7 @@ def _run_app() -> int:
     try:
         result = app(standalone_mode=False)
     except RestoreError as error:
-        sys.stderr.write(f"Error: {error}\n")
+        sys.stderr.write(f"Error: {one_line(str(error))}\n")  # a path in it may hold a newline
         if os.environ.get("RESTORECLI_DEBUG"):
             raise
         sys.exit(error.exit_code)
@@ -90,6 +91,6 @@ def _run_app() -> int:
         line = _usage_error_line(error)
         if line is None:
             raise
-        sys.stderr.write(f"Error: {line}\n")
+        sys.stderr.write(f"Error: {one_line(line)}\n")
         sys.exit(error.exit_code)  # type: ignore[attr-defined]
     return result if isinstance(result, int) else 0

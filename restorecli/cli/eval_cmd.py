@@ -21,7 +21,7 @@ from restorecli.cli.options import (
     WeightsOpt,
 )
 from restorecli.cli.stopping import exit_stopped
-from restorecli.console import Bars, Output
+from restorecli.console import Bars, Output, cell
 from restorecli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -83,7 +83,9 @@ def _print_summary(report: EvalReport, output: Output) -> None:
 
     summary = report.summary()
     head = summary["headline"]
-    table = Table(title=f"{summary['model']} on {summary['dataset']} ({summary['protocol']})", title_justify="left")
+    # with --pred-dir/--gt-dir the model and data set are folder paths: plain text, not rich markup
+    title = f"{cell(str(summary['model']))} on {cell(str(summary['dataset']))} ({summary['protocol']})"
+    table = Table(title=title, title_justify="left")
     for column in ("image", "PSNR Y", "SSIM Y", "PSNR RGB", "SSIM RGB", "s"):
         table.add_column(column, justify="left" if column == "image" else "right")
 
@@ -92,7 +94,7 @@ def _print_summary(report: EvalReport, output: Output) -> None:
 
     for r in summary["images"]:
         table.add_row(
-            r["name"],
+            cell(r["name"]),  # a file's stem: plain text, not rich markup
             fmt(r["psnr_y"], 2),
             fmt(r["ssim_y"], 4),
             fmt(r["psnr_rgb"], 2),
@@ -113,7 +115,7 @@ def _print_summary(report: EvalReport, output: Output) -> None:
     output.show(table)
     key = "y" if head == "y" else "rgb"
     output.show(
-        f"{summary['dataset']}: PSNR {fmt(m['psnr_' + key], 2)} dB, SSIM {fmt(m['ssim_' + key], 4)} "
+        f"{cell(str(summary['dataset']))}: PSNR {fmt(m['psnr_' + key], 2)} dB, SSIM {fmt(m['ssim_' + key], 4)} "
         f"({key.upper()}, crop border {summary['crop_border']})",
         highlight=False,
     )
@@ -126,7 +128,7 @@ def _print_summary(report: EvalReport, output: Output) -> None:
             highlight=False,
         )
     for note in summary.get("notes", []):
-        output.show(f"note: {note}", highlight=False, style="dim")
+        output.show(f"note: {cell(note)}", highlight=False, style="dim")
 
 
 def eval_command(
@@ -204,6 +206,9 @@ def eval_command(
     from restorecli import evaluate as ev
 
     output = Output(json_output=as_json, quiet=quiet)
+    if out is not None and out.exists() and not out.is_dir():
+        # refused now: the report is written only after every image has been scored
+        raise UsageError(f"--out: expected a folder, got the existing file {out}")
     if pred_dir is not None or gt_dir is not None:
         if pred_dir is None or gt_dir is None:
             raise UsageError("--pred-dir and --gt-dir go together: give both")

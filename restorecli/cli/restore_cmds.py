@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from restorecli.cli.options import RestoreOptions, with_restore_options
-from restorecli.console import Bars, Output
+from restorecli.console import Bars, Output, cell
 from restorecli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -264,11 +264,11 @@ def _summary_table(report: BatchReport) -> Any:
     for result in report.files:
         details = result.error or "; ".join(result.notes)
         table.add_row(
-            result.input,
-            result.output or "",
+            cell(result.input),
+            cell(result.output or ""),
             f"[{styles.get(result.status, '')}]{result.status}[/]",
             f"{result.seconds:.2f}" if result.status != "skipped" else "",
-            details,
+            cell(details),
         )
     return table
 
