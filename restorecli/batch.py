@@ -332,6 +332,25 @@ def output_collisions(items: Sequence[InputFile], rule: OutputRule) -> list[File
     return failed
 
 
+def check_report_path(report: Path, items: Sequence[InputFile], rule: OutputRule) -> None:
+    """Refuse a ``--report`` file that is a folder, an input or an output of the batch, before any work.
+
+    The report is written over whatever has its name once the batch is done: an input or a
+    restored image would be replaced by JSON.
+
+    Raises:
+        UsageError: The path is an existing folder, an input or an input's output path.
+    """
+    if report.is_dir():
+        raise UsageError(f"--report: expected a file name, got the folder {report}")
+    key = _output_key(report)
+    for item in items:
+        if key == _output_key(item.path) or (report.exists() and os.path.samefile(report, item.path)):
+            raise UsageError(f"--report: expected a file that is not an input, got the input {item.path}")
+        if key == _output_key(rule.path_for(item)):
+            raise UsageError(f"--report: expected a file that is not an output, got the output of {item.path}")
+
+
 def _output_key(path: Path) -> str:
     """Compare output paths as the file system would (normalised, case-folded on Windows)."""
     return os.path.normcase(str(path.resolve()))
@@ -544,6 +563,8 @@ def _take_target(
     # first: the checks below would stat the path, and the system refuses names over its limit
     io.check_name_length(path, hint=shorter)
     _refuse_input_as_output(path, item, protected, hint=other)
+    if path.is_dir():  # not an output to skip: --overwrite would not replace it either
+        raise ImageWriteError(f"{path}: is a folder, expected an output file path; {other}")
     if path.exists() and not overwrite:
         result.status = STATUS_SKIPPED
         result.notes.append("output exists (pass --overwrite to replace it)")
@@ -649,6 +670,7 @@ __all__ = [
     "InputFile",
     "OutputRule",
     "Skip",
+    "check_report_path",
     "default_suffix",
     "discover_inputs",
     "drop_earlier_outputs",

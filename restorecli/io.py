@@ -710,6 +710,10 @@ def atomic_output(
                 prefix=temporary_prefix(path.name, name_limit(path.parent)), suffix=TEMPORARY_SUFFIX, dir=path.parent
             )
             os.close(handle)
+    except (FileExistsError, NotADirectoryError):
+        # a file stands where a folder of the path must be; the system's "File exists" does not say which
+        blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists()), path.parent)
+        raise error(f"{path.parent}: cannot write into this folder: {blocker} is a file, not a folder") from None
     except OSError as failure:
         raise error(f"{path.parent}: cannot write into this folder: {failure.strerror or failure}") from None
     temporary = Path(name)

@@ -372,6 +372,16 @@ def test_report_file_and_ensemble(tmp_path: Path, weights: dict[str, Path], caps
     assert entry["tile"] == {"requested": 32, "size": 32, "overlap": 8, "tiles": 8 * 4}
 
 
+def test_unwritable_report_file_still_shows_what_the_batch_did(tmp_path: Path, weights: dict[str, Path], capsys, monkeypatch) -> None:
+    source = write_png(tmp_path / "a.png")
+    (tmp_path / "blocker").write_text("a file where the report's folder should be")
+    args = ["sr", source, "--weights", weights["sr2"], "--json", "--report", tmp_path / "blocker" / "run.json"]
+    code, out, err = run_cli(args, capsys, monkeypatch)
+    assert code == 1 and json.loads(out)["summary"]["ok"] == 1 and (tmp_path / "a_x2.png").is_file()
+    blocker = tmp_path / "blocker"
+    assert err.splitlines() == [f"Error: {blocker}: cannot write into this folder: {blocker} is a file, not a folder"]
+
+
 def test_ctrl_c_keeps_finished_outputs_and_prints_the_summary(tmp_path: Path, weights: dict[str, Path], capsys, monkeypatch) -> None:
     for name in ("a", "b", "c"):
         write_png(tmp_path / f"{name}.png")
@@ -405,6 +415,8 @@ def _bad_cases(tmp: Path, weights: dict[str, Path]) -> dict[str, tuple[list, int
     (tmp / "photo.ppm").write_bytes(b"P6\n2 2\n255\n" + bytes(12))  # netpbm: not a format this tool reads
     (tmp / "blocker").write_text("a file where a folder should be")
     rgba = write_png(tmp / "logo.png", channels=4)
+    boxed = write_png(tmp / "boxed" / "a.png")
+    (tmp / "boxed" / "a_x2.png").mkdir()  # a folder where the output goes
     sr = ["--weights", weights["sr2"]]
     never_loaded = ["--weights", tmp / "not-there.pth"]  # these are refused before the network is loaded
     return {
@@ -440,6 +452,12 @@ def _bad_cases(tmp: Path, weights: dict[str, Path]) -> dict[str, tuple[list, int
         "alpha to jpg output file": (["sr", rgba, *sr, "-o", tmp / "big.jpg"], 1,
                                      (f"{tmp / 'big.jpg'}: {rgba} has an alpha channel, which .jpg files cannot keep; "
                                       "expected an output name ending .png")),
+        "report onto an input": (["sr", good, *sr, "--report", good], 2, f"--report: expected a file that is not an input, got the input {good}"),
+        "report onto an output": (["sr", good, *sr, "--report", good.parent / "a_x2.png"], 2,
+                                  f"--report: expected a file that is not an output, got the output of {good}"),
+        "report onto a folder": (["sr", good, *sr, "--report", tmp / "empty_dir"], 2, f"--report: expected a file name, got the folder {tmp / 'empty_dir'}"),
+        "output name is a folder": (["sr", boxed, *sr], 1,  # not skipped as an existing output
+                                    f"{tmp / 'boxed' / 'a_x2.png'}: is a folder, expected an output file path"),
     }
 
 
@@ -450,7 +468,8 @@ def _bad_cases(tmp: Path, weights: dict[str, Path]) -> dict[str, tuple[list, int
      "anonymous unknown layout", "unwritable output folder", "output equals input", "fp16 on cpu", "bad --ext",
      "sigma and real", "folder to output file", "two inputs to output file", "glob to output file",
      "suffix with output file", "ext against output file", "gif output file", "output file equals input",
-     "alpha to jpg output file"],  # fmt: skip
+     "alpha to jpg output file", "report onto an input", "report onto an output", "report onto a folder",
+     "output name is a folder"],  # fmt: skip
 )
 def test_bad_input_gives_one_line_error(tmp_path: Path, weights: dict[str, Path], capsys, monkeypatch, case: str) -> None:
     args, expected_code, message = _bad_cases(tmp_path, weights)[case]

@@ -155,6 +155,8 @@ def _restore(
         ensemble=options.ensemble,
     )
     rule = batch.OutputRule(None if output_file else options.output_path, suffix, options.ext, file=output_file)
+    if options.report is not None:
+        batch.check_report_path(options.report, images, rule)
     collisions = batch.output_collisions(images, rule)
     for collision in collisions:
         output.note(_error_line(collision))
@@ -237,14 +239,15 @@ def _require_images(images: list[InputFile], skips: list[Any], inputs: list[str]
 def _publish(report: BatchReport, options: RestoreOptions, output: Output) -> None:
     """Summary table or JSON on stdout, and the ``--report`` file."""
     document = report.to_dict()
-    if options.report is not None:
-        from restorecli.io import write_bytes_atomic
-
-        write_bytes_atomic(options.report, (json.dumps(document, indent=2) + "\n").encode(), overwrite=True)
+    # shown first: a report file that cannot be written must not hide what the batch did
     if options.json_output:
         output.data(document)
     else:
         output.show(_summary_table(report))
+    if options.report is not None:
+        from restorecli.io import write_bytes_atomic
+
+        write_bytes_atomic(options.report, (json.dumps(document, indent=2) + "\n").encode(), overwrite=True)
 
 
 def _summary_table(report: BatchReport) -> Any:
