@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from restorecli import datasets
 from restorecli import evaluate as ev
 from restorecli.cli import app, eval_cmd
-from restorecli.errors import ChecksumError, ConfigError, DownloadError, ImageReadError, UsageError
+from restorecli.errors import ChecksumError, ConfigError, DownloadError, ImageReadError, ImageWriteError, UsageError
 
 runner = CliRunner()
 
@@ -417,6 +417,11 @@ def test_pred_dir_table_shows_names_as_they_are_and_a_file_as_out_is_refused_fir
     assert isinstance(result.exception, UsageError)
     assert str(result.exception) == f"--out: expected a folder, got the existing file {tmp_path / 'report.txt'}"
     assert (tmp_path / "report.txt").read_text() == "mine"
+
+    # a report folder that cannot be written comes after the scores, which are printed all the same
+    result = runner.invoke(app, [*args, "--json", "--out", str(tmp_path / "report.txt" / "run")])
+    assert isinstance(result.exception, ImageWriteError) and "report.txt is a file, not a folder" in str(result.exception)
+    assert [image["name"] for image in json.loads(result.stdout)["images"]] == ["IMG [edited]"]
 
 
 # ----------------------------------------------------------------------------- data sets

@@ -269,13 +269,14 @@ def _finish(report: EvalReport, out: Path | None, output: Output) -> None:
     from restorecli import interrupts
     from restorecli.eval_report import write_report
 
-    if out is not None:
-        paths = write_report(report, out)
-        output.note(f"report written: {', '.join(str(p) for p in paths)}")
+    # the scores are shown first: a report folder that cannot be written must not lose them
     if output.json_output:
         output.data(report.summary())
     else:
         _print_summary(report, output)
+    if out is not None:
+        paths = write_report(report, out)
+        output.note(f"report written: {', '.join(str(p) for p in paths)}")
     if report.stop_signal is not None:
         done, total = len(report.images), report.meta.get("images_total", len(report.images))
         output.note(f"Interrupted ({interrupts.signal_name(report.stop_signal)}) after {done} of {total} images")
