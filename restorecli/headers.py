@@ -50,8 +50,9 @@ class Header:
         height: Rows.
         frames: Pages (TIFF) or frames (animated PNG, WebP, GIF); 1 for a still image.
         frame_unit: ``page`` or ``frame``: how ``frames`` is counted.
-        grey_alpha: The file stores grey samples with an alpha channel (PNG colour type 4, a
-            two-sample grey TIFF); OpenCV decodes the PNG as BGRA and the TIFF as grey alone.
+        grey_alpha: The file stores grey samples with transparency (PNG colour type 4 or a grey
+            PNG with a tRNS colour key, a two-sample grey TIFF); OpenCV decodes the first as BGRA,
+            the others as grey alone.
     """
 
     width: int
@@ -103,7 +104,10 @@ def _png(data: bytes) -> Header:
     if not any(chunk.kind == b"IDAT" for chunk in chunks):
         raise HeaderError("no image data (IDAT chunk)")
     frames = next((struct.unpack(">I", c.body[:4])[0] for c in chunks if c.kind == b"acTL" and len(c.body) >= 4), 1)
-    return Header(width, height, max(1, frames), grey_alpha=chunks[0].body[9] == 4)
+    # colour type 4, or grey (0) made transparent by a tRNS colour key
+    colour_type = chunks[0].body[9]
+    grey_alpha = colour_type == 4 or (colour_type == 0 and any(chunk.kind == b"tRNS" for chunk in chunks))
+    return Header(width, height, max(1, frames), grey_alpha=grey_alpha)
 
 
 # SOF0-3, 5-7, 9-11, 13-15: the markers whose segment holds the frame size (C4, C8, CC are not SOFs)

@@ -249,7 +249,7 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
         # OpenCV expands a grey+alpha PNG to BGRA: read as grey, the restored output stays grey
         color = np.ascontiguousarray(color[..., 0])
     elif header.grey_alpha and alpha is None:
-        notes.append(f"alpha dropped (OpenCV reads a grey+alpha {fmt.upper()} as grey alone)")
+        notes.append(f"alpha dropped (OpenCV decodes this grey {fmt.upper()} without its transparency)")
     try:
         profile = icc.find_profile(data, fmt)
     except icc.ProfileError as error:

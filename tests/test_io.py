@@ -315,12 +315,21 @@ def test_grey_alpha_png_is_read_as_grey_with_alpha(tmp_path: Path, depth: int) -
     np.testing.assert_array_equal(back.alpha, image.alpha)
 
 
-def test_grey_alpha_tiff_says_that_its_alpha_was_not_read(tmp_path: Path) -> None:
+def test_grey_alpha_tiff_says_that_its_transparency_was_not_read(tmp_path: Path) -> None:
     grey, alpha = np.array([[10, 20, 30]], np.uint8), np.array([[255, 128, 0]], np.uint8)
     pixels = np.dstack([grey, alpha]).tobytes()
     entries = [(256, 3), (257, 1), (258, 8), (259, 1), (262, 1), (273, 8), (277, 2), (278, 1), (279, len(pixels)), (338, 2)]
     data = b"II*\x00" + struct.pack("<I", 8 + len(pixels)) + pixels + struct.pack("<H", len(entries))
     data += b"".join(struct.pack("<HHIHH", tag, 3, 1, value, 0) for tag, value in entries) + struct.pack("<I", 0)
     image = io.read_image(_file(tmp_path / "la.tif", data))
-    assert image.mode == "L" and image.decoder_notes == ("alpha dropped (OpenCV reads a grey+alpha TIFF as grey alone)",)
+    assert image.mode == "L" and image.decoder_notes == ("alpha dropped (OpenCV decodes this grey TIFF without its transparency)",)
+    np.testing.assert_array_equal(image.color, grey)
+
+
+def test_grey_png_with_a_transparent_colour_says_that_its_transparency_was_not_read(tmp_path: Path) -> None:
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    data = cv2.imencode(".png", grey)[1].tobytes()
+    trns = struct.pack(">I", 2) + b"tRNS" + struct.pack(">H", 5) + struct.pack(">I", zlib.crc32(b"tRNS" + struct.pack(">H", 5)))
+    image = io.read_image(_file(tmp_path / "key.png", data[:33] + trns + data[33:]))  # after IHDR
+    assert image.mode == "L" and image.decoder_notes == ("alpha dropped (OpenCV decodes this grey PNG without its transparency)",)
     np.testing.assert_array_equal(image.color, grey)
