@@ -111,7 +111,7 @@ def discover_inputs(specs: Sequence[str], *, recursive: bool = False) -> tuple[l
                 elif kind == "folder":
                     skipped.append(Skip(child, "folder (pass --recursive to include subfolders)"))
                 else:
-                    skipped.append(Skip(child, _NOT_A_FILE[kind]))
+                    skipped.append(Skip(child, _NOT_A_FILE.get(kind, kind)))
         elif glob.has_magic(spec):
             matches = sorted(glob.glob(os.path.expanduser(spec), recursive=recursive))
             files = [Path(m) for m in matches if Path(m).is_file()]
@@ -161,14 +161,20 @@ def _is_broken_link(path: Path) -> bool:
 
 def _walk(folder: Path, recursive: bool, seen: set[Path] | None = None) -> Iterable[tuple[Path, str]]:
     """(path, "file" | "folder" | "broken" | "special") below a folder, sorted; ``seen`` breaks
-    folder loops. Broken links and special files are yielded so that the batch reports them
-    instead of passing over them in silence."""
+    folder loops. Broken links, special files and subfolders that cannot be listed (kind: the
+    reason, "cannot list this folder: ...") are yielded so that the batch reports them instead of
+    passing over them in silence; only the named folder itself must be listable."""
+    top = seen is None
     seen = set() if seen is None else seen
     seen.add(folder.resolve())
     try:
         entries = sorted(folder.iterdir())
     except OSError as error:
-        raise UsageError(f"cannot list folder {folder}: {error.strerror or error}") from None
+        if top:
+            raise UsageError(f"cannot list folder {folder}: {error.strerror or error}") from None
+        # one locked subfolder (lost+found, another user's) must not stop the rest of the tree
+        yield folder, f"cannot list this folder: {error.strerror or error}"
+        return
     for entry in entries:
         if entry.is_dir():
             if not recursive:

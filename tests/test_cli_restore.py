@@ -282,6 +282,28 @@ def test_broken_links_and_special_files_are_reported_not_passed_over(tmp_path: P
     assert [s.path.name for s in skipped] == ["gone.png", "loop1.png", "loop2.png"]  # a pattern skips the pipe
 
 
+def test_a_subfolder_that_cannot_be_listed_is_reported_and_the_rest_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from restorecli.batch import discover_inputs
+    from restorecli.errors import UsageError
+
+    write_png(tmp_path / "top.png")
+    write_png(tmp_path / "open" / "a.png")
+    write_png(tmp_path / "locked" / "b.png")
+    listing = Path.iterdir
+
+    def iterdir(self: Path):  # chmod 000 does not stop root, who runs the tests in containers
+        if self.name == "locked":
+            raise PermissionError(13, "Permission denied", str(self))
+        return listing(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    images, skipped = discover_inputs([str(tmp_path)], recursive=True)
+    assert [item.path.relative_to(tmp_path).as_posix() for item in images] == ["open/a.png", "top.png"]
+    assert [(s.path.name, s.reason) for s in skipped] == [("locked", "cannot list this folder: Permission denied")]
+    with pytest.raises(UsageError, match="cannot list folder .*locked: Permission denied"):
+        discover_inputs([str(tmp_path / "locked")], recursive=True)  # the named folder itself: nothing to do
+
+
 # --- an output file (-o clean.png) -------------------------------------------------------------
 
 
