@@ -245,3 +245,39 @@ def test_vamamba_fused_equals_reference_and_gradients(compiled: None, scan: str,
             module.rate = 0.0
     x = torch.rand(2, 3, 13, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     assert_fused_equals_reference_training(net, x)
+
+
+@pytest.mark.parametrize("d_state", [1, 3])
+def test_training_node_equals_separate_scan_and_epilogue(compiled: None, monkeypatch: pytest.MonkeyPatch, d_state: int) -> None:
+    """Training runs a mixer's scan, SSA gates and output side as one autograd node whose scan
+    backward reads the merged gradient and the gates (float32: the AVX-512 row kernel for
+    N = 1); it equals the scan and the epilogue as separate nodes, outputs and every gradient."""
+    from restorecli.ops import scan_cpu
+
+    config = {
+        "upscale": 2, "in_chans": 3, "img_range": 1.0, "embed_dim": 24, "depths": [2], "d_state": d_state,
+        "ssm_ratio": 1.4, "mlp_ratio": 1.5, "upsampler": "pixelshuffledirect", "resi_connection": "1conv", "scan_len": 4,
+    }  # fmt: skip
+    torch.manual_seed(0)
+    net = models.build_arch("mair", models.config_from_mapping("mair", config)).train()
+    for module in net.modules():
+        if isinstance(module, blocks.DropPath):
+            module.rate = 0.0
+    x = torch.rand(2, 3, 23, 19, generator=torch.Generator().manual_seed(5))
+    original, ran = scan_cpu.scan_merge_norm_gate_kernel, []
+
+    def spy(*args: object) -> torch.Tensor | None:
+        out = original(*args)  # type: ignore[arg-type]
+        ran.append(out is not None)
+        return out
+
+    results = []
+    for fused in (True, False):
+        monkeypatch.setattr(scan_cpu, "scan_merge_norm_gate_kernel", spy if fused else lambda *args: None)
+        net.zero_grad()
+        out = net(x)
+        out.square().mean().backward()
+        results.append([out.detach()] + [p.grad.clone() for p in net.parameters()])
+    assert ran == [True, True]  # both blocks ran the single node
+    for got, want in zip(*results):
+        assert rel_err(got, want) < 1e-5

@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from restorecli.ops import cpu_cache
-from restorecli.ops.block_epilogue import merge_norm_gate, residual_norm
-from restorecli.ops.scan_order import mair_scan_order
+from restorecli.ops.block_epilogue import merge_norm_gate, ordered_scan_merge_norm_gate, residual_norm
+from restorecli.ops.scan_order import ScanOrder, mair_scan_order
+from restorecli.ops.scan_ref import OrderedScanInputs, ssa_gates
 
 DIRECTIONS = 4
 # Positions per thread in a run of the position-wise layers in streamed inference
@@ -109,28 +110,25 @@ class SelectiveScanLayer(nn.Module):
             y (B, L, K, Di) in raster order (float32) and its mean over the positions (B, K, Di).
         """
         batch, length, inner = xs.shape
-        # x_proj acts on each position alone, so it runs once on the map, before any ordering.
-        proj = F.linear(xs, self.x_proj_weight.view(-1, inner))  # (B, L, K * (R + 2N))
+        inputs = self.ordered_inputs(xs, order, inverse)
         if xs.device.type == "meta":
             # Shape-only runs (parameter/FLOP accounting): the Δ projection the scan fuses is
             # still issued so the flop counter sees it; the scan's own cost is added by
             # ``restorecli.models.stats``.
-            torch.matmul(self.dt_projs_weight, proj.new_empty(batch, self.directions, self.rank, length))
+            torch.matmul(self.dt_projs_weight, inputs.proj.new_empty(batch, self.directions, self.rank, length))
             y = xs.new_empty(batch, length, self.directions, inner, dtype=torch.float32)
             return y, y.mean(dim=1)
         from restorecli.ops.ordered_scan import ordered_selective_scan
 
-        return ordered_selective_scan(
-            xs,
-            proj,
-            self.dt_projs_weight,
-            self.dt_projs_bias.reshape(-1),
-            -torch.exp(self.A_logs),  # cast with the other inputs to the scan's compute dtype
-            self.Ds,
-            order,
-            inverse,
-            backend=self.scan_backend,
-        )
+        return ordered_selective_scan(*inputs, backend=self.scan_backend)
+
+    def ordered_inputs(self, xs: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> OrderedScanInputs:
+        """The ordered scan's inputs for a (B, L, Di) scan input: x_proj (it acts on each
+        position alone, so it runs once on the map, before any ordering) and the parameters."""
+        proj = F.linear(xs, self.x_proj_weight.view(-1, xs.shape[-1]))  # (B, L, K * (R + 2N))
+        # A is cast with the other inputs to the scan's compute dtype.
+        a = -torch.exp(self.A_logs)
+        return OrderedScanInputs(xs, proj, self.dt_projs_weight, self.dt_projs_bias.reshape(-1), a, self.Ds, order, inverse)
 
     def project_in(
         self, x: torch.Tensor, *, out: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -174,11 +172,14 @@ class ShuffleGate(nn.Module):
         Returns:
             (B, 4, Di): g[b, j, d] = sigmoid(sum_k W[4d+j, k] * pooled[b, k, d] + bias[4d+j]).
         """
+        weight, bias = self.parameters_dj()
+        return ssa_gates(pooled, weight.to(pooled.dtype), bias.to(pooled.dtype))
+
+    def parameters_dj(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The grouped 1x1 convolution's weight as (Di, 4, 4) ``[d, j, k]`` and bias as (Di, 4)
+        ``[d, j]`` (views: gradients reach the registered parameters)."""
         conv = self.gating[1]
-        weight = conv.weight.view(self.inner, DIRECTIONS, DIRECTIONS).to(pooled.dtype)  # [d, j, k]
-        bias = conv.bias.view(self.inner, DIRECTIONS).to(pooled.dtype)  # [d, j]
-        logits = torch.einsum("djk,bkd->bjd", weight, pooled) + bias.t().unsqueeze(0)
-        return torch.sigmoid(logits)
+        return conv.weight.view(self.inner, DIRECTIONS, DIRECTIONS), conv.bias.view(self.inner, DIRECTIONS)
 
 
 class MambaMixer2D(SelectiveScanLayer):
@@ -206,8 +207,22 @@ class MambaMixer2D(SelectiveScanLayer):
         """
         batch, height, width, _ = x.shape
         xa, z = self.project_in(x)
+        z = z.view(batch, height * width, self.inner)
+        if torch.is_grad_enabled() and x.device.type != "meta":
+            # Training: scan, SSA gates and output side as one step, which on the compiled
+            # kernel is one autograd node (restorecli.ops.block_epilogue.ordered_scan_merge_norm_gate).
+            xs, order = self.scan_input(xa)
+            inputs = self.ordered_inputs(xs, order.scan, order.inverse)
+            out = ordered_scan_merge_norm_gate(inputs, *self.gating.parameters_dj(), z, self.out_norm, backend=self.scan_backend)
+            return self.out_proj(out).view(batch, height, width, -1)
         y, gates = self.scan_and_gate(xa)
-        return self.project_out(y, gates, z.view(batch, height * width, self.inner)).view(batch, height, width, -1)
+        return self.project_out(y, gates, z).view(batch, height, width, -1)
+
+    def scan_input(self, xa: torch.Tensor) -> tuple[torch.Tensor, ScanOrder]:
+        """Depthwise conv and SiLU of xa (B, H, W, Di): the scan input (B, L, Di) and the NSS orders."""
+        batch, height, width, inner = xa.shape
+        xs = F.silu(self.conv2d(xa.permute(0, 3, 1, 2))).permute(0, 2, 3, 1).reshape(batch, height * width, inner)
+        return xs, mair_scan_order(height, width, self.scan_len, self.shift, xs.device)
 
     def scan_and_gate(self, xa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Depthwise conv, SiLU, x_proj, the K ordered scans and the SSA gates.
@@ -218,9 +233,7 @@ class MambaMixer2D(SelectiveScanLayer):
         Returns:
             y (B, L, K, Di) in raster order and gates (B, K, Di).
         """
-        batch, height, width, inner = xa.shape
-        xs = F.silu(self.conv2d(xa.permute(0, 3, 1, 2))).permute(0, 2, 3, 1).reshape(batch, height * width, inner)
-        order = mair_scan_order(height, width, self.scan_len, self.shift, xs.device)
+        xs, order = self.scan_input(xa)
         y, pooled = self.scan_ordered(xs, order.scan, order.inverse)
         # SSA: the pooled mean is order-independent, so the scan takes it on the way.
         return y, self.gating.gate(pooled)

@@ -2,7 +2,9 @@
 
 * :func:`merge_norm_gate`: the mixer's output side, ``LayerNorm(SSA merge of y) * silu(z)``;
 * :func:`residual_norm`: the block's residual and the norm after it, ``a = x * skip + mixed``
-  and ``LayerNorm(a)``.
+  and ``LayerNorm(a)``;
+* :func:`ordered_scan_merge_norm_gate`: in training, the mixer's ordered scan, SSA gates and
+  :func:`merge_norm_gate` as one step (one autograd node on the compiled kernel).
 
 Each has two formulations of the same maths: PyTorch operations (the reference; any device,
 autograd) and the compiled CPU kernel (``rcs_merge_norm_gate_*``, ``rcs_residual_norm_*`` and
@@ -19,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from restorecli.ops.ordered_scan import merge_directions
+from restorecli.ops.ordered_scan import merge_directions, ordered_selective_scan, prepare_ordered_inputs
+from restorecli.ops.scan_ref import OrderedScanInputs, ssa_gates
 from restorecli.ops.selective_scan import resolve_backend
 
 
@@ -57,6 +60,42 @@ def merge_norm_gate_reference(
     else:
         merged = merge_directions(y, gates, backend=backend)
     return norm(merged.to(z.dtype)) * F.silu(z)
+
+
+def ordered_scan_merge_norm_gate(
+    inputs: OrderedScanInputs,
+    gate_weight: torch.Tensor,
+    gate_bias: torch.Tensor,
+    z: torch.Tensor,
+    norm: torch.nn.LayerNorm,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """A MaIR mixer's scan and output side: ``ordered_selective_scan``, the SSA gates from
+    its mean (``scan_ref.ssa_gates``) and :func:`merge_norm_gate`.
+
+    Args:
+        inputs: As given to ``ordered_selective_scan`` (x, proj, dt_weight, dt_bias, A, D,
+            order, inverse).
+        gate_weight: (Di, K, K) and gate_bias (Di, K): the SSA gate's parameters.
+        z: (B, L, Di) gate input; norm: out_norm over Di.
+        backend: as for ``ordered_selective_scan``.
+
+    Returns:
+        (B, L, Di) in z's dtype. On the compiled CPU kernel this is one autograd node whose
+        backward never forms the (B, L, K, Di) gradient of the scan output
+        (``scan_cpu.scan_merge_norm_gate_kernel``); elsewhere the three steps run in turn.
+    """
+    if resolve_backend(backend, inputs.x.device) == "cpu" and inputs.x.dtype in (torch.float32, torch.float64):
+        from restorecli.ops import scan_cpu
+
+        prepared = prepare_ordered_inputs(inputs)
+        fused = scan_cpu.scan_merge_norm_gate_kernel(prepared, gate_weight, gate_bias, z, norm.weight, norm.bias, norm.eps)
+        if fused is not None:
+            return fused
+    y, pooled = ordered_selective_scan(*inputs, backend=backend)
+    gates = ssa_gates(pooled, gate_weight.to(pooled.dtype), gate_bias.to(pooled.dtype))
+    return merge_norm_gate(y, gates, z, norm, backend=backend)
 
 
 def residual_norm(

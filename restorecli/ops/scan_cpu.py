@@ -51,9 +51,9 @@ ENV_EXTENSIONS_DIR = "RESTORECLI_EXTENSIONS_DIR"
 IMPLEMENTATIONS = ("auto", "torch", "compiled")
 
 _SOURCE = "selective_scan_cpu.cpp"
-_ABI_VERSION = 4
+_ABI_VERSION = 5
 # Bump when _self_test checks something new, so libraries verified by the old test are retested.
-_SELF_TEST_REVISION = 2
+_SELF_TEST_REVISION = 3
 _BUILD_TIMEOUT_S = 300
 _LOCK_WAIT_S = 300
 # Above this state size the chunked torch scan's (batch, dim, L, N) temporaries cost
@@ -278,6 +278,91 @@ def ordered_scan_kernel(inputs: OrderedScanInputs) -> tuple[torch.Tensor, torch.
     return _OrderedKernelScan.apply(*inputs[:7], lib)
 
 
+def _oscan_forward(
+    x: torch.Tensor,
+    proj: torch.Tensor,
+    dt_weight: torch.Tensor,
+    dt_bias: torch.Tensor,
+    A: torch.Tensor,  # noqa: N803
+    D: torch.Tensor,  # noqa: N803
+    order: torch.Tensor,
+    lib: ctypes.CDLL,
+    *,
+    keep: bool,
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...] | None]:
+    """``rcs_oscan_fwd``: y (B, L, K, Di), its sum over L (B, K * Di) and, with ``keep``, the
+    tensors the backward needs (:func:`_oscan_backward`)."""
+    batch, length, inner = x.shape
+    directions, _, rank = dt_weight.shape
+    n_state = A.shape[1]
+    tile = _tile_steps(n_state)
+    x, proj, dt_weight, A = x.contiguous(), proj.contiguous(), dt_weight.contiguous(), A.contiguous()  # noqa: N806
+    dt_bias, D, order = dt_bias.contiguous(), D.contiguous(), order.contiguous()  # noqa: N806
+    order_stride = 0 if order.dim() == 2 else directions * length
+    y = x.new_empty(batch, length, directions, inner)
+    y_sum = x.new_empty(batch, directions * inner)
+    ckpt = x.new_empty(batch, directions * inner, -(-length // tile), n_state) if keep else None
+    call_library(
+        lib, "oscan_fwd", x.dtype, pointer(order), order_stride, pointer(x), pointer(proj), proj.shape[2], rank,
+        pointer(dt_weight), pointer(A), pointer(D), pointer(dt_bias), 1, batch, inner, length, n_state,
+        directions, tile, pointer(y), pointer(y_sum), pointer(ckpt), torch.get_num_threads(),
+    )  # fmt: skip
+    return y, y_sum, ((x, proj, dt_weight, dt_bias, A, D, order, ckpt) if keep else None)
+
+
+def _oscan_backward(
+    saved: tuple[torch.Tensor, ...],
+    lib: ctypes.CDLL,
+    dy: torch.Tensor,
+    dmean: torch.Tensor | None,
+    dy_scale: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, ...]:
+    """``rcs_oscan_bwd`` from :func:`_oscan_forward`'s saved tensors.
+
+    Args:
+        dy: (B, L, K, Di) gradient of y; or, with ``dy_scale`` (B, K, Di), the (B, L, Di)
+            gradient of the gated sum of the directions (direction k's gradient is then
+            ``dy * dy_scale[:, k]``, formed inside the kernel).
+        dmean: gradient of y's mean over L (B, K, Di), or None.
+
+    Returns:
+        Gradients of x, proj, dt_weight, dt_bias, A and D.
+    """
+    x, proj, dt_weight, dt_bias, A, D, order, ckpt = saved  # noqa: N806
+    batch, length, inner = x.shape
+    directions, _, rank = dt_weight.shape
+    n_state = A.shape[1]
+    dim = directions * inner
+    order_stride = 0 if order.dim() == 2 else directions * length
+    # Each thread adds into its own proj-shaped buffer (gradients of dt_low, B, C are shared
+    # by a direction's channels); cap their total like the plain backward's dB/dC buffers.
+    threads = _backward_threads(x, proj)
+    dy = dy.to(x.dtype).contiguous()
+    dy_shift = None if dmean is None else (dmean.to(x.dtype) / length).reshape(batch, dim).contiguous()
+    if dy_scale is not None:
+        dy_scale = dy_scale.to(x.dtype).reshape(batch, dim).contiguous()
+    dx = x.new_empty(batch, length, inner)  # summed over the directions by the kernel
+    dproj_part = x.new_zeros(threads, *proj.shape)
+    da_part = x.new_empty(batch, dim, n_state)
+    dd_part = x.new_empty(batch, dim)
+    dbias_part = x.new_empty(batch, dim)
+    ddtw_part = x.new_empty(batch, dim, rank)
+    call_library(
+        lib, "oscan_bwd", x.dtype, pointer(order), order_stride, pointer(x), pointer(proj), proj.shape[2], rank,
+        pointer(dt_weight), pointer(A), pointer(D), pointer(dt_bias), 1, batch, inner, length, n_state,
+        directions, _tile_steps(n_state), pointer(ckpt), pointer(dy), pointer(dy_shift), pointer(dy_scale), pointer(dx),
+        pointer(dproj_part), pointer(da_part), pointer(dd_part), pointer(dbias_part), pointer(ddtw_part), threads,
+    )  # fmt: skip
+    return (
+        dx,
+        dproj_part.sum(0) if threads > 1 else dproj_part[0],
+        ddtw_part.sum(0).view(directions, inner, rank),
+        dbias_part.sum(0),
+        da_part.sum(0),
+        dd_part.sum(0),
+    )
+
+
 class _OrderedKernelScan(torch.autograd.Function):
     """The fused kernel (``rcs_oscan_*``): inputs read through the orders, y written in place.
 
@@ -298,64 +383,19 @@ class _OrderedKernelScan(torch.autograd.Function):
         order: torch.Tensor,
         lib: ctypes.CDLL,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        batch, length, inner = x.shape
-        directions, _, rank = dt_weight.shape
-        n_state = A.shape[1]
-        tile = _tile_steps(n_state)
-        x, proj, dt_weight, A = x.contiguous(), proj.contiguous(), dt_weight.contiguous(), A.contiguous()  # noqa: N806
-        dt_bias, D, order = dt_bias.contiguous(), D.contiguous(), order.contiguous()  # noqa: N806
-        order_stride = 0 if order.dim() == 2 else directions * length
-        y = x.new_empty(batch, length, directions, inner)
-        y_sum = x.new_empty(batch, directions * inner)
-        needs_grad = any(ctx.needs_input_grad[:6])  # type: ignore[attr-defined]
-        tiles = -(-length // tile)
-        ckpt = x.new_empty(batch, directions * inner, tiles, n_state) if needs_grad else None
-        call_library(
-            lib, "oscan_fwd", x.dtype, pointer(order), order_stride, pointer(x), pointer(proj), proj.shape[2], rank,
-            pointer(dt_weight), pointer(A), pointer(D), pointer(dt_bias), 1, batch, inner, length, n_state,
-            directions, tile, pointer(y), pointer(y_sum), pointer(ckpt), torch.get_num_threads(),
-        )  # fmt: skip
-        if needs_grad:
-            ctx.save_for_backward(x, proj, dt_weight, dt_bias, A, D, order, ckpt)
-            ctx.meta = (tile, order_stride, lib)  # type: ignore[attr-defined]
+        keep = any(ctx.needs_input_grad[:6])  # type: ignore[attr-defined]
+        y, y_sum, saved = _oscan_forward(x, proj, dt_weight, dt_bias, A, D, order, lib, keep=keep)
+        if saved is not None:
+            ctx.save_for_backward(*saved)
+            ctx.lib = lib  # type: ignore[attr-defined]
+        batch, length, directions, inner = y.shape
         return y, y_sum.view(batch, directions, inner) / length
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: torch.autograd.function.FunctionCtx, dy: torch.Tensor, dmean: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        x, proj, dt_weight, dt_bias, A, D, order, ckpt = ctx.saved_tensors  # type: ignore[attr-defined]  # noqa: N806
-        tile, order_stride, lib = ctx.meta  # type: ignore[attr-defined]
-        batch, length, inner = x.shape
-        directions, _, rank = dt_weight.shape
-        n_state = A.shape[1]
-        dim = directions * inner
-        # Each thread adds into its own proj-shaped buffer (gradients of dt_low, B, C are shared
-        # by a direction's channels); cap their total like the plain backward's dB/dC buffers.
-        threads = _backward_threads(x, proj)
-        dy = dy.to(x.dtype).contiguous()
-        dy_shift = (dmean.to(x.dtype) / length).reshape(batch, dim).contiguous()
-        dx = x.new_empty(batch, length, inner)  # summed over the directions by the kernel
-        dproj_part = x.new_zeros(threads, *proj.shape)
-        da_part = x.new_empty(batch, dim, n_state)
-        dd_part = x.new_empty(batch, dim)
-        dbias_part = x.new_empty(batch, dim)
-        ddtw_part = x.new_empty(batch, dim, rank)
-        call_library(
-            lib, "oscan_bwd", x.dtype, pointer(order), order_stride, pointer(x), pointer(proj), proj.shape[2], rank,
-            pointer(dt_weight), pointer(A), pointer(D), pointer(dt_bias), 1, batch, inner, length, n_state,
-            directions, tile, pointer(ckpt), pointer(dy), pointer(dy_shift), pointer(dx), pointer(dproj_part), pointer(da_part),
-            pointer(dd_part), pointer(dbias_part), pointer(ddtw_part), threads,
-        )  # fmt: skip
-        return (
-            dx,
-            dproj_part.sum(0) if threads > 1 else dproj_part[0],
-            ddtw_part.sum(0).view(directions, inner, rank),
-            dbias_part.sum(0),
-            da_part.sum(0),
-            dd_part.sum(0),
-            None,
-            None,
-        )
+        grads = _oscan_backward(ctx.saved_tensors, ctx.lib, dy, dmean)  # type: ignore[attr-defined]
+        return (*grads, None, None)
 
 
 def merge_kernel(y: torch.Tensor, gates: torch.Tensor) -> torch.Tensor | None:
@@ -393,6 +433,46 @@ class _MergeKernel(torch.autograd.Function):
         return dy, dg_part.sum(0), None
 
 
+def _merge_norm_gate_forward(
+    y: torch.Tensor, gates: torch.Tensor, z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, lib: ctypes.CDLL
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """``rcs_merge_norm_gate``: the output and the tensors its backward reads."""
+    y, gates, z = y.contiguous(), gates.to(y.dtype).contiguous(), z.contiguous()
+    weight, bias = weight.to(y.dtype).contiguous(), bias.to(y.dtype).contiguous()
+    batch, length, directions, inner = y.shape
+    out = torch.empty_like(z)
+    for image in range(batch):
+        call_library(
+            lib, "merge_norm_gate", y.dtype, pointer(y[image]), pointer(gates[image]), pointer(z[image]),
+            pointer(weight), pointer(bias), eps, length, directions, inner, pointer(out[image]),
+            torch.get_num_threads(),
+        )  # fmt: skip
+    return out, (y, gates, z, weight, bias)
+
+
+def _merge_norm_gate_backward(
+    saved: tuple[torch.Tensor, ...], eps: float, lib: ctypes.CDLL, dout: torch.Tensor, *, merged_grad: bool
+) -> tuple[torch.Tensor, ...]:
+    """``rcs_merge_norm_gate_bwd``: gradients of y (or, with ``merged_grad``, of the gated sum
+    of the directions, (B, L, Di): see :func:`_oscan_backward`), gates, z, weight and bias."""
+    y, gates, z, weight, bias = saved
+    batch, length, directions, inner = y.shape
+    threads = torch.get_num_threads()
+    dout = dout.to(y.dtype).contiguous()
+    dy = None if merged_grad else torch.empty_like(y)
+    dm = torch.empty_like(z, dtype=y.dtype) if merged_grad else None
+    dz = torch.empty_like(z)
+    # Per-thread sums of the gradients that rows share; summed below.
+    dg_part = y.new_zeros(threads, batch, directions, inner)
+    dw_part, db_part = y.new_zeros(threads, inner), y.new_zeros(threads, inner)
+    call_library(
+        lib, "merge_norm_gate_bwd", y.dtype, pointer(y), pointer(gates), pointer(z), pointer(weight),
+        pointer(bias), eps, batch, length, directions, inner, pointer(dout), pointer(dy), pointer(dm), pointer(dz),
+        pointer(dg_part), pointer(dw_part), pointer(db_part), threads,
+    )  # fmt: skip
+    return (dm if merged_grad else dy), dg_part.sum(0), dz, dw_part.sum(0), db_part.sum(0)
+
+
 class _MergeNormGateKernel(torch.autograd.Function):
     """``norm(sum_k gates[:, k] * y[:, :, k]) * silu(z)`` (``rcs_merge_norm_gate_*``): one pass
     per position each way; the backward recomputes the merged row and its statistics from y
@@ -409,38 +489,93 @@ class _MergeNormGateKernel(torch.autograd.Function):
         eps: float,
         lib: ctypes.CDLL,
     ) -> torch.Tensor:
-        y, gates, z = y.contiguous(), gates.to(y.dtype).contiguous(), z.contiguous()
-        weight, bias = weight.to(y.dtype).contiguous(), bias.to(y.dtype).contiguous()
-        batch, length, directions, inner = y.shape
-        out = torch.empty_like(z)
-        for image in range(batch):
-            call_library(
-                lib, "merge_norm_gate", y.dtype, pointer(y[image]), pointer(gates[image]), pointer(z[image]),
-                pointer(weight), pointer(bias), eps, length, directions, inner, pointer(out[image]),
-                torch.get_num_threads(),
-            )  # fmt: skip
-        ctx.save_for_backward(y, gates, z, weight, bias)
+        out, saved = _merge_norm_gate_forward(y, gates, z, weight, bias, eps, lib)
+        ctx.save_for_backward(*saved)
         ctx.meta = (eps, lib)  # type: ignore[attr-defined]
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: torch.autograd.function.FunctionCtx, dout: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        y, gates, z, weight, bias = ctx.saved_tensors  # type: ignore[attr-defined]
         eps, lib = ctx.meta  # type: ignore[attr-defined]
+        grads = _merge_norm_gate_backward(ctx.saved_tensors, eps, lib, dout, merged_grad=False)  # type: ignore[attr-defined]
+        return (*grads, None, None)
+
+
+def scan_merge_norm_gate_kernel(
+    inputs: OrderedScanInputs,
+    gate_weight: torch.Tensor,
+    gate_bias: torch.Tensor,
+    z: torch.Tensor,
+    norm_weight: torch.Tensor,
+    norm_bias: torch.Tensor,
+    eps: float,
+) -> torch.Tensor | None:
+    """``restorecli.ops.block_epilogue.ordered_scan_merge_norm_gate`` on the compiled kernel, or
+    None where it does not run (see :func:`usable_kernel`; z of another dtype than x).
+
+    Args:
+        inputs: Checked and cast (``ordered_scan.prepare_ordered_inputs``).
+        gate_weight, gate_bias: ``scan_ref.ssa_gates``'s parameters.
+        z: (B, L, Di) gate input; norm_weight, norm_bias, eps: out_norm's.
+    """
+    lib = usable_kernel(inputs.x.numel() > 0)
+    if lib is None or z.dtype != inputs.x.dtype:
+        return None
+    return _ScanMergeNormGateKernel.apply(*inputs[:7], gate_weight, gate_bias, z, norm_weight, norm_bias, eps, lib)
+
+
+class _ScanMergeNormGateKernel(torch.autograd.Function):
+    """The ordered scan, the SSA gates from its mean and ``merge_norm_gate`` as one autograd
+    node: the backward hands the scan the gradient of the merged rows (B, L, Di) and the
+    gates, and the scan kernel forms each direction's gradient as it reads them, so the
+    (B, L, K, Di) gradient of y is never written or read (a quarter of the memory traffic
+    between the two kernels)."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        x: torch.Tensor,
+        proj: torch.Tensor,
+        dt_weight: torch.Tensor,
+        dt_bias: torch.Tensor,
+        A: torch.Tensor,  # noqa: N803
+        D: torch.Tensor,  # noqa: N803
+        order: torch.Tensor,
+        gate_weight: torch.Tensor,
+        gate_bias: torch.Tensor,
+        z: torch.Tensor,
+        norm_weight: torch.Tensor,
+        norm_bias: torch.Tensor,
+        eps: float,
+        lib: ctypes.CDLL,
+    ) -> torch.Tensor:
+        y, y_sum, scan_saved = _oscan_forward(x, proj, dt_weight, dt_bias, A, D, order, lib, keep=True)
         batch, length, directions, inner = y.shape
-        threads = torch.get_num_threads()
-        dout = dout.to(y.dtype).contiguous()
-        dy, dz = torch.empty_like(y), torch.empty_like(z)
-        # Per-thread sums of the gradients that rows share; summed below.
-        dg_part = y.new_zeros(threads, batch, directions, inner)
-        dw_part, db_part = y.new_zeros(threads, inner), y.new_zeros(threads, inner)
-        call_library(
-            lib, "merge_norm_gate_bwd", y.dtype, pointer(y), pointer(gates), pointer(z), pointer(weight),
-            pointer(bias), eps, batch, length, directions, inner, pointer(dout), pointer(dy), pointer(dz),
-            pointer(dg_part), pointer(dw_part), pointer(db_part), threads,
-        )  # fmt: skip
-        return dy, dg_part.sum(0), dz, dw_part.sum(0), db_part.sum(0), None, None
+        pooled = y_sum.view(batch, directions, inner) / length
+        gate_weight, gate_bias = gate_weight.to(y.dtype), gate_bias.to(y.dtype)
+        gates = scan_ref.ssa_gates(pooled, gate_weight, gate_bias)
+        out, merge_saved = _merge_norm_gate_forward(y, gates, z, norm_weight, norm_bias, eps, lib)
+        assert scan_saved is not None
+        ctx.save_for_backward(*scan_saved, *merge_saved, pooled, gate_weight)
+        ctx.meta = (eps, lib, len(scan_saved))  # type: ignore[attr-defined]
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx, dout: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        eps, lib, n_scan = ctx.meta  # type: ignore[attr-defined]
+        saved = ctx.saved_tensors  # type: ignore[attr-defined]
+        scan_saved, merge_saved, (pooled, gate_weight) = saved[:n_scan], saved[n_scan:-2], saved[-2:]
+        gates = merge_saved[1]
+        dmerged, dgates, dz, dnorm_w, dnorm_b = _merge_norm_gate_backward(merge_saved, eps, lib, dout, merged_grad=True)
+        # scan_ref.ssa_gates by hand: logits' gradient, then the weight's, the bias's and the mean's.
+        dlogits = dgates * gates * (1.0 - gates)  # (B, K, Di) [b, j, d]
+        dgate_weight = torch.einsum("bjd,bkd->djk", dlogits, pooled)
+        dgate_bias = dlogits.sum(0).t()
+        dpooled = torch.einsum("djk,bjd->bkd", gate_weight, dlogits)
+        scan_grads = _oscan_backward(scan_saved, lib, dmerged, dpooled, dy_scale=gates)
+        return (*scan_grads, None, dgate_weight, dgate_bias, dz, dnorm_w, dnorm_b, None, None)
 
 
 def merge_norm_gate_kernel(
@@ -702,7 +837,7 @@ def _open(path: Path) -> ctypes.CDLL:
         ofwd.argtypes = head + [ptr, ptr, ptr, ctypes.c_int]
         ofwd.restype = ctypes.c_int
         obwd = getattr(lib, f"rcs_oscan_bwd_{suffix}")
-        obwd.argtypes = head + [ptr] * 9 + [ctypes.c_int]
+        obwd.argtypes = head + [ptr] * 10 + [ctypes.c_int]
         obwd.restype = ctypes.c_int
         mfwd = getattr(lib, f"rcs_merge_fwd_{suffix}")
         mfwd.argtypes = [ptr, ptr, i64, i64, i64, i64, ptr, ctypes.c_int]
@@ -714,7 +849,7 @@ def _open(path: Path) -> ctypes.CDLL:
         gate.argtypes = [ptr] * 5 + [ctypes.c_double, i64, i64, i64, ptr, ctypes.c_int]
         gate.restype = ctypes.c_int
         gate_bwd = getattr(lib, f"rcs_merge_norm_gate_bwd_{suffix}")
-        gate_bwd.argtypes = [ptr] * 5 + [ctypes.c_double] + [i64] * 4 + [ptr] * 6 + [ctypes.c_int]
+        gate_bwd.argtypes = [ptr] * 5 + [ctypes.c_double] + [i64] * 4 + [ptr] * 7 + [ctypes.c_int]
         gate_bwd.restype = ctypes.c_int
         resid = getattr(lib, f"rcs_residual_norm_{suffix}")
         resid.argtypes = [ptr] * 5 + [ctypes.c_double, i64, i64, ptr, ptr, ctypes.c_int]
@@ -739,6 +874,7 @@ def _self_test_with_grad(lib: ctypes.CDLL) -> None:
     _self_test_plain(lib)
     _self_test_ordered(lib)
     _self_test_epilogues(lib)
+    _self_test_scan_merge(lib)
 
 
 def _assert_close(results: list[list[torch.Tensor]], tol: float, what: str) -> None:
@@ -777,6 +913,47 @@ def _self_test_plain(lib: ctypes.CDLL) -> None:
                 grads = torch.autograd.grad(out, inputs, grad_out.to(dtype))
                 results.append([out.detach(), *grads])
             _assert_close(results, tol, f"N={n_state}, {dtype}")
+
+
+def _self_test_scan_merge(lib: ctypes.CDLL) -> None:
+    """The training node of a MaIR mixer (ordered scan, SSA gates, merge + LayerNorm + SiLU
+    gate; its scan backward reads the merged gradient and the gates) against the torch
+    formulation, N = 1 and 3."""
+    import torch.nn.functional as F
+
+    gen = torch.Generator().manual_seed(3)
+    batch, length, inner, directions, rank, eps = 2, 29, 20, 4, 2, 1e-5
+    order = torch.stack([torch.stack([torch.randperm(length, generator=gen) for _ in range(directions)]) for _ in range(batch)])
+    inverse = torch.argsort(order, dim=-1)
+    for n_state in (1, 3):
+        args = [
+            torch.randn(batch, length, inner, generator=gen, dtype=torch.float64),
+            torch.randn(batch, length, directions * (rank + 2 * n_state), generator=gen, dtype=torch.float64) * 0.5,
+            torch.randn(directions, inner, rank, generator=gen, dtype=torch.float64) * 0.5,
+            torch.randn(directions * inner, generator=gen, dtype=torch.float64) * 0.5 - 1,
+            -torch.rand(directions * inner, n_state, generator=gen, dtype=torch.float64) - 0.1,
+            torch.randn(directions * inner, generator=gen, dtype=torch.float64),
+            torch.randn(inner, directions, directions, generator=gen, dtype=torch.float64),
+            torch.randn(inner, directions, generator=gen, dtype=torch.float64),
+            torch.randn(batch, length, inner, generator=gen, dtype=torch.float64),
+            torch.randn(inner, generator=gen, dtype=torch.float64) * 0.5 + 1,
+            torch.randn(inner, generator=gen, dtype=torch.float64) * 0.1,
+        ]
+        grad_out = torch.randn(batch, length, inner, generator=gen, dtype=torch.float64)
+        for dtype, tol in ((torch.float32, 1e-4), (torch.float64, 1e-10)):
+            results = []
+            for use_kernel in (True, False):
+                inputs = [v.to(dtype).requires_grad_() for v in args]
+                scan_inputs, (gate_w, gate_b, z, norm_w, norm_b) = inputs[:6], inputs[6:]
+                if use_kernel:
+                    out = _ScanMergeNormGateKernel.apply(*scan_inputs, order, gate_w, gate_b, z, norm_w, norm_b, eps, lib)
+                else:
+                    y, mean = scan_ref.ordered_scan_gathered(OrderedScanInputs(*scan_inputs, order, inverse), scan_ref.scan_sequential)
+                    merged = (y * scan_ref.ssa_gates(mean, gate_w, gate_b).unsqueeze(1)).sum(2)
+                    out = F.layer_norm(merged, (inner,), norm_w, norm_b, eps) * F.silu(z)
+                grads = torch.autograd.grad(out, inputs, grad_out.to(dtype))
+                results.append([out.detach(), *grads])
+            _assert_close(results, tol, f"scan + merge node, N={n_state}, {dtype}")
 
 
 def _self_test_epilogues(lib: ctypes.CDLL) -> None:

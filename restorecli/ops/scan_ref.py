@@ -244,3 +244,17 @@ def ordered_scan_gathered(
 
 def _per_image(order: torch.Tensor, batch: int) -> torch.Tensor:
     return order.unsqueeze(0).expand(batch, -1, -1) if order.dim() == 2 else order
+
+
+def ssa_gates(pooled: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """MaIR's SSA gates from the pooled direction outputs.
+
+    Args:
+        pooled: (B, K, Di) mean over the positions of each direction's output.
+        weight: (Di, K, K), ``[d, j, k]``: the grouped 1x1 convolution's weight.
+        bias: (Di, K), ``[d, j]``.
+
+    Returns:
+        (B, K, Di): g[b, j, d] = sigmoid(sum_k weight[d, j, k] * pooled[b, k, d] + bias[d, j]).
+    """
+    return torch.sigmoid(torch.einsum("djk,bkd->bjd", weight, pooled) + bias.t().unsqueeze(0))

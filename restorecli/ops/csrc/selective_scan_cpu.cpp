@@ -67,7 +67,7 @@
 namespace {
 
 constexpr int W = 16;  // lanes (channels) per work unit: one AVX-512 float vector
-constexpr int kAbiVersion = 4;
+constexpr int kAbiVersion = 5;
 
 // ---------------------------------------------------------------------------------------
 // Vectorisable math. float versions are approximations with < 2 ulp error; the double
@@ -281,7 +281,15 @@ struct Ordered {
   T* dx;  // (batch, L, inner) backward output, summed over the directions (see the header)
   T* dproj;  // (threads, batch, L, P), zeroed by the caller
   T* ddt_w;  // (batch, dim, R) per-image partial sums
-  const T* dy;  // (batch, L, G, inner)
+  const T* dy;  // (batch, L, G, inner), or (batch, L, inner) with dy_scale
+  // (batch, dim) or null: dy is then the gradient of the gated sum of the directions, shared
+  // by all of them, and direction g's own gradient is dy * dy_scale[g] (+ dy_shift): the
+  // (batch, L, G, inner) gradient is never written (see merge_norm_gate_backward).
+  const T* dy_scale = nullptr;
+
+  // Row length and first column of direction g's dy values in a dy row.
+  int64_t dy_row(int64_t G, int64_t inner) const { return dy_scale ? inner : G * inner; }
+  int64_t dy_col(int64_t g, int64_t inner) const { return dy_scale ? 0 : g * inner; }
 
   const int64_t* orders_of(int64_t b, int64_t g, int64_t L) const {
     return order + b * order_bstride + g * L;
@@ -616,19 +624,20 @@ class BlockSlots {
 };
 
 // A backward unit's BlockSlots: after the constants, per block, the adjoint dh and dA sums
-// ([n][lane] each), dD and dbias sums ([lane]), dt_proj gradient sums ([r][lane]) and the dy
-// shift ([lane]).
+// ([n][lane] each), dD and dbias sums ([lane]), dt_proj gradient sums ([r][lane]), the dy
+// shift and the dy scale ([lane] each).
 template <typename T>
 class BackwardSlots : public BlockSlots<T> {
  public:
   BackwardSlots(int64_t blocks, int64_t N, int64_t R)
-      : BlockSlots<T>(blocks, N, R, W * (2 * N + 3 + R)), N_(N), R_(R) {}
+      : BlockSlots<T>(blocks, N, R, W * (2 * N + 4 + R)), N_(N), R_(R) {}
   T* dh(int64_t j) { return this->extra(j); }
   T* dA(int64_t j) { return this->extra(j) + N_ * W; }
   T* dD(int64_t j) { return this->extra(j) + 2 * N_ * W; }
   T* dbias(int64_t j) { return this->extra(j) + (2 * N_ + 1) * W; }
   T* dtw(int64_t j) { return this->extra(j) + (2 * N_ + 2) * W; }
   T* shift(int64_t j) { return this->extra(j) + (2 * N_ + 2 + R_) * W; }
+  T* scale(int64_t j) { return this->extra(j) + (2 * N_ + 3 + R_) * W; }
 
  private:
   int64_t N_, R_;
@@ -726,7 +735,7 @@ void prefetch_ordered_tile(const Problem<T>& p, const Ordered<T>& o, const UnitB
   prefetch_rows<false>(ou0.ord, br, t0, tl, o.x, inner, col, width);
   prefetch_rows<false>(ou0.ord, br, t0, tl, o.proj, o.P, ou0.off, o.R + 2 * p.N);
   if (backward) {
-    prefetch_rows<false>(ou0.ord, br, t0, tl, o.dy, p.G * inner, ub.g * inner + col, width);
+    prefetch_rows<false>(ou0.ord, br, t0, tl, o.dy, o.dy_row(p.G, inner), o.dy_col(ub.g, inner) + col, width);
     prefetch_rows<true>(ou0.ord, br, t0, tl, o.dx, inner, col, width);
   } else {
     prefetch_rows<true>(ou0.ord, br, t0, tl, o.y, p.G * inner, ub.g * inner + col, width);
@@ -1136,7 +1145,6 @@ void ordered_rows_n1_backward(const Problem<float>& p, const Ordered<float>& o, 
   const int64_t R = o.R;
   const int64_t Q = R + 2;  // shared gradients per step: dt_low (R), B, C
   const int64_t inner = p.per_group;
-  const int64_t yrow = p.G * inner;
   const int64_t TT = p.tile;
   const float* pb = o.proj + ub.b * p.L * o.P + ou0.off;
   float* dpb = dproj + ub.b * p.L * o.P + ou0.off;
@@ -1154,7 +1162,8 @@ void ordered_rows_n1_backward(const Problem<float>& p, const Ordered<float>& o, 
     const RowGroup rg = row_group(p, ub, g0);
     const int64_t nb = rg.nb;
     const float* xb = o.x + ub.b * p.L * inner + rg.col;
-    const float* dyb = o.dy + ub.b * p.L * yrow + ub.g * inner + rg.col;
+    const int64_t dy_row = o.dy_row(p.G, inner);
+    const float* dyb = o.dy + ub.b * p.L * dy_row + o.dy_col(ub.g, inner) + rg.col;
     float* dxb = o.dx + ub.b * p.L * inner + rg.col;  // summed over directions: see the header
     const bool first_direction = ub.g == 0;
     // Pass 1: the tile's forward from its checkpoint.
@@ -1195,14 +1204,14 @@ void ordered_rows_n1_backward(const Problem<float>& p, const Ordered<float>& o, 
     for (int64_t t = tl - 1; t >= 0; --t) {
       if (t >= kRowPrefetch) {
         const int64_t ahead = ord[t - kRowPrefetch];
-        prefetch_span<0>(dyb + ahead * yrow, rg.lanes);
+        prefetch_span<0>(dyb + ahead * dy_row, rg.lanes);
         prefetch_span<1>(dxb + ahead * inner, rg.lanes);
         prefetch_span<1>(dpb + ahead * o.P, Q);
       }
       const int64_t pos = ord[t];
       const float* pr = pb + pos * o.P;
       const float* xr = xb + pos * inner;
-      const float* dyr = dyb + pos * yrow;
+      const float* dyr = dyb + pos * dy_row;
       float* dxr = dxb + pos * inner;
       const __m512 b_in = _mm512_set1_ps(pr[R]);
       const __m512 c_out = _mm512_set1_ps(pr[R + 1]);
@@ -1216,8 +1225,8 @@ void ordered_rows_n1_backward(const Problem<float>& p, const Ordered<float>& o, 
         const __m512 a = _mm512_load_ps(rec_a + at);
         const __m512 hp = _mm512_load_ps(rec_hp + at);
         const __m512 u = _mm512_maskz_loadu_ps(mask, xr + j * W);
-        const __m512 dy = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, dyr + j * W),
-                                        _mm512_load_ps(bs.shift(g0 + j)));
+        const __m512 dy = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, dyr + j * W), _mm512_load_ps(bs.scale(g0 + j)),
+                                          _mm512_load_ps(bs.shift(g0 + j)));
         const __m512 dtu = _mm512_mul_ps(dt, u);
         float* dh = bs.dh(g0 + j);
         const __m512 g = _mm512_fmadd_ps(c_out, dy, _mm512_load_ps(dh));  // d loss / d h_t
@@ -1291,9 +1300,13 @@ void backward_unit(const Problem<T>& p, const Ordered<T>* o, int64_t unit, int t
   T* dBt = dlow_g + TT * R;
   T* dCt = dBt + TT * N;
   const bool decay = load_block_constants<T, kOrdered>(p, o, ub, bs);
-  for (int64_t j = 0; j < ub.count && kOrdered && o->dy_shift; ++j) {
+  for (int64_t j = 0; j < ub.count && kOrdered; ++j) {
     const Lanes<T> l = lanes_of(p, ub.b, ub.g, ub.first + j);
-    for (int64_t c = 0; c < l.nl; ++c) bs.shift(j)[c] = o->dy_shift[l.b * p.dim + l.d0 + c];
+    for (int64_t c = 0; c < W; ++c) {
+      const bool on = c < l.nl;
+      bs.shift(j)[c] = on && o->dy_shift ? o->dy_shift[l.b * p.dim + l.d0 + c] : T(0);
+      bs.scale(j)[c] = on && o->dy_scale ? o->dy_scale[l.b * p.dim + l.d0 + c] : T(1);
+    }
   }
   const Lanes<T> l0 = lanes_of(p, ub.b, ub.g, ub.first);
   const OrderedUnit<T> ou0 = kOrdered ? ordered_unit(p, *o, l0) : OrderedUnit<T>{};
@@ -1338,12 +1351,13 @@ void backward_unit(const Problem<T>& p, const Ordered<T>* o, int64_t unit, int t
       if constexpr (kOrdered) {
         ou = ordered_unit(p, *o, l);
         gather_ordered_lanes(p, l, ou, t0, tl, o->x, false, ut);
-        gather_ordered_lanes(p, l, ou, t0, tl, o->dy, true, dyt);
-        if (o->dy_shift) {
+        gather_ordered_lanes(p, l, ou, t0, tl, o->dy, o->dy_scale == nullptr, dyt);
+        if (o->dy_shift || o->dy_scale) {
           const T* shift = bs.shift(j);
+          const T* scale = bs.scale(j);
           for (int64_t t = 0; t < tl; ++t) {
             RCS_SIMD
-            for (int c = 0; c < W; ++c) dyt[t * W + c] += shift[c];
+            for (int c = 0; c < W; ++c) dyt[t * W + c] = dyt[t * W + c] * scale[c] + shift[c];
           }
         }
         tile_delta(tl, R, dtw_l, dlow, raw);
@@ -1734,12 +1748,12 @@ inline void norm_input_grad(__m512* e, const __m512* xhat, int64_t nv, int64_t n
 // recomputes the merged row m and its normalisation n = (m - mean) * rstd, then
 //   dz = d * (n w + b) * silu'(z),   dw += d * silu(z) * n,   db += d * silu(z),
 //   dm = rstd * (e - mean(e) - n * mean(e n)) with e = d * silu(z) * w   (LayerNorm),
-//   dy[k] = g[k] * dm,   dg[k] += y[k] * dm.
+//   dy[k] = g[k] * dm (or dm itself into dmr when dmr is not null),   dg[k] += y[k] * dm.
 // Lanes past inner are zero in n and e; their dm is not, so stores and the dg sums are masked.
 inline void merge_norm_gate_backward_row(const float* yr, const float* g, const float* zr, const float* w,
                                          const float* b, float eps, int64_t K, int64_t inner,
-                                         const float* dr, float* dyr, float* dzr, float* dg, float* dw,
-                                         float* db) {
+                                         const float* dr, float* dyr, float* dmr, float* dzr, float* dg,
+                                         float* dw, float* db) {
   const int64_t nv = (inner + W - 1) / W;
   __m512 n[kMaxRowVectors], e[kMaxRowVectors];
   for (int64_t i = 0; i < nv; ++i) {
@@ -1772,9 +1786,10 @@ inline void merge_norm_gate_backward_row(const float* yr, const float* g, const 
   for (int64_t i = 0; i < nv; ++i) {
     const __mmask16 m = tail_mask(inner, i);
     const __m512 dm = e[i];
+    if (dmr) _mm512_mask_storeu_ps(dmr + i * W, m, dm);
     for (int64_t k = 0; k < K; ++k) {
       const int64_t at = k * inner + i * W;
-      _mm512_mask_storeu_ps(dyr + at, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, g + at), dm));
+      if (!dmr) _mm512_mask_storeu_ps(dyr + at, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, g + at), dm));
       _mm512_mask_storeu_ps(dg + at, m, _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, yr + at), dm, _mm512_maskz_loadu_ps(m, dg + at)));
     }
   }
@@ -1849,10 +1864,12 @@ int merge_norm_gate(const T* y, const T* g, const T* z, const T* w, const T* b, 
 // g[i] (K, inner): dy (rows, K, inner) and dz (rows, inner) per row, and the sums dg
 // (batch, K, inner), dw and db (inner) per thread into dg_part, dw_part, db_part (zeroed by
 // the caller, summed over threads by it). See merge_norm_gate_backward_row for the formulas.
+// With dm not null, the gradient of the merged rows goes there (rows, inner) and dy is not
+// written: an ordered scan's backward reads dm and the gates itself (Ordered::dy_scale).
 template <typename T>
 int merge_norm_gate_backward(const T* y, const T* g, const T* z, const T* w, const T* b, T eps,
                              int64_t batch, int64_t L, int64_t K, int64_t inner, const T* dout, T* dy,
-                             T* dz, T* dg_part, T* dw_part, T* db_part, int threads) {
+                             T* dm_out, T* dz, T* dg_part, T* dw_part, T* db_part, int threads) {
   const int64_t rows = batch * L;
   const int64_t units = (rows + kEpilogueRows - 1) / kEpilogueRows;
   const bool ok = parallel_units(units, threads, [&](int64_t unit, int tid) {
@@ -1867,12 +1884,13 @@ int merge_norm_gate_backward(const T* y, const T* g, const T* z, const T* w, con
       const T* yr = y + r * K * inner;
       const T* zr = z + r * inner;
       const T* dr = dout + r * inner;
-      T* dyr = dy + r * K * inner;
+      T* dyr = dm_out ? nullptr : dy + r * K * inner;
+      T* dmr = dm_out ? dm_out + r * inner : nullptr;
       T* dzr = dz + r * inner;
 #if defined(__AVX512F__)
       if constexpr (std::is_same_v<T, float>) {
         if (inner <= kMaxRowVectors * W) {
-          merge_norm_gate_backward_row(yr, gr, zr, w, b, eps, K, inner, dr, dyr, dzr, dgr, dw_t, db_t);
+          merge_norm_gate_backward_row(yr, gr, zr, w, b, eps, K, inner, dr, dyr, dmr, dzr, dgr, dw_t, db_t);
           continue;
         }
       }
@@ -1903,8 +1921,9 @@ int merge_norm_gate_backward(const T* y, const T* g, const T* z, const T* w, con
       const T mean_e = sum_e / static_cast<T>(inner), mean_en = sum_en / static_cast<T>(inner);
       for (int64_t d = 0; d < inner; ++d) {
         const T dm = rstd * (e[d] - mean_e - n[d] * mean_en);
+        if (dmr) dmr[d] = dm;
         for (int64_t k = 0; k < K; ++k) {
-          dyr[k * inner + d] = gr[k * inner + d] * dm;
+          if (!dmr) dyr[k * inner + d] = gr[k * inner + d] * dm;
           dgr[k * inner + d] += yr[k * inner + d] * dm;
         }
       }
@@ -2037,14 +2056,15 @@ RCS_EXPORT int rcs_lanes() { return W; }
       const int64_t* order, int64_t order_bstride, const T* x, const T* proj, int64_t P,        \
       int64_t R, const T* dt_w, const T* A, const T* D, const T* bias, int softplus,           \
       int64_t batch, int64_t inner, int64_t L, int64_t N, int64_t G, int64_t tile,             \
-      const T* ckpt, const T* dy, const T* dy_shift, T* dx, T* dproj, T* dA, T* dD, T* dbias,  \
-      T* ddt_w, int threads) {                                                                  \
+      const T* ckpt, const T* dy, const T* dy_shift, const T* dy_scale, T* dx, T* dproj, T* dA,  \
+      T* dD, T* dbias, T* ddt_w, int threads) {                                                 \
     Problem<T> p;                                                                               \
     if (!ordered_problem(A, D, bias, softplus, batch, inner, L, N, G, tile, P, R, order_bstride, \
                          threads, true, &p))                                                    \
       return 2;                                                                                 \
-    const Ordered<T> o{order, order_bstride, x, proj, P, R, dt_w,                               \
-                       nullptr, nullptr, dy_shift, dx, dproj, ddt_w, dy};                       \
+    Ordered<T> o{order, order_bstride, x, proj, P, R, dt_w,                                     \
+                 nullptr, nullptr, dy_shift, dx, dproj, ddt_w, dy};                             \
+    o.dy_scale = dy_scale;                                                                      \
     const Grads gr{dx, nullptr, dA, nullptr, nullptr, dD, dbias};                               \
     return backward<T, true>(p, &o, ckpt, dy, gr, threads);                                    \
   }
@@ -2077,11 +2097,11 @@ RCS_DEFINE_MERGE(f64, double)
   }                                                                                             \
   RCS_EXPORT int rcs_merge_norm_gate_bwd_##SUFFIX(                                             \
       const T* y, const T* g, const T* z, const T* w, const T* b, double eps, int64_t batch,    \
-      int64_t L, int64_t K, int64_t inner, const T* dout, T* dy, T* dz, T* dg_part, T* dw_part, \
-      T* db_part, int threads) {                                                               \
-    if (batch < 0 || L < 0 || K < 1 || inner < 1) return 2;                                    \
+      int64_t L, int64_t K, int64_t inner, const T* dout, T* dy, T* dm, T* dz, T* dg_part,      \
+      T* dw_part, T* db_part, int threads) {                                                   \
+    if (batch < 0 || L < 0 || K < 1 || inner < 1 || (dy == nullptr) == (dm == nullptr)) return 2; \
     return merge_norm_gate_backward<T>(y, g, z, w, b, static_cast<T>(eps), batch, L, K, inner, dout, \
-                                       dy, dz, dg_part, dw_part, db_part, threads);             \
+                                       dy, dm, dz, dg_part, dw_part, db_part, threads);         \
   }                                                                                             \
   RCS_EXPORT int rcs_residual_norm_##SUFFIX(const T* x, const T* skip, const T* mixed,         \
                                             const T* w, const T* b, double eps, int64_t rows,   \
