@@ -710,12 +710,11 @@ def atomic_output(
                 prefix=temporary_prefix(path.name, name_limit(path.parent)), suffix=TEMPORARY_SUFFIX, dir=path.parent
             )
             os.close(handle)
-    except (FileExistsError, NotADirectoryError):
-        # a file stands where a folder of the path must be; the system's "File exists" does not say which
-        blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists()), path.parent)
-        raise error(f"{path.parent}: cannot write into this folder: {blocker} is a file, not a folder") from None
     except OSError as failure:
-        raise error(f"{path.parent}: cannot write into this folder: {failure.strerror or failure}") from None
+        # a file where a folder of the path must be: the system's "File exists" does not name it
+        blocker = next((p for p in (path.parent, *path.parent.parents) if p.exists()), path.parent)
+        reason = failure.strerror or failure if blocker.is_dir() else f"{blocker} is a file, not a folder"
+        raise error(f"{path.parent}: cannot write into this folder: {reason}") from None
     temporary = Path(name)
     try:
         yield temporary
