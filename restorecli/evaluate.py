@@ -392,6 +392,11 @@ def _sr_pair(sample: Sample, gt: np.ndarray, config: EvalConfig, grey: bool) -> 
                 f"{gt.shape[1] // s}x{gt.shape[0] // s}"
             )
         return gt[: h * s, : w * s], lr, "LR_bicubic"
+    if gt.shape[0] < s or gt.shape[1] < s:
+        raise ImageReadError(
+            f"{sample.gt.name} is {gt.shape[1]}x{gt.shape[0]}: too small for x{s} "
+            f"(a ground truth needs at least {s}x{s} pixels to make a low-resolution input)"
+        )
     gt = gt[: gt.shape[0] - gt.shape[0] % s, : gt.shape[1] - gt.shape[1] % s]
     return gt, imresize(gt, 1 / s), "imresize"
 

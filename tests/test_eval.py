@@ -526,3 +526,12 @@ def test_cli_usage_errors(shared_datasets: Path) -> None:
         result = runner.invoke(app, [*base, *args])
         assert isinstance(result.exception, UsageError), (args, result.output)
         assert match in str(result.exception)
+
+
+def test_ground_truth_smaller_than_the_scale_is_a_read_error(tmp_path: Path) -> None:
+    """A 2x300 ground truth cannot give a x4 low-resolution input: a one-line error naming the
+    file, not a traceback from the resize of a 0-pixel image."""
+    _write(tmp_path / "HR" / "strip.png", np.full((2, 300, 3), 128, dtype=np.uint8))
+    spec = datasets.get_dataset("Set5")
+    with pytest.raises(ImageReadError, match=r"strip\.png is 300x2: too small for x4"):
+        ev.evaluate_dataset(spec, tmp_path, ev.EvalConfig(scale=4, baseline="bicubic", lr_from_hr=True))
