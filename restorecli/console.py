@@ -147,6 +147,18 @@ def progress_bars(
         yield Bars(progress)
 
 
+_document_written = False  # whether this process printed a --json document (Output.data)
+
+
+def error_document(message: str, exit_code: int) -> None:
+    """Under ``--json``, a command that stops before its document (a usage error, no inputs,
+    weights that cannot be had) prints ``{"error": message, "exit_code": code}`` as its one
+    JSON document, so a script that parses stdout reads why instead of nothing; a command that
+    printed its document already adds nothing (the Error line on stderr says it)."""
+    if not _document_written:
+        Output(json_output=True).data({"error": message, "exit_code": exit_code})
+
+
 class Output:
     """Where one command's output goes, from its ``--json`` and ``--quiet`` options."""
 
@@ -165,6 +177,8 @@ class Output:
 
     def data(self, document: Any, *, indent: int | None = 2) -> None:
         """One JSON document on stdout."""
+        global _document_written
+        _document_written = True
         self.line(json.dumps(document, indent=indent))
 
     def line(self, text: str) -> None:

@@ -34,3 +34,25 @@ def test_help_does_not_import_torch() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "False"
     assert _run("--help").returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (("sr", "--json", "--scale", "5", "x.png"), 2),  # a usage error
+        (("denoise", "--json", "--sigma", "25", "no-such-file.png"), 2),  # nothing to process
+    ],
+)
+def test_json_failures_before_any_document_print_one_error_document(args: tuple[str, ...], code: int, tmp_path) -> None:
+    """Under --json a command that stops before its report still prints one JSON document on
+    stdout, so a script parsing stdout reads why; the Error line stays on stderr."""
+    import json
+
+    done = subprocess.run(
+        [sys.executable, "-m", "restorecli", *args], capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path
+    )
+    assert done.returncode == code
+    document = json.loads(done.stdout)
+    assert document["exit_code"] == code and document["error"]
+    assert done.stderr.strip().splitlines()[-1].startswith("Error: ")
+    assert done.stdout.count("{") == 1  # one document

@@ -12,7 +12,7 @@ import typer
 
 from restorecli.cli import bench_cmd, env_cmd, eval_cmd, models_cmds, restore_cmds, train_cmd
 from restorecli import interrupts
-from restorecli.console import one_line
+from restorecli.console import error_document, one_line
 from restorecli.errors import RestoreError
 from restorecli.headers import lift_decoder_pixel_cap
 from restorecli.heap import reuse_freed_memory
@@ -75,6 +75,8 @@ def _run_app() -> int:
         result = app(standalone_mode=False)
     except RestoreError as error:
         sys.stderr.write(f"Error: {one_line(str(error))}\n")  # a path in it may hold a newline
+        if _json_requested():
+            error_document(str(error), error.exit_code)
         if os.environ.get("RESTORECLI_DEBUG"):
             raise
         sys.exit(error.exit_code)
@@ -92,5 +94,13 @@ def _run_app() -> int:
         if line is None:
             raise
         sys.stderr.write(f"Error: {one_line(line)}\n")
+        if _json_requested():
+            error_document(line, error.exit_code)  # type: ignore[attr-defined]
         sys.exit(error.exit_code)  # type: ignore[attr-defined]
     return result if isinstance(result, int) else 0
+
+
+def _json_requested() -> bool:
+    """Whether the command line asks for ``--json`` (an argument after ``--`` is a file name)."""
+    args = sys.argv[1:]
+    return "--json" in (args[: args.index("--")] if "--" in args else args)
