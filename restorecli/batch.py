@@ -338,6 +338,39 @@ def output_collisions(items: Sequence[InputFile], rule: OutputRule) -> list[File
     return failed
 
 
+def unwritable_outputs(items: Sequence[InputFile], rule: OutputRule, *, skip: set[int] | None = None) -> list[FileResult]:
+    """Inputs whose output folder this process may not write (read-only folder or file system),
+    found before any work: without this each of them was restored first and failed at its write.
+
+    The folder is checked with ``os.access``, or the nearest existing folder above one that
+    ``--output`` will create. ``skip``: positions already failed (collisions).
+
+    Returns:
+        A failed result per such input; ``index`` is its position in ``items``.
+    """
+    verdicts: dict[Path, str | None] = {}
+    failed = []
+    for index, item in enumerate(items):
+        if skip and index in skip:
+            continue
+        output = rule.path_for(item)
+        if output.parent not in verdicts:
+            verdicts[output.parent] = _unwritable_reason(output.parent)
+        reason = verdicts[output.parent]
+        if reason is not None:
+            failed.append(FileResult(index=index, input=str(item.path), output=str(output), status=STATUS_FAILED, error=reason))
+    return failed
+
+
+def _unwritable_reason(folder: Path) -> str | None:
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot write to the folder {existing}: permission denied or read-only (expected a writable output folder)"
+    return None
+
+
 def check_report_path(report: Path, items: Sequence[InputFile], rule: OutputRule) -> None:
     """Refuse a ``--report`` file that is a folder, an input or an output of the batch, before any work.
 

@@ -304,6 +304,40 @@ def test_a_subfolder_that_cannot_be_listed_is_reported_and_the_rest_goes_on(tmp_
         discover_inputs([str(tmp_path / "locked")], recursive=True)  # the named folder itself: nothing to do
 
 
+def test_inputs_whose_output_folder_is_read_only_fail_before_any_work(
+    tmp_path: Path, weights: dict[str, Path], capsys, monkeypatch
+) -> None:
+    """An output folder this process may not write fails its inputs up front (one line each),
+    not after restoring each of them; the other inputs of the batch are processed."""
+    from restorecli import batch
+
+    write_png(tmp_path / "ro" / "a.png")
+    write_png(tmp_path / "ro" / "b.png")
+    ok = write_png(tmp_path / "rw" / "c.png")
+    access = os.access
+
+    def fake_access(path, mode, **kwargs):  # chmod does not stop root, who runs the tests in containers
+        return False if Path(path).name == "ro" and mode & os.W_OK else access(path, mode, **kwargs)
+
+    monkeypatch.setattr(batch.os, "access", fake_access)
+    run_batch, processed = batch.run_batch, []
+
+    def spy(items, *args, **kwargs):
+        processed.extend(item.path.name for _, item in items)
+        return run_batch(items, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "run_batch", spy)
+    code, out, err = run_cli(["denoise", tmp_path / "ro", tmp_path / "rw", "--weights", weights["same"], "--json"], capsys, monkeypatch)
+    assert code == 1, err
+    files = {Path(entry["input"]).name: entry for entry in json.loads(out)["files"]}
+    assert files["c.png"]["status"] == "ok" and ok.with_name("c_denoised.png").exists()
+    for name in ("a.png", "b.png"):
+        assert files[name]["status"] == "failed"
+        assert "cannot write to the folder" in files[name]["error"] and files[name]["error"].endswith("(expected a writable output folder)")
+    assert processed == ["c.png"]  # nothing restored for the read-only folder
+    assert sorted(p.name for p in (tmp_path / "ro").iterdir()) == ["a.png", "b.png"]
+
+
 # --- an output file (-o clean.png) -------------------------------------------------------------
 
 

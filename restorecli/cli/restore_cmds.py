@@ -158,6 +158,7 @@ def _restore(
     if options.report is not None:
         batch.check_report_path(options.report, images, rule)
     collisions = batch.output_collisions(images, rule)
+    collisions += batch.unwritable_outputs(images, rule, skip={collision.index for collision in collisions})
     for collision in collisions:
         output.note(_error_line(collision))
     left_out = {collision.index for collision in collisions}
