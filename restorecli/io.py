@@ -196,7 +196,7 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int | None = None) -
     except IsADirectoryError:
         raise ImageReadError(f"{path}: is a folder, expected an image file") from None
     except OSError as error:
-        raise ImageReadError(f"{path}: cannot read: {error.strerror or error}") from None
+        raise ImageReadError(f"{path}: cannot read: {error.strerror or error} (expected a readable image file)") from None
     if not data:
         raise ImageReadError(f"{path}: file is empty (0 bytes), expected a {FORMAT_NAMES} image")
     fmt = sniff_format(data[:16])
