@@ -117,7 +117,8 @@ def find_profile(data: bytes, fmt: str) -> bytes | None:
 
     Args:
         data: The whole file.
-        fmt: ``png``, ``jpeg`` or ``webp``; other formats have none (None).
+        fmt: ``png``, ``jpeg``, ``webp`` or ``tiff`` (the first page's profile); other formats
+            have none (None).
 
     Returns:
         The profile's bytes (trimmed to the size its header declares), or None when there is none.
@@ -133,11 +134,38 @@ def find_profile(data: bytes, fmt: str) -> bytes | None:
             profile = _jpeg_profile(data)
         elif fmt == "webp":
             profile = next((chunk.body for chunk in riff_chunks(data) if chunk.kind == b"ICCP"), None)
+        elif fmt == "tiff":
+            profile = _tiff_profile(data)
         else:
             return None
     except (struct.error, IndexError, zlib.error) as error:
         raise ProfileError(f"unreadable profile data: {error}") from None
     return None if profile is None else _checked(profile)
+
+
+TIFF_ICC_TAG = 34675  # InterColorProfile (TIFF/EP, Photoshop): the profile's bytes, type UNDEFINED
+
+
+def _tiff_profile(data: bytes) -> bytes | None:
+    """The profile in the first directory of a classic (not Big-) TIFF, or None."""
+    order = "<" if data[:2] == b"II" else ">"
+    if struct.unpack(order + "H", data[2:4])[0] != 42:
+        return None
+    (start,) = struct.unpack(order + "I", data[4:8])
+    (count,) = struct.unpack(order + "H", data[start : start + 2])
+    for i in range(count):
+        entry = data[start + 2 + 12 * i : start + 14 + 12 * i]
+        tag, _kind, size = struct.unpack(order + "HHI", entry[:8])
+        if tag != TIFF_ICC_TAG:
+            continue
+        if size <= 4:
+            return entry[8 : 8 + size]
+        (where,) = struct.unpack(order + "I", entry[8:12])
+        body = data[where : where + size]
+        if len(body) < size:
+            raise IndexError(f"the profile runs past the end of the file ({where + size} > {len(data)} bytes)")
+        return body
+    return None
 
 
 def _png_profile(data: bytes) -> bytes | None:

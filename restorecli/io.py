@@ -4,8 +4,8 @@ Reading goes through ``cv2.imdecode`` on the file's bytes (safe for Unicode path
 with ``IMREAD_UNCHANGED`` so that 16-bit samples, grey and alpha survive. That flag makes OpenCV
 ignore the EXIF orientation of JPEG, PNG and WebP files, so the orientation is read here and
 applied explicitly (OpenCV's TIFF decoder applies it itself; that is detected, not assumed).
-The embedded ICC colour profile of a PNG, JPEG or WebP file is kept on the image and written
-into PNG, JPEG and WebP outputs (``restorecli.icc``); EXIF is not carried over, since the pixels
+The embedded ICC colour profile of a PNG, JPEG, WebP or TIFF file is kept on the image and
+written into PNG, JPEG and WebP outputs (``restorecli.icc``; other outputs say they left it out); EXIF is not carried over, since the pixels
 are already in display orientation.
 
 Before decoding, the file's header is read (``restorecli.headers``): a file over the pixel
@@ -89,7 +89,7 @@ class Image:
         source_format: ``png|jpeg|webp|bmp|tiff`` of the file it came from ("" if made in memory).
         orientation: EXIF orientation (1-8) that was applied while reading; 1 = none.
         icc_profile: The embedded ICC colour profile of the file, or None (none, unreadable, or
-            a format whose profile is not read: BMP, TIFF).
+            a format whose profile is not read: BMP).
         frames: Pages or frames in the file; only the first was decoded.
         frame_unit: ``page`` (TIFF) or ``frame`` (animations).
         decoder_notes: What reading changed or lost: the decoder's words on a damaged JPEG file it

@@ -348,3 +348,36 @@ def test_restored_tensor_keeps_the_profile() -> None:
     out = io.tensor_to_image(torch.rand(1, 3, 20, 26), like=image)
     assert out.icc_profile == image.icc_profile
     assert io.fit_to_format(out, "jpeg")[0].icc_profile == image.icc_profile
+
+
+def hand_made_tiff(rgb: np.ndarray, profile: bytes | None) -> bytes:
+    """A little-endian, uncompressed, one-strip RGB TIFF, with the profile in tag 34675."""
+    height, width, _ = rgb.shape
+    pixels = rgb.tobytes()
+    entries = [(256, 3, 1, width), (257, 3, 1, height), (258, 3, 3, None), (259, 3, 1, 1), (262, 3, 1, 2),
+               (273, 4, 1, None), (277, 3, 1, 3), (278, 3, 1, height), (279, 4, 1, len(pixels)), (284, 3, 1, 1)]  # fmt: skip
+    if profile is not None:
+        entries.append((34675, 7, len(profile), None))
+    ifd_size = 2 + 12 * len(entries) + 4
+    bits_at = 8 + ifd_size
+    profile_at = bits_at + 6
+    pixels_at = profile_at + (len(profile) if profile else 0)
+    where = {258: bits_at, 273: pixels_at, 34675: profile_at}
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        if value is None and tag != 273:
+            ifd += struct.pack("<HHII", tag, kind, count, where[tag])
+        elif kind == 3:
+            ifd += struct.pack("<HHIHH", tag, kind, count, value if value is not None else 0, 0)
+        else:
+            ifd += struct.pack("<HHII", tag, kind, count, where[tag] if value is None else value)
+    ifd += struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<HHH", 8, 8, 8) + (profile or b"") + pixels
+
+
+def test_tiff_profile_is_read(tmp_path: Path) -> None:
+    rgb, profile = rgb_pixels(5, 7), fake_profile(500)
+    image = read(tmp_path, hand_made_tiff(rgb, profile), "wide.tif")
+    assert image.icc_profile == profile
+    np.testing.assert_array_equal(image.color, rgb)
+    assert read(tmp_path, hand_made_tiff(rgb, None), "plain.tif").icc_profile is None
