@@ -186,6 +186,13 @@ def test_manual_name_says_exactly_how() -> None:
         hub.resolve_weights("denoise", model="mair-dn-s25", weights=None)
 
 
+def test_nothing_obtainable_names_the_request() -> None:
+    """No weights for `restore dehaze --variant indoor` offline: the error names the request
+    (not "the default model", which is the bundled dehazer) and how to get the file."""
+    with pytest.raises(DownloadError, match=r"no weights available for dehaze with variant indoor\. .*MaIR_DH_ITS\.pth"):
+        hub.resolve_weights("dehaze", model=None, weights=None, variant="indoor")
+
+
 def test_model_of_another_task_or_scale_is_refused() -> None:
     with pytest.raises(UsageError, match="does denoise, not sr"):
         hub.resolve_weights("sr", model="mair-dn-s25", weights=None)

@@ -283,7 +283,7 @@ def resolve_weights(
         raise UsageError(_no_default_message(loaded, task, scale, sigma, variant))
     model = default_model(task, scale=scale, sigma=sigma, variant=variant, manifest=loaded, cache_dir=cache_dir)
     if model is None:
-        raise DownloadError(_nothing_obtainable_message(loaded, candidates))
+        raise DownloadError(_nothing_obtainable_message(loaded, candidates, task, scale=scale, sigma=sigma, variant=variant))
     entry = loaded.get(model)
     path, digest, source = _obtain(entry, *fetch_options)
     return ResolvedWeights(path, entry.name, entry.arch, entry.config_dict(), digest, source)
@@ -371,9 +371,13 @@ def _no_default_message(loaded: Manifest, task: str, scale: int | None, sigma: i
     return f"no {task} model for {asked or 'this request'}; available: {available} (or pass --model/--weights)"
 
 
-def _nothing_obtainable_message(loaded: Manifest, candidates: list[str]) -> str:
+def _nothing_obtainable_message(
+    loaded: Manifest, candidates: list[str], task: str, *, scale: int | None, sigma: int | None, variant: str | None
+) -> str:
     first = loaded.get(candidates[0])
     others = ", ".join(candidates[1:])
     alternatives = f" Any of {others} works too once imported." if others else ""
-    return f"no weights available for the default model. {first.obtain_hint()}.{alternatives}"
+    asked = ", ".join(f"{label} {value}" for label, value in (("scale", scale), ("sigma", sigma), ("variant", variant)) if value is not None)
+    which = f"{task} with {asked}" if asked else f"the default {task} model"
+    return f"no weights available for {which}. {first.obtain_hint()}.{alternatives}"
 
