@@ -116,6 +116,9 @@ def discover_inputs(specs: Sequence[str], *, recursive: bool = False) -> tuple[l
             matches = sorted(glob.glob(os.path.expanduser(spec), recursive=recursive))
             files = [Path(m) for m in matches if Path(m).is_file()]
             skipped += [Skip(Path(m), _NOT_A_FILE["broken"]) for m in matches if _is_broken_link(Path(m))]
+            if not recursive:  # with --recursive, ** walks into the folders it matches
+                skipped += [Skip(Path(m), "folder matched by the pattern (pass the folder itself, or --recursive with **)")
+                            for m in matches if Path(m).is_dir()]  # fmt: skip
             if not files:
                 raise UsageError(f"pattern {spec!r} matches no files; expected image files, folders or a glob")
             base = _glob_base(spec)

@@ -282,6 +282,23 @@ def test_broken_links_and_special_files_are_reported_not_passed_over(tmp_path: P
     assert [s.path.name for s in skipped] == ["gone.png", "loop1.png", "loop2.png"]  # a pattern skips the pipe
 
 
+def test_folders_a_pattern_matches_are_reported(tmp_path: Path) -> None:
+    """`restore sr 'photos/*'`: a subfolder the pattern matches is listed as skipped (as a
+    subfolder of a named folder is), not passed over without a word; with --recursive and **
+    the pattern itself walks into it."""
+    from restorecli.batch import discover_inputs
+
+    write_png(tmp_path / "a.png")
+    write_png(tmp_path / "holiday" / "b.png")
+    images, skipped = discover_inputs([str(tmp_path / "*")], recursive=False)
+    assert [p.path.name for p in images] == ["a.png"]
+    assert [(s.path.name, s.reason) for s in skipped] == [
+        ("holiday", "folder matched by the pattern (pass the folder itself, or --recursive with **)")
+    ]
+    images, skipped = discover_inputs([str(tmp_path / "**")], recursive=True)
+    assert sorted(p.path.name for p in images) == ["a.png", "b.png"] and skipped == []
+
+
 def test_a_subfolder_that_cannot_be_listed_is_reported_and_the_rest_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from restorecli.batch import discover_inputs
     from restorecli.errors import UsageError
