@@ -194,33 +194,16 @@ def _tiff(data: bytes) -> Header:
     return Header(first[256][0], first[257][0], max(1, pages), "page", grey_alpha=grey_alpha)
 
 
-_TIFF_TYPE_SIZES = {1: ("B", 1), 3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}
-"""BYTE, SHORT, LONG, LONG8: the integer types the tags read here use."""
+_TIFF_HEADER_TAGS = frozenset({254, 256, 257, 262, 273, 277, 279, 324, 325})
+"""NewSubfileType, ImageWidth/Length, Photometric, strips, SamplesPerPixel, tiles."""
 
 
 def _tiff_directory(data: bytes, offset: int, order: str) -> tuple[dict[int, list[int]], int]:
-    """The integer tags of one IFD (values read inline or from their offset) and the next IFD's offset."""
-    (count,) = struct.unpack(order + "H", data[offset : offset + 2])
-    tags: dict[int, list[int]] = {}
-    for i in range(count):
-        entry = data[offset + 2 + 12 * i : offset + 14 + 12 * i]
-        tag, kind, n = struct.unpack(order + "HHI", entry[:8])
-        if kind not in _TIFF_TYPE_SIZES or tag not in (254, 256, 257, 262, 273, 277, 279, 324, 325):
-            continue
-        code, size = _TIFF_TYPE_SIZES[kind]
-        if n * size <= 4:
-            raw = entry[8 : 8 + n * size]
-        else:
-            (where,) = struct.unpack(order + "I", entry[8:12])
-            raw = data[where : where + n * size]
-            if len(raw) < n * size:
-                raise HeaderError(f"tag {tag} points past the end of the file")
-        tags[tag] = list(struct.unpack(f"{order}{n}{code}", raw))
-    end = offset + 2 + 12 * count
-    if end + 4 > len(data):
-        raise HeaderError(f"cut short inside the directory at byte {offset}")
-    (following,) = struct.unpack(order + "I", data[end : end + 4])
-    return tags, following
+    """The tags of one IFD that the header checks read, and the next IFD's offset."""
+    try:
+        return icc.tiff_directory(data, offset, order, _TIFF_HEADER_TAGS)
+    except ValueError as error:
+        raise HeaderError(str(error)) from None
 
 
 def _gif(data: bytes) -> Header:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import NamedTuple
 
 FORMATS_WITH_ICC = frozenset({"png", "jpeg", "webp"})
@@ -108,6 +108,40 @@ def riff_chunks(data: bytes) -> Iterator[Chunk]:
         pos = end
 
 
+TIFF_TYPES = {1: ("B", 1), 3: ("H", 2), 4: ("I", 4), 7: ("B", 1), 16: ("Q", 8)}
+"""BYTE, SHORT, LONG, UNDEFINED (bytes), LONG8: the value types of the tags read here."""
+
+
+def tiff_directory(data: bytes, offset: int, order: str, tags: Collection[int]) -> tuple[dict[int, list[int]], int]:
+    """The wanted tags of the TIFF directory (IFD) at ``offset``, each value a list of integers
+    (read inline or from where the entry points), and the next directory's offset (0: none).
+
+    Raises:
+        ValueError: The directory or a value runs past the end of the data.
+    """
+    (count,) = struct.unpack(order + "H", data[offset : offset + 2])
+    found: dict[int, list[int]] = {}
+    for i in range(count):
+        entry = data[offset + 2 + 12 * i : offset + 14 + 12 * i]
+        tag, kind, n = struct.unpack(order + "HHI", entry[:8])
+        if kind not in TIFF_TYPES or tag not in tags:
+            continue
+        code, size = TIFF_TYPES[kind]
+        if n * size <= 4:
+            raw = entry[8 : 8 + n * size]
+        else:
+            (where,) = struct.unpack(order + "I", entry[8:12])
+            raw = data[where : where + n * size]
+            if len(raw) < n * size:
+                raise ValueError(f"tag {tag} points past the end of the file")
+        found[tag] = list(struct.unpack(f"{order}{n}{code}", raw))
+    end = offset + 2 + 12 * count
+    if end + 4 > len(data):
+        raise ValueError(f"cut short inside the directory at byte {offset}")
+    (following,) = struct.unpack(order + "I", data[end : end + 4])
+    return found, following
+
+
 # ---------------------------------------------------------------------------------------------
 # reading
 
@@ -138,7 +172,7 @@ def find_profile(data: bytes, fmt: str) -> bytes | None:
             profile = _tiff_profile(data)
         else:
             return None
-    except (struct.error, IndexError, zlib.error) as error:
+    except (struct.error, IndexError, ValueError, zlib.error) as error:
         raise ProfileError(f"unreadable profile data: {error}") from None
     return None if profile is None else _checked(profile)
 
@@ -152,20 +186,8 @@ def _tiff_profile(data: bytes) -> bytes | None:
     if struct.unpack(order + "H", data[2:4])[0] != 42:
         return None
     (start,) = struct.unpack(order + "I", data[4:8])
-    (count,) = struct.unpack(order + "H", data[start : start + 2])
-    for i in range(count):
-        entry = data[start + 2 + 12 * i : start + 14 + 12 * i]
-        tag, _kind, size = struct.unpack(order + "HHI", entry[:8])
-        if tag != TIFF_ICC_TAG:
-            continue
-        if size <= 4:
-            return entry[8 : 8 + size]
-        (where,) = struct.unpack(order + "I", entry[8:12])
-        body = data[where : where + size]
-        if len(body) < size:
-            raise IndexError(f"the profile runs past the end of the file ({where + size} > {len(data)} bytes)")
-        return body
-    return None
+    profile = tiff_directory(data, start, order, (TIFF_ICC_TAG,))[0].get(TIFF_ICC_TAG)
+    return None if profile is None else bytes(profile)
 
 
 def _png_profile(data: bytes) -> bytes | None:
