@@ -684,6 +684,24 @@ def share_of_rank(items: Sequence[InputFile], rank: int, world: int) -> list[tup
     return [(index, item) for index, item in enumerate(items) if index % world == rank]
 
 
+def wait_for_ranks(world: int) -> None:
+    """Return once every rank got here: called after the inputs are listed and before any
+    output is written, so no rank lists another rank's outputs among the inputs (they would
+    be reported as skipped earlier outputs by one rank only)."""
+    if world > 1:
+        _process_group().barrier()
+
+
+def _process_group() -> Any:
+    """torch.distributed with its gloo process group from torchrun's environment, made once."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        # ranks finish at different times; the default 30-minute wait is too short for big batches
+        dist.init_process_group("gloo", timeout=datetime.timedelta(days=1))
+    return dist
+
+
 def gather_results(results: list[FileResult], world: int) -> list[FileResult]:
     """All ranks' results, ordered as the inputs were (every rank receives everything).
 
@@ -691,11 +709,7 @@ def gather_results(results: list[FileResult], world: int) -> list[FileResult]:
     """
     if world == 1:
         return sorted(results, key=lambda result: result.index)
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        # ranks finish at different times; the default 30-minute wait is too short for big batches
-        dist.init_process_group("gloo", timeout=datetime.timedelta(days=1))
+    dist = _process_group()
     parts: list[list[dict[str, Any]] | None] = [None] * world
     dist.all_gather_object(parts, [result.to_dict() for result in results])
     dist.destroy_process_group()
@@ -722,6 +736,7 @@ __all__ = [
     "require_one_named_input",
     "run_batch",
     "share_of_rank",
+    "wait_for_ranks",
     "skipped_results",
 ]
 

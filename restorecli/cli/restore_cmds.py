@@ -163,6 +163,7 @@ def _restore(
         output.note(_error_line(collision))
     left_out = {collision.index for collision in collisions}
     mine = [(index, item) for index, item in batch.share_of_rank(images, rank, world) if index not in left_out]
+    batch.wait_for_ranks(world)
     with output.progress() as bars:
         run = batch.run_batch(
             mine,
