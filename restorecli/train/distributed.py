@@ -65,9 +65,19 @@ def broadcast_flag(info: DistInfo, flag: bool, device: torch.device) -> bool:
 
 
 def cleanup(info: DistInfo) -> None:
-    """Leave the process group."""
+    """Leave the process group.
+
+    The DDP wrapper's reducer holds Gloo work objects and may sit in a reference cycle after
+    training returns; collected here, while the interpreter is whole. Left to the interpreter's
+    shutdown, Gloo's threads can be torn down first and the process aborts ("terminate called
+    without an active exception"), after a run that otherwise succeeded.
+    """
     if info.enabled:
+        import gc
+
         import torch.distributed as dist
 
+        gc.collect()
         if dist.is_initialized():
             dist.destroy_process_group()
+        gc.collect()
