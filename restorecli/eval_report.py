@@ -180,6 +180,8 @@ def report_markdown(report: EvalReport) -> str:
             f"| {r['name']} | {_fmt(r['psnr_y'], 2)} | {_fmt(r['ssim_y'], 4)} | {_fmt(r['psnr_rgb'], 2)} | "
             f"{_fmt(r['ssim_rgb'], 4)} | {r['seconds']:.3f} |"
         )
+    if summary.get("failed"):
+        lines += ["", "Not scored:", ""] + [f"- {item['name']}: {item['error']}" for item in summary["failed"]]
     if summary.get("notes"):
         lines += ["", "Notes:", ""] + [f"- {n}" for n in summary["notes"]]
     return "\n".join(lines) + "\n"

@@ -251,7 +251,9 @@ def evaluate(
 
     Raises:
         UsageError: Neither a model nor a baseline.
-        ImageReadError: Unreadable images, or LR that does not fit its ground truth.
+        ImageReadError: No image could be scored. One unreadable image, or an LR that does not
+            fit its ground truth, leaves that image out: it is listed under ``failed`` in the
+            report's meta, and the means cover the others.
     """
     if (model is None) == (config.baseline is None):
         raise UsageError("evaluate either a model or a baseline (--baseline), not both or neither")
@@ -268,33 +270,20 @@ def evaluate(
     shown: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, dict[str, float]]] = []
     lr_sources: set[str] = set()
     stop_signal = None
+    failed: list[dict[str, str]] = []
     with _count_forwards(model) as forwards:
         try:
             for done, sample in enumerate(samples, 1):
-                gt = read_rgb8(sample.gt, grey=grey)
-                if config.task == "sr":
-                    gt, degraded, source = _sr_pair(sample, gt, config, grey)
-                    lr_sources.add(source)
-                elif config.task == "denoise":
-                    degraded = add_noise(gt, config.sigma or 0.0)
-                else:
-                    degraded = synthesise(config.task, gt, sample.name)
-                if config.baseline_is_input:  # bicubic upscaling of the LR, or the degraded image itself
-                    out, seconds = _shown_input(degraded, config), 0.0
-                else:
-                    start = time.perf_counter()
-                    x = degraded if config.task == "denoise" else degraded.astype(np.float32) / 255.0
-                    out = _dehaze_dcp(x) if setup is None else _infer(setup.run, x, channels)
-                    if setup is not None:
-                        synchronise(setup.device)
-                    seconds = time.perf_counter() - start
-                if out.shape != gt.shape:
-                    raise ImageReadError(f"{sample.name}: output is {out.shape} but the ground truth is {gt.shape}")
-                scores = _metrics(out, gt, config.border)
-                size = {"height": gt.shape[0], "width": gt.shape[1]}
-                results.append(ImageResult(sample.name, seconds=seconds, **size, forwards=forwards(), **scores))
-                if len(shown) < _COMPARISON_IMAGES:
-                    shown.append((sample.name, degraded, out, gt, scores))
+                try:
+                    scored = _score_sample(sample, config, grey, setup, channels, forwards, lr_sources)
+                except ImageReadError as error:  # one bad file: reported, the others are scored
+                    failed.append({"name": sample.name, "error": str(error)})
+                    scored = None
+                if scored is not None:
+                    result, degraded, out, gt, scores = scored
+                    results.append(result)
+                    if len(shown) < _COMPARISON_IMAGES:
+                        shown.append((sample.name, degraded, out, gt, scores))
                 if progress is not None:
                     progress(done, len(samples), sample.name)
         except KeyboardInterrupt as error:  # Ctrl-C, SIGTERM, SIGHUP (restorecli.interrupts)
@@ -302,6 +291,7 @@ def evaluate(
                 raise
             stop_signal = interrupts.handled(error)  # the report covers the images done
             shown.clear()  # no comparison image: whoever stopped the run wants it to end now
+    _raise_if_none_scored(failed, results)
     # After the loop: imresize's BLAS threads stay busy for a while after a call, and would
     # compete with the next image's forward pass for the cores.
     crops = []
@@ -310,6 +300,7 @@ def evaluate(
         crops.append(_comparison_crops(name, shown_input, out, gt, config, scores, baseline=config.baseline_is_input))
     meta = _meta(config, model_info, dataset, setup, lr_sources, results)
     meta["images_total"] = len(samples)
+    _note_failures(meta, failed, len(samples))
     meta["stopped_by"] = None if stop_signal is None else interrupts.signal_name(stop_signal)
     if stop_signal is not None:
         meta["notes"].append(
@@ -343,6 +334,60 @@ def _prepare(model: torch.nn.Module, config: EvalConfig) -> _Setup:
     run.warm_up()
     synchronise(device)
     return _Setup(run, device, backend, time.perf_counter() - started)
+
+
+def _score_sample(
+    sample: Sample,
+    config: EvalConfig,
+    grey: bool,
+    setup: _Setup | None,
+    channels: int,
+    forwards: Callable[[], int],
+    lr_sources: set[str],
+) -> tuple[ImageResult, np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
+    """Degrade, restore and score one image: its result, degraded input, output, ground truth and scores."""
+    gt = read_rgb8(sample.gt, grey=grey)
+    if config.task == "sr":
+        gt, degraded, source = _sr_pair(sample, gt, config, grey)
+        lr_sources.add(source)
+    elif config.task == "denoise":
+        degraded = add_noise(gt, config.sigma or 0.0)
+    else:
+        degraded = synthesise(config.task, gt, sample.name)
+    if config.baseline_is_input:  # bicubic upscaling of the LR, or the degraded image itself
+        out, seconds = _shown_input(degraded, config), 0.0
+    else:
+        start = time.perf_counter()
+        x = degraded if config.task == "denoise" else degraded.astype(np.float32) / 255.0
+        out = _dehaze_dcp(x) if setup is None else _infer(setup.run, x, channels)
+        if setup is not None:
+            synchronise(setup.device)
+        seconds = time.perf_counter() - start
+    if out.shape != gt.shape:
+        raise ImageReadError(f"{sample.name}: output is {out.shape} but the ground truth is {gt.shape}")
+    scores = _metrics(out, gt, config.border)
+    size = {"height": gt.shape[0], "width": gt.shape[1]}
+    return ImageResult(sample.name, seconds=seconds, **size, forwards=forwards(), **scores), degraded, out, gt, scores
+
+
+def _raise_if_none_scored(failed: list[dict[str, str]], results: list[ImageResult]) -> None:
+    """No image could be scored: there is no report to give, only the first reason."""
+    if failed and not results:
+        first = failed[0]["error"]
+        if len(failed) == 1:
+            raise ImageReadError(first)
+        raise ImageReadError(f"none of the {len(failed)} images could be scored: {first} (and {len(failed) - 1} more)")
+
+
+def _note_failures(meta: dict[str, Any], failed: list[dict[str, str]], total: int) -> None:
+    """The images that could not be scored, in the report and in a note (the means leave them out)."""
+    meta["failed"] = failed
+    if failed:
+        names = ", ".join(item["name"] for item in failed[:5]) + (", ..." if len(failed) > 5 else "")
+        meta["notes"].append(
+            f"{len(failed)} of {total} images could not be scored ({names}; reasons under 'failed'); "
+            f"the means cover the other {total - len(failed)}."
+        )
 
 
 @contextmanager
@@ -485,8 +530,11 @@ def score_dirs(
         crop_border: Border removed before the metrics (default: ``scale`` or 0).
         progress: Called as ``progress(done, total, name)`` after each image.
 
+    A ground truth without prediction, an unreadable file or sizes that differ leave that image
+    out: it is listed under ``failed`` in the report's meta, and the means cover the others.
+
     Raises:
-        ImageReadError: Empty folders, a ground truth without prediction, or sizes that differ.
+        ImageReadError: Empty folders, or no image that could be scored.
     """
     from restorecli.datasets import IMAGE_SUFFIXES
 
@@ -501,23 +549,16 @@ def score_dirs(
     s = scale or 1
     border = crop_border if crop_border is not None else (s if s > 1 else 0)
     results = []
+    failed: list[dict[str, str]] = []
     for done, gt_path in enumerate(gts, 1):
         key = image_key(gt_path.stem)
-        pred_path = _match_prediction(key, gt_path.stem, preds)
-        if pred_path is None:
-            raise ImageReadError(
-                f"no prediction for {gt_path.name} in {pred_dir}; expected a file named like {key}.png"
-            )
-        pred, gt = read_rgb8(pred_path), read_rgb8(gt_path)
-        ph, pw = pred.shape[:2]
-        if not (0 <= gt.shape[0] - ph < s and 0 <= gt.shape[1] - pw < s):
-            raise ImageReadError(
-                f"{pred_path.name} is {pw}x{ph} but its ground truth {gt_path.name} is " f"{gt.shape[1]}x{gt.shape[0]}"
-            )
-        gt = gt[:ph, :pw]
-        results.append(ImageResult(key, seconds=0.0, height=ph, width=pw, **_metrics(pred, gt, border)))
+        try:
+            results.append(_score_pair(key, gt_path, preds, pred_dir, s, border))
+        except ImageReadError as error:  # one missing or bad file: reported, the others are scored
+            failed.append({"name": key, "error": str(error)})
         if progress is not None:
             progress(done, len(gts), key)
+    _raise_if_none_scored(failed, results)
     meta = {
         "dataset": str(gt_dir),
         "task": "sr" if s > 1 else "score",
@@ -529,8 +570,25 @@ def score_dirs(
         "metrics_convention": "uint8 images; Y = BT.601 (16-235, unrounded); SSIM 11x11 Gaussian sigma 1.5, valid",
         "notes": [],
         "date": time.strftime("%Y-%m-%d"),
+        "images_total": len(gts),
     }
+    _note_failures(meta, failed, len(gts))
     return EvalReport(meta, results)
+
+
+def _score_pair(key: str, gt_path: Path, preds: list[Path], pred_dir: Path, scale: int, border: int) -> ImageResult:
+    """Scores of the prediction that pairs with one ground truth."""
+    pred_path = _match_prediction(key, gt_path.stem, preds)
+    if pred_path is None:
+        raise ImageReadError(f"no prediction for {gt_path.name} in {pred_dir}; expected a file named like {key}.png")
+    pred, gt = read_rgb8(pred_path), read_rgb8(gt_path)
+    ph, pw = pred.shape[:2]
+    if not (0 <= gt.shape[0] - ph < scale and 0 <= gt.shape[1] - pw < scale):
+        raise ImageReadError(
+            f"{pred_path.name} is {pw}x{ph} but its ground truth {gt_path.name} is {gt.shape[1]}x{gt.shape[0]}"
+        )
+    gt = gt[:ph, :pw]
+    return ImageResult(key, seconds=0.0, height=ph, width=pw, **_metrics(pred, gt, border))
 
 
 def _match_prediction(key: str, stem: str, preds: list[Path]) -> Path | None:

@@ -18,6 +18,7 @@ from restorecli import datasets
 from restorecli import evaluate as ev
 from restorecli.cli import app, eval_cmd
 from restorecli.errors import ChecksumError, ConfigError, DownloadError, ImageReadError, ImageWriteError, UsageError
+from restorecli.eval_report import report_markdown
 
 runner = CliRunner()
 
@@ -396,10 +397,25 @@ def test_pred_dir_scoring(tmp_path: Path) -> None:
     assert images["a"]["psnr_y"] is None and images["a"]["ssim_rgb"] == 1.0  # identical: infinite PSNR
     assert 35 < images["b"]["psnr_rgb"] < 39
 
+    # A prediction of the wrong size and a missing one: both reported, the others still scored,
+    # the means cover them, and the exit status says the report is partial.
     _write(tmp_path / "gt" / "c.png", a)
     _write(tmp_path / "pred" / "c.png", a[:20])
+    _write(tmp_path / "gt" / "d.png", b)
     result = runner.invoke(app, args)
-    assert isinstance(result.exception, ImageReadError) and "c.png" in str(result.exception)
+    assert result.exit_code == 1, result.output
+    document = json.loads(result.stdout)
+    assert [r["name"] for r in document["images"]] == ["a", "b"] and document["images_total"] == 4
+    assert [f["name"] for f in document["failed"]] == ["c", "d"]
+    assert "c.png is 40x20" in document["failed"][0]["error"] and "no prediction for d.png" in document["failed"][1]["error"]
+    assert any("2 of 4 images could not be scored" in note for note in document["notes"])
+    assert "Error: c.png is 40x20" in result.stderr and "2 of 4 images could not be scored" in result.stderr
+
+    for name in ("a", "b"):
+        (tmp_path / "gt" / f"{name}.png").unlink()
+    result = runner.invoke(app, args)
+    assert isinstance(result.exception, ImageReadError), result.output
+    assert "none of the 2 images could be scored: c.png is 40x20" in str(result.exception)
 
 
 def test_pred_dir_table_shows_names_as_they_are_and_a_file_as_out_is_refused_first(tmp_path: Path) -> None:
@@ -535,3 +551,21 @@ def test_ground_truth_smaller_than_the_scale_is_a_read_error(tmp_path: Path) -> 
     spec = datasets.get_dataset("Set5")
     with pytest.raises(ImageReadError, match=r"strip\.png is 300x2: too small for x4"):
         ev.evaluate_dataset(spec, tmp_path, ev.EvalConfig(scale=4, baseline="bicubic", lr_from_hr=True))
+
+
+def test_one_bad_image_is_reported_and_the_others_are_scored(tmp_path: Path) -> None:
+    """A truncated file and a too-small ground truth in a set of four: the report covers the two
+    good images, lists the other two with their reasons, and says so in a note."""
+    rng = np.random.default_rng(1)
+    for name in ("a", "c"):
+        _write(tmp_path / "HR" / f"{name}.png", rng.integers(0, 256, (48, 40, 3), dtype=np.uint8))
+    _write(tmp_path / "HR" / "b.png", np.full((2, 300, 3), 128, dtype=np.uint8))
+    good = (tmp_path / "HR" / "a.png").read_bytes()
+    (tmp_path / "HR" / "d.png").write_bytes(good[: len(good) // 2])
+    spec = datasets.get_dataset("Set5")
+    report = ev.evaluate_dataset(spec, tmp_path, ev.EvalConfig(scale=4, baseline="bicubic", lr_from_hr=True))
+    assert [r.name for r in report.images] == ["a", "c"] and report.meta["images_total"] == 4
+    assert [f["name"] for f in report.meta["failed"]] == ["b", "d"]
+    assert "too small for x4" in report.meta["failed"][0]["error"] and "d.png" in report.meta["failed"][1]["error"]
+    assert any("2 of 4 images could not be scored" in note for note in report.meta["notes"])
+    assert "Not scored:\n\n- b: " in report_markdown(report)

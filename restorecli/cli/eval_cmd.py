@@ -197,7 +197,9 @@ def eval_command(
 ) -> None:
     """Score a model (or a baseline) on a benchmark with the papers' conventions, or score existing outputs.
 
-    Without --model/--weights/--baseline the task's default model is used.
+    Without --model/--weights/--baseline the task's default model is used. An image that cannot be
+    scored (unreadable, no prediction, sizes that do not fit) is reported and left out of the means;
+    the command then exits with status 1 after writing the report.
 
     Examples: `restore eval -d Set5 -s 4 --baseline bicubic`; `restore eval -d Set5 -m mair-sr-x4
     --protocol tiled-official --out report/`; `restore eval -d Kodak24 --task dehaze --baseline dcp`;
@@ -277,10 +279,19 @@ def _finish(report: EvalReport, out: Path | None, output: Output) -> None:
     if out is not None:
         paths = write_report(report, out)
         output.note(f"report written: {', '.join(str(p) for p in paths)}")
+    failed = report.meta.get("failed") or []
+    for item in failed:
+        error = item["error"]
+        # most messages already start with the file they are about
+        output.note(f"Error: {error}" if item["name"] in error else f"Error: {item['name']}: {error}")
     if report.stop_signal is not None:
         done, total = len(report.images), report.meta.get("images_total", len(report.images))
         output.note(f"Interrupted ({interrupts.signal_name(report.stop_signal)}) after {done} of {total} images")
         raise typer.Exit(interrupts.exit_code(report.stop_signal))
+    if failed:
+        total = report.meta.get("images_total", len(report.images) + len(failed))
+        output.warning(f"{len(failed)} of {total} images could not be scored; the means cover the other {total - len(failed)}")
+        raise typer.Exit(1)
 
 
 @datasets_app.command("list")
