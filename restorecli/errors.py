@@ -54,5 +54,9 @@ class ChecksumError(DownloadError):
     """A file whose sha256 or size differs from the pinned one."""
 
 
+class TrainingError(RestoreError):
+    """Training cannot go on (the loss is no longer a finite number)."""
+
+
 class OutOfMemoryError(RestoreError):
     """The device ran out of memory even at the smallest tile size."""

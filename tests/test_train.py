@@ -147,6 +147,10 @@ def test_cli_errors_are_one_line(tiny: Path, tmp_path: Path) -> None:
         (["train", "--config", "mair-light-t-x5"], "did you mean 'mair-light-t-x4'"),
         (["train", "--config", str(tiny), "--set", "optim"], "key=value"),
         (["train", "--resume", str(tiny)], "is not a PyTorch or safetensors checkpoint"),
+        (["train", "--config", str(tiny), "--set", "optim.lr=-1"], "optim.lr must be a positive number, got -1.0"),
+        (["train", "--config", str(tiny), "--set", f"data.hq=[{tiny}]"], "is a file, expected a folder of images"),
+        (["train", "--config", str(tiny), "--set", f"output.dir={tiny}"], "is a file, expected a folder"),
+        (["train", "--config", str(tiny.parent)], "is a folder, expected a YAML config file"),
     ):
         result = runner.invoke(app, args)
         assert result.exit_code == 1, (args, result.output)
@@ -223,3 +227,85 @@ def test_fine_tune_may_start_from_a_model_of_another_task(preset: str, tmp_path:
     expected = load_model(start, device="cpu").module.state_dict()
     for key, value in expected.items():
         assert torch.equal(built.state_dict()[key], value), key
+
+
+def test_output_dir_problems_are_named_before_any_work(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from restorecli.errors import ConfigError, ImageWriteError
+    from restorecli.train import loop
+
+    with pytest.raises(ConfigError, match=r"tiny.yml is a file, expected a folder"):
+        train(load_config(tiny, [f"output.dir={tiny}"]))
+    with pytest.raises(ConfigError, match=r"tiny.yml is a file, expected a folder"):
+        train(load_config(tiny, [f"output.dir={tiny / 'sub'}"]))
+
+    def read_only(*_: object, **__: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(loop.tempfile, "TemporaryFile", read_only)  # root may write anywhere: fake a read-only folder
+    with pytest.raises(ImageWriteError, match="cannot write into this folder: Permission denied"):
+        train(load_config(tiny))
+
+
+def test_validation_images_too_small_fail_before_training(tiny: Path, tmp_path: Path) -> None:
+    from restorecli.errors import ConfigError
+
+    small = tmp_path / "small"
+    small.mkdir()
+    cv2.imwrite(str(small / "s.png"), np.full((12, 20, 3), 128, np.uint8))
+    steps: list[int] = []
+    cfg = load_config(tiny, [f"val.sets=[{{name: v, hq: {small}}}]"])
+    expected = r"val set v: s is 20x12 px; expected at least 15x15 \(val.crop_border 2 on each side, SSIM window\)"
+    with pytest.raises(ConfigError, match=expected):
+        train(cfg, progress=lambda report: steps.append(report.iteration))
+    assert not steps
+    # without SSIM, PSNR needs one pixel inside the border
+    assert train(load_config(tiny, [f"val.sets=[{{name: v, hq: {small}}}]", "val.ssim=false", "schedule.iterations=4"])).best_metric
+
+
+def test_resume_needs_the_training_state(tiny: Path, tmp_path: Path) -> None:
+    from restorecli.errors import CheckpointError
+
+    cfg = load_config(tiny, ["val.every=0"])
+    train(cfg, stop_at=2)
+    state = torch.load(tmp_path / "run" / "latest.pth", weights_only=True)
+    del state["optimizer"]
+    torch.save(state, tmp_path / "edited.pth")
+    with pytest.raises(CheckpointError, match="it lacks optimizer"):
+        train(cfg, resume=tmp_path / "edited.pth")
+
+
+def test_a_file_that_breaks_mid_run_leaves_a_resumable_checkpoint(tiny: Path, tmp_path: Path) -> None:
+    """Read from disk, an image that cannot be decoded any more ends the run with an ImageReadError,
+    after latest.pth is written at the last finished iteration; once the file is back, resuming
+    gives the uninterrupted run's losses."""
+    from restorecli.errors import ImageReadError
+
+    hq = tmp_path / "hq"
+    saved = {path: path.read_bytes() for path in hq.iterdir()}
+    overrides = ["val.every=0", "output.save_every=0", "data.in_memory=false"]
+    cfg = load_config(tiny, overrides)
+
+    def break_files(report: StepReport) -> None:
+        if report.iteration == 3:
+            for path in saved:
+                path.write_bytes(b"")
+
+    with pytest.raises(ImageReadError, match="file is empty"):
+        train(cfg, progress=break_files)
+    state = read_training_checkpoint(tmp_path / "run" / "latest.pth")
+    assert state["iteration"] == 3
+    for path, data in saved.items():
+        path.write_bytes(data)
+    rest = train(cfg, resume=tmp_path / "run" / "latest.pth")
+    full = train(load_config(tiny, [*overrides, f"output.dir={tmp_path / 'full'}"]))
+    assert rest.losses == full.losses[3:]
+
+
+def test_a_diverging_loss_is_a_one_line_training_error(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from restorecli.errors import TrainingError
+    from restorecli.train import loop
+
+    monkeypatch.setattr(loop, "make_loss", lambda *_: lambda pred, hq: (pred - hq).abs().mean() * float("nan"))
+    with pytest.raises(TrainingError, match="loss became nan at iteration 1, expected a finite number: lower optim.lr") as info:
+        train(load_config(tiny, ["val.every=0"]))
+    assert "\n" not in str(info.value)

@@ -266,3 +266,128 @@ def test_grey_is_a_probability_and_needs_channel_blind_steps() -> None:
 def test_motion_blur_keeps_one_channel_images_three_dimensional() -> None:
     img = np.random.default_rng(0).random((16, 16, 1), dtype=np.float32)
     assert motion_blur(img, motion_kernel(9, 5.0, np.random.default_rng(1))).shape == (16, 16, 1)
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("optim.lr=-1", "optim.lr must be a positive number, got -1.0"),
+        ("optim.lr=.nan", "optim.lr must be a positive number, got nan"),
+        ("optim.betas=[1.5, 0.9]", "optim.betas must be two numbers in [0, 1)"),
+        ("optim.weight_decay=-1", "optim.weight_decay must be >= 0"),
+        ("optim.grad_clip=-1", "optim.grad_clip must be >= 0"),
+        ("optim.charbonnier_eps=-1", "optim.charbonnier_eps must be positive"),
+        ("schedule.warmup=-3", "schedule.warmup must be >= 0"),
+        ("schedule.gamma=0", "schedule.gamma must be positive"),
+        ("schedule.milestones=[-5, 1]", "schedule.milestones must be iterations >= 0"),
+        ("seed=-1", "seed must be >= 0"),
+        ("threads=-2", "threads must be >= 0"),
+        ("val.crop_border=-5", "val.crop_border must be >= 0, or -1"),
+        ("degradation.noise_sigma=[50, 5]", "degradation.noise_sigma must be [low, high] with low <= high"),
+        ("degradation.haze_transmission=[0, 2]", "degradation.haze_transmission must be [low, high]"),
+        ("degradation.blur_size=-1", "degradation.blur_size must be odd and positive"),
+        ("data.hq=''", "data.hq expects folder paths, got an empty one"),
+        ("val.sets=[{name: v, hq: a}, {name: v, hq: b}]", "val.sets expects one name per set, got 'v' more than once"),
+    ],
+)
+def test_values_out_of_range_are_one_line_errors(override: str, needle: str) -> None:
+    """Each would otherwise reach torch or NumPy (an uncaught ValueError), or train silently wrong."""
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping(apply_overrides(TINY, [override]))
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_config_that_is_a_folder_or_binary_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="is a folder, expected a YAML config file"):
+        read_mapping(tmp_path)
+    binary = tmp_path / "weights.yml"
+    binary.write_bytes(b"\xff\xfe\x00\x80 not text")
+    with pytest.raises(ConfigError, match="expected UTF-8 text, found binary data"):
+        read_mapping(binary)
+
+
+def test_a_file_given_for_a_folder_is_named(tmp_path: Path) -> None:
+    from restorecli.train.data import list_images
+
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(ConfigError, match="is a file, expected a folder of images"):
+        list_images(image)
+    with pytest.raises(ConfigError, match="does not exist"):
+        list_images(tmp_path / "missing")
+
+
+def test_unusable_training_images_are_left_out_with_a_warning(
+    folders: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """One bad file among many does not end a run: it is named in a warning and left out of the data."""
+    hq, _ = folders
+    (hq / "empty.png").write_bytes(b"")
+    (hq / "notes.png").write_text("not an image", encoding="utf-8")
+    cv2.imwrite(str(hq / "dot.png"), np.zeros((1, 1, 3), np.uint8))  # under the scale: no LR pixel
+    png = cv2.imencode(".png", np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))[1].tobytes()
+    (hq / "cut.png").write_bytes(png[:100])
+    cfg = _cfg(hq)
+    with caplog.at_level("WARNING", logger="restorecli.train.data"):
+        data = TrainDataset(cfg.data, cfg.degradation, seed=0)
+    assert [item.hq.name for item in data.items] == ["a.png", "b.png", "c.png"]
+    warned = caplog.text
+    for name in ("empty.png", "notes.png", "dot.png", "cut.png"):
+        assert name in warned
+    assert "training on 3 of 7 images (4 left out" in warned
+    assert data[(0, 2)][1].shape == (3, 16, 16)  # indices follow the usable images
+
+
+def test_no_usable_training_image_is_one_error(tmp_path: Path) -> None:
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"")
+    (folder / "b.png").write_text("text", encoding="utf-8")
+    cfg = _cfg(folder)
+    with pytest.raises(ConfigError) as info:
+        TrainDataset(cfg.data, cfg.degradation, seed=0)
+    message = str(info.value)
+    assert message.startswith("none of the 2 training images can be used; the first:") and "a.png" in message
+    assert "\n" not in message
+
+
+def test_read_from_disk_a_bad_file_is_an_image_error(folders: tuple[Path, Path]) -> None:
+    from restorecli.errors import ImageReadError
+
+    hq, _ = folders
+    (hq / "d.png").write_bytes(b"")
+    cfg = _cfg(hq, "data.in_memory=false")
+    data = TrainDataset(cfg.data, cfg.degradation, seed=0)  # nothing decoded yet
+    assert len(data) == 4
+    with pytest.raises(ImageReadError, match="d.png: file is empty"):
+        data[(0, 3)]
+
+
+def test_pairs_whose_sizes_do_not_fit_the_scale_are_named(folders: tuple[Path, Path], tmp_path: Path) -> None:
+    """An LQ folder of another scale (here x4 LR for an x2 network) is refused, not cropped silently."""
+    from restorecli.errors import ImageReadError
+    from restorecli.train.config import ValSet
+
+    hq, _ = folders
+    x4 = tmp_path / "x4"
+    x4.mkdir()
+    for path in sorted(hq.iterdir()):
+        cv2.imwrite(str(x4 / path.name), bicubic_lr(cv2.imread(str(path)), 4))
+    cfg = _cfg(hq, f"data.lq=[{x4}]")
+    with pytest.raises(ConfigError, match=r"a.png: is 36x40 px; expected x2 of its LQ a.png \(9x10\): 18x20 \(up to 19x21\)"):
+        TrainDataset(cfg.data, cfg.degradation, seed=0)
+    with pytest.raises(ImageReadError, match=r"a.png: is 36x40 px; expected x2 of its LQ a.png \(9x10\)"):
+        load_val_set(ValSet("v", str(hq), str(x4)), cfg.degradation)
+    small = tmp_path / "small"
+    small.mkdir()
+    cv2.imwrite(str(small / "a.png"), np.zeros((1, 9, 3), np.uint8))
+    with pytest.raises(ImageReadError, match="a.png: is 9x1 px; expected at least 2x2 for x2"):
+        load_val_set(ValSet("v", str(small)), cfg.degradation)
+
+
+def test_paired_hq_is_cropped_to_the_scale_of_its_lq(folders: tuple[Path, Path]) -> None:
+    """b is 50x33: its x2 LR is 25x16, and its HQ patches come from the top-left 50x32 (the benchmark crop)."""
+    hq, lq = folders
+    cfg = _cfg(hq, f"data.lq=[{lq}]", "data.patch=16")
+    data = TrainDataset(cfg.data, cfg.degradation, seed=0)
+    assert data._cache is not None and data._cache[1][0].shape == (32, 50, 3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import cv2
@@ -83,3 +84,27 @@ def test_plot_command_writes_a_png_and_reports_the_points(
     assert code != 0 and "expected a .png file, got c.jpg" in stderr
     code, _, stderr = restore(capsys, monkeypatch, "train", "plot", str(a), str(b), "-o", str(out), "--label", "one")
     assert code != 0 and "--label: expected one per run (2), got 1" in stderr
+
+
+def test_unreadable_metrics_are_usage_errors(tmp_path: Path) -> None:
+    binary = tmp_path / "latest.pth"
+    binary.write_bytes(b"PK\x03\x04\x80\xff binary")
+    with pytest.raises(UsageError, match="expected JSON lines \\(metrics.jsonl\\), found binary data"):
+        read_curve(binary)
+    edited = tmp_path / "edited.jsonl"
+    edited.write_text('{"iter": "abc", "val/a/psnr": 30.0, "cpu_s": 3}\n', encoding="utf-8")
+    with pytest.raises(UsageError, match="line 1: expected an integer 'iter', got 'abc'"):
+        read_curve(edited)
+    edited.write_text('{"iter": 5, "val/a/psnr": "high", "cpu_s": 3}\n', encoding="utf-8")
+    with pytest.raises(UsageError, match="iteration 5: expected a number for 'val/a/psnr', got 'high'"):
+        read_curve(edited)
+
+
+def test_infinite_psnr_is_left_out_of_the_curve(tmp_path: Path) -> None:
+    """Identical images score PSNR inf (json writes Infinity): the chart shows the finite points."""
+    run = _run(tmp_path / "r", [(500, 28.0, 100.0), (1000, math.inf, 200.0), (1500, 29.0, 300.0)])
+    curve = read_curve(run)
+    assert curve.iterations == (500, 1500) and curve.y == (28.0, 29.0)
+    only = _run(tmp_path / "inf", [(500, math.inf, 100.0)])
+    with pytest.raises(UsageError, match="expected finite values of val/Set5/psnr, found only inf or NaN"):
+        read_curve(only)

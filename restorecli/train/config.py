@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -379,6 +380,13 @@ def _check_values(config: TrainConfig) -> None:
         _one_of(step, DEGRADATIONS, f"degradation.steps[{i}]")
     if not config.data.hq:
         raise ConfigError("data.hq needs at least one folder (pass --set data.hq=PATH)")
+    for key, folders in (("data.hq", config.data.hq), ("data.lq", config.data.lq)):
+        if any(not folder.strip() for folder in folders):
+            raise ConfigError(f"{key} expects folder paths, got an empty one in {list(folders)}")
+    names = [s.name for s in config.val.sets]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ConfigError(f"val.sets expects one name per set, got {', '.join(map(repr, twice))} more than once")
     if config.data.lq and len(config.data.lq) != len(config.data.hq):
         raise ConfigError(f"data.lq has {len(config.data.lq)} folders but data.hq has {len(config.data.hq)}")
     from restorecli import models
@@ -401,10 +409,17 @@ def _check_values(config: TrainConfig) -> None:
             raise ConfigError(f"{key} must be positive, got {value}")
     if config.data.workers < 0 or config.val.every < 0 or config.output.save_every < 0:
         raise ConfigError("data.workers, val.every and output.save_every must be >= 0")
+    _check_optim_and_schedule(config)
+    if config.seed < 0:
+        raise ConfigError(f"seed must be >= 0, got {config.seed}")
+    if config.threads < 0:
+        raise ConfigError(f"threads must be >= 0 (0 = torch's default), got {config.threads}")
+    if config.val.crop_border < -1:
+        raise ConfigError(f"val.crop_border must be >= 0, or -1 for the scale; got {config.val.crop_border}")
     if not 0.0 <= config.optim.ema < 1.0:
         raise ConfigError(f"optim.ema must be in [0, 1) (0 = off), got {config.optim.ema}")
-    if config.degradation.blur_size % 2 == 0:
-        raise ConfigError(f"degradation.blur_size must be odd, got {config.degradation.blur_size}")
+    if config.degradation.blur_size <= 0 or config.degradation.blur_size % 2 == 0:
+        raise ConfigError(f"degradation.blur_size must be odd and positive, got {config.degradation.blur_size}")
     _check_degradation_ranges(config.degradation)
     if list(config.schedule.milestones) != sorted(config.schedule.milestones):
         raise ConfigError(f"schedule.milestones must increase, got {list(config.schedule.milestones)}")
@@ -421,16 +436,45 @@ def _check_values(config: TrainConfig) -> None:
         raise ConfigError(f"data.grey works with the steps {', '.join(CHANNEL_BLIND_STEPS)}; {', '.join(colour_steps)} need colour")
 
 
+def _check_optim_and_schedule(config: TrainConfig) -> None:
+    """Optimiser and schedule numbers inside the domains torch and the schedule accept."""
+    optim, schedule = config.optim, config.schedule
+    if not (math.isfinite(optim.lr) and optim.lr > 0):
+        raise ConfigError(f"optim.lr must be a positive number, got {optim.lr}")
+    if not all(0.0 <= beta < 1.0 for beta in optim.betas):
+        raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {list(optim.betas)}")
+    non_negative = {
+        "optim.weight_decay": optim.weight_decay,
+        "optim.grad_clip": optim.grad_clip,
+        "schedule.warmup": schedule.warmup,
+        "schedule.eta_min": schedule.eta_min,
+        "schedule.cosine_start": schedule.cosine_start,
+    }
+    for key, value in non_negative.items():
+        if not value >= 0:  # NaN too
+            raise ConfigError(f"{key} must be >= 0, got {value}")
+    if not optim.charbonnier_eps > 0:
+        raise ConfigError(f"optim.charbonnier_eps must be positive, got {optim.charbonnier_eps}")
+    if not schedule.gamma > 0:
+        raise ConfigError(f"schedule.gamma must be positive, got {schedule.gamma}")
+    if any(m < 0 for m in schedule.milestones):
+        raise ConfigError(f"schedule.milestones must be iterations >= 0, got {list(schedule.milestones)}")
+
+
 def _check_degradation_ranges(degradation: DegradationSection) -> None:
-    """The ranges of the camera-noise and depth-haze steps: ordered, and inside their domains."""
+    """The ranges of the degradation steps: ordered, and inside their domains."""
     ranges = {
+        "noise_sigma": (degradation.noise_sigma, 0.0, None),
+        "blur_length": (degradation.blur_length, 0.0, None),
+        "haze_transmission": (degradation.haze_transmission, 0.0, 1.0),
+        "haze_airlight": (degradation.haze_airlight, 0.0, 1.0),
         "haze_beta": (degradation.haze_beta, 0.0, None),
         "camera_shot": (degradation.camera_shot, 1e-12, None),  # log-uniform: > 0
         "camera_read": (degradation.camera_read, 1e-12, None),
         "camera_jpeg_quality": (degradation.camera_jpeg_quality, 1, 100),
     }
     for name, ((lo, hi), low, high) in ranges.items():
-        if lo > hi or lo < low or (high is not None and hi > high):
+        if not lo <= hi or lo < low or (high is not None and hi > high):  # NaN fails the first test
             domain = f"[{low:g}, {high:g}]" if high is not None else ("> 0" if low > 0 else ">= 0")
             raise ConfigError(f"degradation.{name} must be [low, high] with low <= high, {domain}; got [{lo:g}, {hi:g}]")
     if not 0.0 <= degradation.camera_jpeg_prob <= 1.0:
@@ -516,8 +560,16 @@ def read_mapping(source: str | Path) -> dict[str, Any]:
         ConfigError: no such file or preset, or invalid YAML.
     """
     path = Path(source)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder, expected a YAML config file or a preset name")
     if path.is_file():
-        text, origin = path.read_text(encoding="utf-8"), str(path)
+        origin = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"{origin} is not a YAML config: expected UTF-8 text, found binary data") from None
+        except OSError as error:
+            raise ConfigError(f"{origin}: cannot read: {error.strerror or error}") from None
     elif str(source) in preset_names():
         text = (resources.files("restorecli") / "presets" / f"{source}.yml").read_text(encoding="utf-8")
         origin = f"preset {source}"

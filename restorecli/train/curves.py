@@ -47,7 +47,8 @@ def read_curve(run: Path, *, metric: str | None = None, x_axis: str = "cpu", lab
     """The validation curve of a run folder (or its ``metrics.jsonl``).
 
     ``metric`` defaults to the first ``val/<set>/psnr`` key of the run. A resumed run appends to
-    its file, so the last record of each iteration wins.
+    its file, so the last record of each iteration wins. Points whose value is not finite (the PSNR
+    of identical images is inf) are left out of the curve.
 
     Raises:
         UsageError: No metrics file, no such metric, or records without the x axis (runs
@@ -58,8 +59,12 @@ def read_curve(run: Path, *, metric: str | None = None, x_axis: str = "cpu", lab
     path = metrics_file(run)
     if not path.is_file():
         raise UsageError(f"{run}: expected a training run folder with metrics.jsonl (or the file itself), found none")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: expected JSON lines (metrics.jsonl), found binary data") from None
     records: dict[int, dict] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -67,7 +72,10 @@ def read_curve(run: Path, *, metric: str | None = None, x_axis: str = "cpu", lab
         except json.JSONDecodeError:
             raise UsageError(f"{path}: line {number} is not JSON") from None
         if isinstance(record, dict) and any(str(key).startswith("val/") for key in record):
-            records[int(record.get("iter", 0))] = record
+            iteration = record.get("iter", 0)
+            if isinstance(iteration, bool) or not isinstance(iteration, int):
+                raise UsageError(f"{path}: line {number}: expected an integer 'iter', got {iteration!r}")
+            records[iteration] = record
     if not records:
         raise UsageError(f"{path}: expected validation records (val.sets in the config), found none")
     keys = sorted({key for record in records.values() for key in record if key.startswith("val/")})
@@ -82,6 +90,14 @@ def read_curve(run: Path, *, metric: str | None = None, x_axis: str = "cpu", lab
     if missing:
         hint = " (trained before CPU time was recorded: use --x wall or --x iter)" if key == "cpu_s" else ""
         raise UsageError(f"{path}: the records of iteration {missing[0]} have no {key!r}{hint}")
+    for it, r in points:
+        for field in (key, metric):
+            if isinstance(r[field], bool) or not isinstance(r[field], (int, float)):
+                raise UsageError(f"{path}: the records of iteration {it}: expected a number for {field!r}, got {r[field]!r}")
+    # identical images score PSNR inf (restorecli.metrics); a chart can only show finite values
+    points = [(it, r) for it, r in points if math.isfinite(r[metric]) and math.isfinite(r[key])]
+    if not points:
+        raise UsageError(f"{path}: expected finite values of {metric}, found only inf or NaN")
     name = label or (path.parent.name if path.name == "metrics.jsonl" else path.stem)
     return Curve(
         label=name,

@@ -20,6 +20,7 @@ unless asked, as the official denoising data). The degradations themselves are
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from restorecli.degradations import degrade
 from restorecli.degradations import motion_blur as motion_blur
 from restorecli.degradations import motion_kernel as motion_kernel
 from restorecli.degradations import smooth_field as smooth_field
-from restorecli.errors import ConfigError
+from restorecli.errors import ConfigError, ImageReadError
 from restorecli.imresize import imresize
 from restorecli.io import read_rgb8
 
@@ -50,6 +51,8 @@ if TYPE_CHECKING:
         ValSet,
     )
 
+logger = logging.getLogger(__name__)
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 IN_MEMORY_LIMIT = 1 << 30
 """Automatic in-memory mode for data sets whose files total less than this many bytes."""
@@ -62,6 +65,8 @@ def list_images(folder: str | Path) -> list[Path]:
         ConfigError: the folder does not exist or holds no images.
     """
     path = Path(folder)
+    if path.is_file():
+        raise ConfigError(f"image folder {str(path)!r} is a file, expected a folder of images")
     if not path.is_dir():
         raise ConfigError(f"image folder {str(path)!r} does not exist")
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
@@ -84,6 +89,27 @@ def pair_folders(hq: str | Path, lq: str | Path, scale: int) -> list[tuple[Path,
             raise ConfigError(f"no LQ image for {hq_path.name} in {str(lq)!r} (matched by name)")
         pairs.append((hq_path, partner))
     return pairs
+
+
+def fit_pair(hq: np.ndarray, lq: np.ndarray, scale: int, hq_path: Path, lq_path: Path) -> np.ndarray:
+    """The HQ of a pair cropped to ``scale`` × the LQ (top-left), as the benchmarks crop it.
+
+    Raises:
+        ImageReadError: the HQ is smaller than that, or ``scale`` px or more larger (another scale).
+    """
+    (h, w), (hh, hw) = lq.shape[:2], hq.shape[:2]
+    if not (scale * h <= hh < scale * (h + 1) and scale * w <= hw < scale * (w + 1)):
+        slack = f" (up to {scale * w + scale - 1}x{scale * h + scale - 1})" if scale > 1 else ""
+        raise ImageReadError(
+            f"{hq_path}: is {hw}x{hh} px; expected x{scale} of its LQ {lq_path.name} ({w}x{h}): {scale * w}x{scale * h}{slack}"
+        )
+    return hq[: scale * h, : scale * w]
+
+
+def check_scale_size(hq: np.ndarray, scale: int, path: Path) -> None:
+    """Raise ImageReadError when an HQ image has fewer than ``scale`` px on a side (nothing left at 1/scale)."""
+    if min(hq.shape[:2]) < scale:
+        raise ImageReadError(f"{path}: is {hq.shape[1]}x{hq.shape[0]} px; expected at least {scale}x{scale} for x{scale}")
 
 
 def crop_to_scale(hq: np.ndarray, scale: int) -> np.ndarray:
@@ -137,6 +163,10 @@ class TrainDataset:
     Modes: paired (``data.lq`` given: aligned crops of LQ and HQ), HQ-only bicubic (the LR of the
     whole image is made once with the MATLAB-exact resize and cached, so patches equal crops of a
     benchmark-style LR), and HQ-only with other steps (degraded per patch, after cropping).
+
+    In memory, every image is decoded up front and one that cannot be read or does not fit (an HQ
+    under ``scale`` px, a pair whose sizes are not ``scale`` apart) is left out with a warning;
+    read from disk, such a file ends the run with an :class:`ImageReadError` when it is drawn.
     """
 
     def __init__(self, data: DataSection, degradation: DegradationSection, seed: int, rank: int = 0) -> None:
@@ -157,16 +187,41 @@ class TrainDataset:
             in_memory = sum(p.hq.stat().st_size + (p.lq.stat().st_size if p.lq else 0) for p in items) < IN_MEMORY_LIMIT
         self._cache: list[tuple[np.ndarray, np.ndarray | None]] | None = None
         if in_memory:
-            self._cache = [self._load(i) for i in range(len(items))]
+            self._cache = self._load_usable()
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def _load_usable(self) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Decode every image; leave out (with a warning) those that cannot be read or do not fit.
+
+        Raises:
+            ConfigError: none of them can be used.
+        """
+        usable, loaded, failures = [], [], []
+        for index, item in enumerate(self.items):
+            try:
+                loaded.append(self._load(index))
+            except ImageReadError as error:
+                failures.append(str(error))
+                if self.rank == 0:
+                    logger.warning("leaving out a training image: %s", error)
+            else:
+                usable.append(item)
+        if not usable:
+            raise ConfigError(f"none of the {len(self.items)} training images can be used; the first: {failures[0]}")
+        if failures and self.rank == 0:
+            logger.warning("training on %d of %d images (%d left out, see above)", len(usable), len(self.items), len(failures))
+        self.items = usable
+        return loaded
 
     def _load(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         item = self.items[index]
         hq = read_rgb8(item.hq)
         if item.lq is not None:
-            return hq, read_rgb8(item.lq)
+            lq = read_rgb8(item.lq)
+            return fit_pair(hq, lq, self.scale, item.hq, item.lq), lq
+        check_scale_size(hq, self.scale, item.hq)
         if self.precomputed_lr:
             hq = crop_to_scale(hq, self.scale)
             return hq, bicubic_lr(hq, self.scale)
@@ -374,13 +429,12 @@ def load_val_set(val: ValSet, degradation: DegradationSection) -> list[ValImage]
     if val.lq:
         for hq_path, lq_path in pair_folders(val.hq, val.lq, s):
             lq, hq = read_rgb8(lq_path), read_rgb8(hq_path)
-            hq = hq[: lq.shape[0] * s, : lq.shape[1] * s]
-            if hq.shape[:2] != (lq.shape[0] * s, lq.shape[1] * s):
-                raise ConfigError(f"{lq_path.name} is {lq.shape[1]}x{lq.shape[0]}; {hq_path.name} is too small for x{s}")
-            images.append(ValImage(hq_path.stem, lq, hq))
+            images.append(ValImage(hq_path.stem, lq, fit_pair(hq, lq, s, hq_path, lq_path)))
         return images
     for index, hq_path in enumerate(list_images(val.hq)):
-        hq = crop_to_scale(read_rgb8(hq_path), s)
+        hq = read_rgb8(hq_path)
+        check_scale_size(hq, s, hq_path)
+        hq = crop_to_scale(hq, s)
         if tuple(degradation.steps) == ("bicubic",):
             lq = bicubic_lr(hq, s)
         else:

@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import signal
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -43,7 +44,8 @@ import torch
 from torch import nn
 
 from restorecli import interrupts
-from restorecli.errors import CheckpointError, ConfigError
+from restorecli.errors import CheckpointError, ConfigError, ImageWriteError, RestoreError, TrainingError
+from restorecli.metrics.ssim import WINDOW_SIZE
 from restorecli.train import distributed as dist_utils
 from restorecli.train.config import (
     ScheduleSection,
@@ -148,6 +150,27 @@ def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
     if metadata is not None or not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a restorecli training checkpoint (no training state to resume)")
     return state
+
+
+RESUME_KEYS = ("arch", "config", "params", "optimizer", "iteration", "train_config", "best")
+"""What ``--resume`` needs of a training checkpoint (``export`` needs fewer)."""
+
+
+def prepare_output_dir(folder: Path) -> None:
+    """Make the output folder, and check that files can be created in it, before any work is done.
+
+    Raises:
+        ConfigError: ``output.dir`` (or a folder above it) is a file.
+        ImageWriteError: the folder cannot be made or written into.
+    """
+    blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ConfigError(f"output.dir {str(folder)!r}: {blocker} is a file, expected a folder (or a path to make one)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        raise ImageWriteError(f"output.dir {str(folder)!r}: cannot write into this folder: {error.strerror or error}") from None
 
 
 class Ema:
@@ -356,6 +379,13 @@ def _train(
     cpu_started = time.process_time()
     out_dir = config.output_dir
     state = read_training_checkpoint(resume) if resume else None
+    if state is not None:
+        missing = [key for key in RESUME_KEYS if key not in state]
+        if missing:
+            expected = ", ".join(RESUME_KEYS)
+            raise CheckpointError(f"{resume}: expected a training checkpoint with {expected}; it lacks {', '.join(missing)}")
+    if info.is_main:
+        prepare_output_dir(out_dir)  # before the data is loaded: an unusable folder is named at once
     torch.manual_seed(config.seed + info.rank)  # per-rank stream (drop-path); data RNG is separate
 
     model = _build_model(config, device)
@@ -394,6 +424,14 @@ def _train(
     stage = -1
     val_sets = {v.name: load_val_set(v, config.degradation) for v in config.val.sets} if info.is_main else {}
     crop = config.val.crop_border if config.val.crop_border >= 0 else config.degradation.scale
+    smallest = 2 * crop + (WINDOW_SIZE if config.val.ssim else 1)  # what PSNR and SSIM need after the crop
+    for name, images in val_sets.items():
+        for image in images:  # checked now, not at the first validation
+            if min(image.hq.shape[:2]) < smallest:
+                raise ConfigError(
+                    f"val set {name}: {image.name} is {image.hq.shape[1]}x{image.hq.shape[0]} px; expected at least "
+                    f"{smallest}x{smallest} (val.crop_border {crop} on each side{', SSIM window' if config.val.ssim else ''})"
+                )
     loss_fn = make_loss(config.optim.loss, config.optim.charbonnier_eps)
     autocast = device.type == "cuda" and config.optim.bf16
     total = config.schedule.iterations
@@ -471,7 +509,12 @@ def _train(
                     "iter %d: progressive stage %d of %d, patch %d, batch %d per process",
                     iteration, stage + 1, len(stage_list), stage_list[stage].patch, stage_list[stage].batch,
                 )
-            lq, hq = next(batches)
+            try:
+                lq, hq = next(batches)
+            except RestoreError:  # a file read from disk (data.in_memory false) that cannot be used
+                if not info.enabled and iteration > start:
+                    save(iteration, ["latest.pth"])  # the state after `iteration` updates: resumable
+                raise
             lq, hq = lq.to(device, non_blocking=True), hq.to(device, non_blocking=True)
             if config.data.mixup.prob > 0:
                 lq, hq = apply_mixup(lq, hq, config.data.mixup, mixup_rng(config.seed, info.rank, iteration))
@@ -491,7 +534,10 @@ def _train(
             iteration += 1
             value = float(loss.detach())
             if not math.isfinite(value):
-                raise FloatingPointError(f"loss became {value} at iteration {iteration}; lower optim.lr or set optim.grad_clip")
+                raise TrainingError(
+                    f"loss became {value} at iteration {iteration}, expected a finite number: lower optim.lr or set "
+                    f"optim.grad_clip (--resume from a checkpoint in {out_dir}, if one was written, keeps the progress)"
+                )
             losses.append(value)
             window_iters += 1
             now = time.perf_counter()
