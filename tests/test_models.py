@@ -242,3 +242,24 @@ def test_model_built_on_cuda_moves_to_cpu_and_runs() -> None:
         on_cpu = net(x)
     assert on_cpu.device.type == "cpu"
     assert torch.allclose(on_gpu, on_cpu, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("arch", "base", "change", "needle"),
+    [
+        ("mair", "mair-light-t-x4", {"embed_dim": 0}, "embed_dim must be positive, got 0"),
+        ("mair", "mair-light-t-x4", {"depths": ()}, "depths must list one or more block counts >= 1, got []"),
+        ("mair", "mair-light-t-x4", {"depths": (2, 0)}, "got [2, 0]"),
+        ("mair", "mair-light-t-x4", {"ssm_ratio": float("nan")}, "ssm_ratio must be positive"),
+        ("mair", "mair-light-t-x4", {"drop_path_rate": 1.0}, "drop_path_rate must be in [0, 1)"),
+        ("vamamba", "restorecli-vamamba-light-x4", {"d_state": -1}, "d_state must be positive"),
+    ],
+)
+def test_sizes_no_network_can_have_are_config_errors(arch: str, base: str, change: dict, needle: str) -> None:
+    """A zero width or no blocks (e.g. from `restore train --set model.config.embed_dim=0`): one line."""
+    import dataclasses
+
+    config = dataclasses.replace(models.spec(base).config, **change)
+    with pytest.raises(ConfigError) as info:
+        models.build_arch(arch, config, device="meta")
+    assert needle in str(info.value) and "\n" not in str(info.value)

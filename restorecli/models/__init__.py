@@ -176,10 +176,34 @@ def build_arch(
     cfg = config_from_mapping(arch, config) if isinstance(config, Mapping) else config
     if arch not in ARCHS or not isinstance(cfg, ARCHS[arch].config):
         raise ConfigError(f"a {type(cfg).__name__} does not configure architecture {arch!r}; expected one of {sorted(ARCHS)}")
+    _check_sizes(arch, cfg)
     module_type = ARCHS[arch].module
     with torch.device(device):
         module = module_type(**asdict(cfg))
     return module.eval()
+
+
+_POSITIVE_SIZES = (
+    "upscale", "in_chans", "embed_dim", "d_state", "scan_len", "inp_channels", "out_channels", "dim",
+    "ssm_ratio", "mlp_ratio", "flp_ratio", "img_range",
+)  # fmt: skip
+_BLOCK_COUNTS = ("depths", "num_blocks")
+
+
+def _check_sizes(arch: str, cfg: Any) -> None:
+    """Sizes that no network can have (a zero width, no blocks) as one ConfigError, not torch's."""
+    values = asdict(cfg)
+    for key in _POSITIVE_SIZES:
+        if key in values and not values[key] > 0:  # NaN too
+            raise ConfigError(f"{arch} config: {key} must be positive, got {values[key]!r}")
+    for key in _BLOCK_COUNTS:
+        if key in values:
+            counts = list(values[key])
+            if not counts or any(count < 1 for count in counts):
+                raise ConfigError(f"{arch} config: {key} must list one or more block counts >= 1, got {counts}")
+    rate = values.get("drop_path_rate", 0.0)
+    if not 0.0 <= rate < 1.0:
+        raise ConfigError(f"{arch} config: drop_path_rate must be in [0, 1), got {rate!r}")
 
 
 def build(name: str, device: str | torch.device = "cpu") -> nn.Module:
