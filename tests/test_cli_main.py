@@ -56,3 +56,40 @@ def test_json_failures_before_any_document_print_one_error_document(args: tuple[
     assert document["exit_code"] == code and document["error"]
     assert done.stderr.strip().splitlines()[-1].startswith("Error: ")
     assert done.stdout.count("{") == 1  # one document
+
+
+def _commands(group: object, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], object]]:
+    found: list[tuple[tuple[str, ...], object]] = []
+    subcommands = getattr(group, "commands", None)
+    if subcommands:
+        for name, command in subcommands.items():
+            found += _commands(command, (*path, name))
+    else:
+        found.append((path, group))
+    return found
+
+
+def test_examples_in_help_texts_use_options_the_commands_have() -> None:
+    """Every `restore ...` example in a command's help names that command's own options
+    (`restore eval --help` once showed `-m`, which eval does not have)."""
+    import re
+
+    import typer
+
+    from restorecli.cli import app
+
+    commands = dict(_commands(typer.main.get_command(app)))
+    checked = 0
+    for path, command in commands.items():
+        for example in re.findall(r"`restore ([^`]+)`", command.help or ""):
+            words = example.split()
+            target = max((p for p in commands if tuple(words[: len(p)]) == p), key=len, default=None)
+            if target is None:
+                continue
+            names = {opt for param in commands[target].params for opt in (*param.opts, *param.secondary_opts)}
+            for word in words[len(target) :]:
+                option = word.split("=")[0]
+                if option.startswith("-") and option != "-":
+                    assert option in names, f"`restore {' '.join(path)} --help` shows `restore {example}`: no {option}"
+                    checked += 1
+    assert checked > 10

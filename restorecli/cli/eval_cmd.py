@@ -201,7 +201,7 @@ def eval_command(
     scored (unreadable, no prediction, sizes that do not fit) is reported and left out of the means;
     the command then exits with status 1 after writing the report.
 
-    Examples: `restore eval -d Set5 -s 4 --baseline bicubic`; `restore eval -d Set5 -m mair-sr-x4
+    Examples: `restore eval -d Set5 -s 4 --baseline bicubic`; `restore eval -d Set5 --model mair-sr-x4
     --protocol tiled-official --out report/`; `restore eval -d Kodak24 --task dehaze --baseline dcp`;
     `restore eval --pred-dir out/ --gt-dir Set5/HR -s 4`.
     """
