@@ -87,6 +87,17 @@ def test_resume_reproduces_the_uninterrupted_run(tiny: Path, tmp_path: Path) -> 
         assert torch.equal(a["params_ema"][key], b["params_ema"][key])
 
 
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(
+    tiny: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = load_config(tiny, ["val.every=0", "schedule.iterations=3"])
+    train(cfg)
+    with caplog.at_level("WARNING", logger="restorecli.train.loop"):
+        again = train(cfg, resume=tmp_path / "run" / "latest.pth")
+    assert again.iteration == 3 and not again.losses
+    assert "nothing to train: the run is at iteration 3 and the schedule ends at 3" in caplog.text
+
+
 def test_checkpoints_and_logs(tiny: Path, tmp_path: Path) -> None:
     result = train(load_config(tiny))
     run = tmp_path / "run"

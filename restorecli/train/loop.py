@@ -441,6 +441,11 @@ def _train(
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(config_to_mapping(config), indent=2) + "\n", encoding="utf-8")
         logger.info("training %s on %s: iterations %d..%d of %d, %d images", config.run_name, device, start, end, total, len(dataset))
+        if start >= end:
+            logger.warning(
+                "nothing to train: the run is at iteration %d and %s ends at %d (a longer schedule.iterations, "
+                "or model.pretrained for a new run, trains on)", start, "--until" if end < total else "the schedule", end,
+            )
 
     def wall_seconds() -> float:
         return elapsed_before + time.perf_counter() - started
