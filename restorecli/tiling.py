@@ -40,12 +40,13 @@ MIN_TILE = 32
 """Smallest tile a user may ask for, and the floor of the OOM back-off (input pixels).
 
 Measured on examples/parrots.png (96²) against whole-image output, PSNR, with the default
-overlap: the bundled x4 network (continued with 64² patches, 2026-12-07) gives 56.5 dB at 32 px,
-56.5 at 48 and 64.1 at 64 (the 48²-patch file before it: 57.3, 57.1, 65.7; the 8,000-iteration
-file: 60.1, 59.5, 70.2); the bundled
-denoiser at sigma 25 gives 49.2, 52.1 and 58.6 dB. (The first bundled files gave 62 dB or more
+overlap: the bundled x4 network (grown to four groups, 2026-12-07) gives 56.2 dB at 32 px, 55.7
+at 48 and 62.7 at 64 (the three-group file continued with 64² patches: 56.5, 56.5, 64.1; the
+48²-patch file before it: 57.3, 57.1, 65.7; the 8,000-iteration file: 60.1, 59.5, 70.2); the
+bundled denoiser at sigma 25 (grown to four groups) gives 46.9, 50.4 and 56.5 dB (its
+three-group file: 49.2, 52.1, 58.6). (The first bundled files gave 62 dB or more
 and 50 dB or more from 32 px on, 54-59 and 42 dB at 16 px: the longer-trained networks lean more
-on distant context.) 50 dB is an RMS difference of 0.8 of an 8-bit level, 57 dB of 0.36.
+on distant context.) 50 dB is an RMS difference of 0.8 of an 8-bit level, 47 dB of 1.1, 57 dB of 0.36.
 Smaller tiles also multiply the work by their overlaps.
 """
 

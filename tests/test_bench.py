@@ -9,7 +9,7 @@ import pytest
 from restorecli import bench
 from restorecli.errors import UnknownModelError, UsageError
 
-TINY = "restorecli-light-x4"  # the bundled 220 K-parameter network, built from its manifest config
+TINY = "restorecli-light-x4"  # the bundled 279 K-parameter network, built from its manifest config
 
 
 @pytest.mark.parametrize(

@@ -317,8 +317,9 @@ def test_restorer_checks_the_networks_side_rule_before_any_work() -> None:
 
 
 # The floors sit 0.5 dB under the values measured for the bundled files (restorecli/tiling.py);
-# they are re-measured whenever a bundled file changes (the x4 one: 60.1 -> 57.3 -> 56.5 dB).
-@pytest.mark.parametrize(("task", "name", "min_psnr"), [("sr", "restorecli-light-x4", 56.0), ("denoise", "restorecli-light-dn", 48.7)])
+# they are re-measured whenever a bundled file changes (the x4 one: 60.1 -> 57.3 -> 56.5 -> 56.2 dB;
+# the denoiser: 49.2 -> 46.9 dB).
+@pytest.mark.parametrize(("task", "name", "min_psnr"), [("sr", "restorecli-light-x4", 55.6), ("denoise", "restorecli-light-dn", 46.4)])
 def test_smallest_tile_stays_close_to_whole_image_output(task: str, name: str, min_psnr: float) -> None:
     """Re-measures the claim behind MIN_TILE (restorecli/tiling.py) with the bundled networks."""
     import math

@@ -105,9 +105,11 @@ def _official_table() -> dict[str, ModelSpec]:
 OFFICIAL_MODELS: dict[str, ModelSpec] = _official_table()
 
 
-def _restorecli_light(scale: int) -> MaIRConfig:
+def _restorecli_light(scale: int, groups: int = 3) -> MaIRConfig:
+    # groups = 4: the ×4 and denoising files grew a fourth group in a continuation run
+    # (scripts/grow_mair.py, docs/training.md)
     return MaIRConfig(
-        upscale=scale, in_chans=3, img_range=1.0, embed_dim=48, depths=(2, 2, 2), d_state=1, ssm_ratio=1.1,
+        upscale=scale, in_chans=3, img_range=1.0, embed_dim=48, depths=(2,) * groups, d_state=1, ssm_ratio=1.1,
         mlp_ratio=1.6, upsampler="pixelshuffledirect" if scale > 1 else "", resi_connection="1conv", scan_len=8,
         drop_path_rate=0.0,
     )  # fmt: skip
@@ -120,7 +122,7 @@ RESTORECLI_MODELS: dict[str, ModelSpec] = {
         ModelSpec("restorecli-light-dn", "mair", "denoise", 1, None, None, _restorecli_light(1), ""),
         ModelSpec("restorecli-light-x2", "mair", "sr", 2, None, None, _restorecli_light(2), ""),
         ModelSpec("restorecli-light-x3", "mair", "sr", 3, None, None, _restorecli_light(3), ""),
-        ModelSpec("restorecli-light-x4", "mair", "sr", 4, None, None, _restorecli_light(4), ""),
+        ModelSpec("restorecli-light-x4", "mair", "sr", 4, None, None, _restorecli_light(4, groups=4), ""),
         ModelSpec("restorecli-light-dehaze", "mair", "dehaze", 1, None, None, _restorecli_light(1), ""),
         ModelSpec("restorecli-light-realdn", "mair", "denoise", 1, None, "real", _restorecli_light(1), ""),
         ModelSpec("restorecli-light-deblur", "mair", "deblur", 1, None, None, _restorecli_light(1), ""),
