@@ -119,7 +119,7 @@ def _restorecli_light(scale: int, groups: int = 3) -> MaIRConfig:
 RESTORECLI_MODELS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
-        ModelSpec("restorecli-light-dn", "mair", "denoise", 1, None, None, _restorecli_light(1), ""),
+        ModelSpec("restorecli-light-dn", "mair", "denoise", 1, None, None, _restorecli_light(1, groups=4), ""),
         ModelSpec("restorecli-light-x2", "mair", "sr", 2, None, None, _restorecli_light(2), ""),
         ModelSpec("restorecli-light-x3", "mair", "sr", 3, None, None, _restorecli_light(3), ""),
         ModelSpec("restorecli-light-x4", "mair", "sr", 4, None, None, _restorecli_light(4, groups=4), ""),
