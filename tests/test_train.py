@@ -233,7 +233,8 @@ def test_fine_tune_may_start_from_a_model_of_another_task(preset: str, tmp_path:
 
     start = Path(models.__file__).parents[1] / "weights" / "restorecli-light-dn.safetensors"
     hq = smooth_images(tmp_path / "hq", 1)
-    cfg = load_config(preset, [f"model.pretrained={start}", f"data.hq=[{hq}]"])
+    # the bundled denoiser grew a fourth group after these recipes' runs (their presets say so)
+    cfg = load_config(preset, [f"model.pretrained={start}", f"data.hq=[{hq}]", "model.config.depths=[2, 2, 2, 2]"])
     built = loop._build_model(cfg, torch.device("cpu"))
     expected = load_model(start, device="cpu").module.state_dict()
     for key, value in expected.items():
