@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from restorecli import models
 from restorecli.cli import app
+from restorecli.errors import ConfigError
 from restorecli.train import StepReport, load_config, read_training_checkpoint, train
 
 TINY_YAML = """
@@ -85,6 +86,12 @@ def test_resume_reproduces_the_uninterrupted_run(tiny: Path, tmp_path: Path) -> 
     for key in a["params"]:
         assert torch.equal(a["params"][key], b["params"][key])
         assert torch.equal(a["params_ema"][key], b["params_ema"][key])
+
+
+def test_a_network_that_cannot_be_built_leaves_no_output_folder(tiny: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="embed_dim must be positive, got 0"):
+        train(load_config(tiny, ["model.config.embed_dim=0"]))
+    assert not (tmp_path / "run").exists()
 
 
 def test_resuming_a_finished_run_says_there_is_nothing_to_train(
@@ -242,7 +249,7 @@ def test_fine_tune_may_start_from_a_model_of_another_task(preset: str, tmp_path:
 
 
 def test_output_dir_problems_are_named_before_any_work(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from restorecli.errors import ConfigError, ImageWriteError
+    from restorecli.errors import ImageWriteError
     from restorecli.train import loop
 
     with pytest.raises(ConfigError, match=r"tiny.yml is a file, expected a folder"):

@@ -384,8 +384,6 @@ def _train(
         if missing:
             expected = ", ".join(RESUME_KEYS)
             raise CheckpointError(f"{resume}: expected a training checkpoint with {expected}; it lacks {', '.join(missing)}")
-    if info.is_main:
-        prepare_output_dir(out_dir)  # before the data is loaded: an unusable folder is named at once
     torch.manual_seed(config.seed + info.rank)  # per-rank stream (drop-path); data RNG is separate
 
     model = _build_model(config, device)
@@ -393,6 +391,10 @@ def _train(
         if state["arch"] != config.model.arch or state["config"] != config_to_mapping(config)["model"]["config"]:
             raise ConfigError(f"{resume} was trained with a different network config than this config")
         model.load_state_dict(state["params"], strict=True)
+    if info.is_main:
+        # after the network is built (a config no network can have makes no folder) and before
+        # the data is loaded (an unusable folder is named at once)
+        prepare_output_dir(out_dir)
     ema = Ema(model, config.optim.ema) if config.optim.ema > 0 else None
     if ema is not None and state is not None and "params_ema" in state:
         ema.shadow = {k: v.to(device).float() for k, v in state["params_ema"].items()}
