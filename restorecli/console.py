@@ -28,13 +28,19 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress
 
-__all__ = ["Bars", "Output", "bars_wanted", "cell", "one_line", "progress_bars", "stdout_console"]
+__all__ = ["Bars", "Output", "bars_wanted", "cell", "item_error_line", "one_line", "progress_bars", "stdout_console"]
 
 PIPED_WIDTH = 200
 """Width of tables written to a pipe or file: long paths are not wrapped at 80 columns."""
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def item_error_line(item: str, message: str) -> str:
+    """``Error: ...`` for one item of a batch, naming the item unless the message already does
+    (most messages start with the file they are about)."""
+    return f"Error: {message}" if item in message else f"Error: {item}: {message}"
 
 
 def one_line(text: str) -> str:

@@ -275,12 +275,12 @@ def evaluate(
         try:
             for done, sample in enumerate(samples, 1):
                 try:
-                    scored = _score_sample(sample, config, grey, setup, channels, forwards, lr_sources)
+                    result, degraded, out, gt, scores = _score_sample(
+                        sample, config, grey, setup, channels, forwards, lr_sources
+                    )
                 except ImageReadError as error:  # one bad file: reported, the others are scored
                     failed.append({"name": sample.name, "error": str(error)})
-                    scored = None
-                if scored is not None:
-                    result, degraded, out, gt, scores = scored
+                else:
                     results.append(result)
                     if len(shown) < _COMPARISON_IMAGES:
                         shown.append((sample.name, degraded, out, gt, scores))

@@ -21,7 +21,7 @@ from restorecli.cli.options import (
     WeightsOpt,
 )
 from restorecli.cli.stopping import exit_stopped
-from restorecli.console import Bars, Output, cell
+from restorecli.console import Bars, Output, cell, item_error_line
 from restorecli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -281,9 +281,7 @@ def _finish(report: EvalReport, out: Path | None, output: Output) -> None:
         output.note(f"report written: {', '.join(str(p) for p in paths)}")
     failed = report.meta.get("failed") or []
     for item in failed:
-        error = item["error"]
-        # most messages already start with the file they are about
-        output.note(f"Error: {error}" if item["name"] in error else f"Error: {item['name']}: {error}")
+        output.note(item_error_line(item["name"], item["error"]))
     if report.stop_signal is not None:
         done, total = len(report.images), report.meta.get("images_total", len(report.images))
         output.note(f"Interrupted ({interrupts.signal_name(report.stop_signal)}) after {done} of {total} images")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from restorecli.cli.options import RestoreOptions, with_restore_options
-from restorecli.console import Bars, Output, cell
+from restorecli.console import Bars, Output, cell, item_error_line
 from restorecli.errors import UsageError
 
 if TYPE_CHECKING:
@@ -279,9 +279,7 @@ def _summary_table(report: BatchReport) -> Any:
 
 
 def _error_line(result: FileResult) -> str:
-    error = result.error or "failed"
-    # most messages already start with the file they are about
-    return f"Error: {error}" if result.input in error else f"Error: {result.input}: {error}"
+    return item_error_line(result.input, result.error or "failed")
 
 
 class _BatchDisplay:
